@@ -1,0 +1,11 @@
+"""advnlp: adversarial training for NLP models, in two lines of your training loop.
+
+    from advnlp import PGD
+    adv = PGD(model, epsilon=1.0, alpha=0.3, steps=3)
+    loss = adv.backward(lambda: criterion(model(**batch).logits, batch["labels"]))
+"""
+from ._base import Adversary, as_loss
+from .methods import FGM, FGSM, PGD
+
+__version__ = "0.1.0"
+__all__ = ["Adversary", "FGM", "FGSM", "PGD", "as_loss", "__version__"]

@@ -1,0 +1,6 @@
+"""One file per method; each holds the method's math and its paper."""
+from .fgm import FGM
+from .fgsm import FGSM
+from .pgd import PGD
+
+__all__ = ["FGM", "FGSM", "PGD"]
