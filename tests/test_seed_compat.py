@@ -1,0 +1,154 @@
+"""The seed's attack()/restore() loop works after swapping the import, and
+gives what the seed's own classes give (re-typed here as the reference)."""
+import copy
+
+import pytest
+import torch
+
+from advnlp import FGM, PGD
+from conftest import PAD, assert_grads_close, assert_state_equal, batch, grads, snapshot, tiny_bert, tiny_gpt2
+
+
+class SeedFGM:
+    """The blog post's FGM, verbatim in behaviour (substring match, global norm)."""
+
+    def __init__(self, model):
+        self.model, self.backup = model, {}
+
+    def attack(self, epsilon=1.0, emb_name="word_embeddings"):
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and emb_name in name:
+                self.backup[name] = param.data.clone()
+                norm = torch.norm(param.grad)
+                if norm != 0 and not torch.isnan(norm):
+                    param.data.add_(epsilon * param.grad / norm)
+
+    def restore(self, emb_name="word_embeddings"):
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and emb_name in name:
+                param.data = self.backup[name]
+        self.backup = {}
+
+
+class SeedPGD:
+    """The widely copied PGD companion of the seed's FGM."""
+
+    def __init__(self, model):
+        self.model, self.emb_backup, self.grad_backup = model, {}, {}
+
+    def attack(self, epsilon=1.0, alpha=0.3, emb_name="word_embeddings", is_first_attack=False):
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and emb_name in name:
+                if is_first_attack:
+                    self.emb_backup[name] = param.data.clone()
+                norm = torch.norm(param.grad)
+                if norm != 0 and not torch.isnan(norm):
+                    param.data.add_(alpha * param.grad / norm)
+                    r = param.data - self.emb_backup[name]
+                    if torch.norm(r) > epsilon:
+                        r = epsilon * r / torch.norm(r)
+                    param.data = self.emb_backup[name] + r
+
+    def restore(self, emb_name="word_embeddings"):
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and emb_name in name:
+                param.data = self.emb_backup[name]
+        self.emb_backup = {}
+
+    def backup_grad(self):
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                self.grad_backup[name] = param.grad.clone()
+
+    def restore_grad(self):
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                param.grad = self.grad_backup[name]
+
+
+def run_fgm_loop(model, fgm, ids, y):
+    mask = (ids != PAD).long()
+    model(ids, attention_mask=mask, labels=y).loss.backward()
+    fgm.attack(epsilon=0.5, emb_name="word_embeddings")
+    model(ids, attention_mask=mask, labels=y).loss.backward()  # a NEW forward pass
+    fgm.restore(emb_name="word_embeddings")
+
+
+def run_pgd_loop(model, pgd, ids, y, K=3):
+    mask = (ids != PAD).long()
+    model(ids, attention_mask=mask, labels=y).loss.backward()
+    pgd.backup_grad()
+    for t in range(K):
+        pgd.attack(epsilon=0.5, alpha=0.2, is_first_attack=(t == 0))
+        if t != K - 1:
+            model.zero_grad()
+        else:
+            pgd.restore_grad()
+        model(ids, attention_mask=mask, labels=y).loss.backward()
+    pgd.restore()
+
+
+def test_fgm_loop_matches_the_seed_class():
+    model = tiny_bert()
+    ids, y = batch()
+    ref = copy.deepcopy(model)
+    run_fgm_loop(ref, SeedFGM(ref), ids, y)
+    before = snapshot(model)
+    run_fgm_loop(model, FGM(model), ids, y)
+    assert_grads_close(grads(model), grads(ref), atol=1e-6, rtol=1e-5)
+    assert_state_equal(model, before)
+
+
+def test_pgd_loop_matches_the_seed_class():
+    model = tiny_bert()
+    ids, y = batch()
+    ref = copy.deepcopy(model)
+    run_pgd_loop(ref, SeedPGD(ref), ids, y)
+    before = snapshot(model)
+    run_pgd_loop(model, PGD(model), ids, y)
+    assert_grads_close(grads(model), grads(ref), atol=1e-6, rtol=1e-5)
+    assert_state_equal(model, before)
+
+
+def test_restore_without_a_new_forward_pass_warns():
+    """The seed's own example reuses the old logits after attack()."""
+    model = tiny_bert()
+    ids, y = batch()
+    out = model(ids, labels=y)
+    out.loss.backward(retain_graph=True)
+    fgm = FGM(model)
+    fgm.attack()
+    out.loss.backward()  # the seed's mistake: no new forward
+    with pytest.warns(UserWarning, match="no forward pass ran since attack"):
+        fgm.restore()
+
+
+def test_misuse_errors():
+    model = tiny_bert()
+    fgm = FGM(model)
+    with pytest.raises(RuntimeError, match="before attack"):
+        fgm.restore()
+    with pytest.raises(RuntimeError, match="loss.backward"):
+        fgm.attack()
+    with pytest.raises(RuntimeError, match="before backup_grad"):
+        PGD(model).restore_grad()
+
+
+def test_emb_name_is_matched_by_whole_names_never_substrings():
+    gpt2 = tiny_gpt2()
+    ids, _ = batch(pad_tail=0)
+    gpt2(ids, labels=ids).loss.backward()
+    with pytest.raises(ValueError, match="transformer.wte"):
+        FGM(gpt2).attack(emb_name="word_embeddings")  # the seed silently did nothing here
+    bert = tiny_bert()
+    bert(ids, labels=torch.zeros(4, dtype=torch.long)).loss.backward()
+    with pytest.raises(ValueError, match="names no embedding"):
+        FGM(bert).attack(emb_name="embeddings")  # the seed also hit LayerNorm and positions
+    before = snapshot(bert)
+    fgm = FGM(bert)
+    fgm.attack(emb_name="bert.embeddings.word_embeddings.weight")
+    assert not torch.equal(bert.bert.embeddings.word_embeddings.weight, before["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(bert.bert.embeddings.position_embeddings.weight, before["bert.embeddings.position_embeddings.weight"])
+    bert(ids)
+    fgm.restore()
+    assert_state_equal(bert, before)
