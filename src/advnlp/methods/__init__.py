@@ -1,6 +1,7 @@
 """One file per method; each holds the method's math and its paper."""
 from .fgm import FGM
 from .fgsm import FGSM
+from .freelb import FreeLB
 from .pgd import PGD
 
-__all__ = ["FGM", "FGSM", "PGD"]
+__all__ = ["FGM", "FGSM", "FreeLB", "PGD"]

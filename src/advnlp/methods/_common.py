@@ -1,0 +1,176 @@
+"""Helpers shared by the multi-pass and consistency methods (FreeLB, FreeAT, SMART, VAT).
+
+Kept out of ``_base.py`` on purpose: nothing here changes how FGM/FGSM/PGD run.
+
+* :func:`offsets` / :func:`record_pass`: a pass in the base hook's *record* mode
+  (a fresh zero leaf per embedding call, so ``d loss / d delta`` comes out of the
+  same backward that fills parameter gradients) with an extra offset added to the
+  embedding output by a second, temporary forward hook. FreeLB uses it for its
+  random start (whose shape is only known inside the forward), FreeAT for a
+  perturbation that persists across calls.
+* :func:`split_output`, :func:`divergence`, :func:`symmetric_divergence`: turn a
+  closure's model output into ``(task_loss or None, logits)`` and compare two sets
+  of logits (softmax KL, sigmoid/Bernoulli KL or squared error), in float32.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import _perturb as P
+from .._base import Adversary, _Step, as_loss
+
+OffsetFn = Callable[[int, Optional[torch.Tensor], torch.Tensor], Optional[torch.Tensor]]
+DIVERGENCES = ("kl", "bce", "mse")
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def require_output_target(adv: Adversary, method: str) -> None:
+    if adv.target != "output":
+        raise ValueError(f"{method} perturbs the embedding output; use target='output' (the default)")
+
+
+@contextlib.contextmanager
+def offsets(adv: Adversary, fn: OffsetFn):
+    """While active, embedding call ``i`` returns ``out + fn(i, ids, out)`` (float32 offset,
+    cast to the output dtype; ``None`` adds nothing). Runs after the base hook."""
+    count = [0]
+
+    def hook(module, args, out):
+        if not isinstance(out, torch.Tensor):
+            return None
+        i, count[0] = count[0], count[0] + 1
+        off = fn(i, args[0] if args else None, out)
+        return None if off is None else out + off.to(out.dtype)
+
+    handles = [m.register_forward_hook(hook) for m in adv._hook.modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def example_mask(adv: Adversary, ids, out: torch.Tensor) -> torch.Tensor:
+    """Float32 mask (…, 1) of the real (non-padding) positions of one embedding call."""
+    return adv._hook._mask(ids, out)
+
+
+def apply_offsets(delta: List[torch.Tensor]) -> OffsetFn:
+    def fn(i, ids, out):
+        if i >= len(delta) or delta[i].shape != out.shape:
+            raise RuntimeError(
+                "the embedding output changed between passes (call count or shape): the "
+                "closure must feed the same batch every call."
+            )
+        return delta[i]
+    return fn
+
+
+def record_pass(step: _Step, fn: OffsetFn, weight: float = 1.0, sync: bool = True):
+    """One forward/backward at ``embedding + fn(...)``: adds ``weight`` x grad(loss) to
+    parameters and returns ``(loss, masked d loss / d embedding-output per call)``.
+    Also sets ``step.space.masks``. ``sync=False`` keeps DDP gradients local."""
+    space = step.space
+    space.begin_clean()
+    try:
+        with offsets(step.adv, fn), (contextlib.nullcontext() if sync else step._local()):
+            loss = as_loss(step.closure())
+            step.backward_fn(loss * weight if weight != 1.0 else loss)
+            grads = space.end_clean()
+    finally:
+        space.end_pass()
+    return loss.detach(), grads
+
+
+def snapshot_buffers(step: _Step) -> None:
+    """Buffers are restored to this point by ``step.restore()`` (one plain forward's worth)."""
+    step.buffers = [(b, b.detach().clone()) for b in P.unwrap(step.adv.model).buffers()]
+
+
+# -- consistency losses (SMART, VAT) ---------------------------------------------------------
+def _tensor_pair(out) -> bool:
+    return (isinstance(out, (tuple, list)) and len(out) >= 2 and isinstance(out[0], torch.Tensor)
+            and out[0].dim() == 0 and isinstance(out[1], torch.Tensor))
+
+
+def split_output(out) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """``(task_loss or None, logits)`` from a closure's result.
+
+    Accepted: logits (a tensor with a batch dimension), an object or dict with
+    ``.logits`` (and optionally ``.loss``), ``(loss, logits, ...)`` with a 0-dim loss,
+    or ``(logits, ...)``.
+    """
+    loss = None
+    if isinstance(out, torch.Tensor):
+        logits = out
+    elif isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        logits, loss = out["logits"], out.get("loss")
+    elif isinstance(getattr(out, "logits", None), torch.Tensor):
+        logits, loss = out.logits, getattr(out, "loss", None)
+    elif _tensor_pair(out):
+        loss, logits = out[0], out[1]
+    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    else:
+        raise TypeError(
+            f"the closure returned {type(out).__name__}; it must return the logits, an object "
+            "with .logits (and .loss), or a (loss, logits) tuple."
+        )
+    if logits.dim() == 0:
+        raise ValueError(
+            "the closure returned a scalar where logits were expected: return the model output "
+            "(logits, an object with .logits, or (loss, logits)), not only the loss."
+        )
+    if loss is not None:
+        loss = as_loss(loss)
+    return loss, logits
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    x = x.float()
+    return x.reshape(-1, x.shape[-1]) if x.dim() >= 2 else x.reshape(-1, 1)
+
+
+def divergence(target: torch.Tensor, pred: torch.Tensor, kind: str) -> torch.Tensor:
+    """D(target || pred), mean over rows (examples / tokens) of the sum over the last dim,
+    in float32; ``target`` is treated as a constant (detached).
+
+    kl: softmax KL(p_t || p_pred); bce: Bernoulli KL per logit (multi-label, sigmoid);
+    mse: squared error (regression).
+    """
+    t, p = _rows(target.detach()), _rows(pred)
+    if kind == "kl":
+        lt, lp = F.log_softmax(t, dim=-1), F.log_softmax(p, dim=-1)
+        return (lt.exp() * (lt - lp)).sum(-1).mean()
+    if kind == "bce":
+        lt1, lt0 = F.logsigmoid(t), F.logsigmoid(-t)
+        lp1, lp0 = F.logsigmoid(p), F.logsigmoid(-p)
+        return (lt1.exp() * (lt1 - lp1) + lt0.exp() * (lt0 - lp0)).sum(-1).mean()
+    return (t - p).pow(2).sum(-1).mean()
+
+
+def symmetric_divergence(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+    """SMART's symmetric loss: ``D(a || b) + D(b || a)`` where each term differentiates only
+    through its second argument (the released code's ``SymKlCriterion``). For ``mse`` it
+    is the plain squared error with gradients through both sides (it is already symmetric)."""
+    if kind == "mse":
+        return (_rows(a) - _rows(b)).pow(2).sum(-1).mean()
+    return divergence(a, b, kind) + divergence(b, a, kind)
+
+
+def default_task_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "kl":
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return F.mse_loss(logits.float().reshape(labels.shape), labels.float())

@@ -1,0 +1,125 @@
+"""FreeLB: "Free" Large-Batch adversarial training (Zhu, Cheng, Gan, Sun, Goldstein & Liu,
+ICLR 2020, "FreeLB: Enhanced Adversarial Training for Natural Language Understanding").
+
+Perturbs the input-embedding output with a per-example delta; K = ``adv_steps``
+ascent steps, and *every* step's parameter gradient is kept::
+
+    delta_0 = U(-1, 1) * init_mag / sqrt(L * H)     (L = real tokens of the example, H = hidden;
+                                                      padding gets 0; L-inf: U(-init_mag, init_mag))
+    for t = 0 .. K-1:
+        grad += (1/K) * grad_theta L(x + delta_t)     (one forward + one backward)
+        delta_{t+1} = Proj_max_norm(delta_t + adv_lr * g_t / ||g_t||)   (g_t from that backward)
+
+So the parameter gradient is the *mean over the K perturbed passes*; there is no
+separate clean pass. FreeLB by definition replaces the ``grad(clean) + adv``
+of the other methods: with ``init_mag=0`` pass 0 is the clean pass and the result
+is ``(grad clean + sum of K-1 adversarial grads) / K``. ``backward()`` returns
+the loss of pass 0 (at ``delta_0``, the clean loss when ``init_mag=0``);
+``last_adv_loss`` is the loss of the last pass. ``max_norm=0`` means no
+projection (the released GLUE scripts). A zero delta or gradient norm never
+produces inf * 0 (the released code's NaN with ``init_mag=0`` and ``max_norm>0``).
+
+Cost: K forward + K backward passes, no extra memory beyond one delta; only the
+last pass syncs gradients under DDP. Defaults (released GLUE scripts, e.g.
+SST-2): adv_steps=2, adv_lr=0.1, init_mag=0.6, max_norm=0, L2. Divide the loss by
+your gradient-accumulation steps as usual; FreeLB already divides by K.
+
+Example::
+
+    adv = FreeLB(model, adv_steps=2, adv_lr=0.1, init_mag=0.6)
+    loss = adv.backward(lambda: model(**batch).loss)
+    optimizer.step(); optimizer.zero_grad()
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import List, Optional
+
+import torch
+
+from .. import _perturb as P
+from .._base import Adversary, _check_positive, _default_backward, _Skip, _Step
+from ._common import apply_offsets, check_int, example_mask, record_pass, snapshot_buffers
+
+
+class FreeLB(Adversary):
+    """K ascent steps on a per-example embedding perturbation; gradients averaged over all K.
+
+    Args (names as in the paper's code):
+        model: the model (wrappers are fine), ``embedding``: see :class:`advnlp.Adversary`.
+        adv_steps: K, number of perturbed forward/backward passes (>= 1). Default 2.
+        adv_lr: ascent step size (embedding units). Default 0.1.
+        init_mag: magnitude of the random start (0 = start at the clean input). Default 0.6.
+        max_norm: radius of the per-example ball delta is projected onto after each
+            step; 0 = no projection. Default 0.
+        norm: ``"l2"`` (default; step ``adv_lr * g/||g||`` per example) or ``"linf"``
+            (step ``adv_lr * sign(g)``, projection by clamping; the released code's
+            L-inf variant uses ``g/||g||_inf`` instead).
+        generator: ``torch.Generator`` for the random start (reproducibility).
+    """
+
+    def __init__(self, model, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 0.6,
+                 max_norm: float = 0.0, *, norm: str = "l2",
+                 generator: Optional[torch.Generator] = None, embedding=None):
+        super().__init__(model, 1.0, norm=norm, embedding=embedding)
+        self.adv_steps = check_int("adv_steps", adv_steps)
+        self.adv_lr = _check_positive("adv_lr", adv_lr)
+        self.init_mag = _check_positive("init_mag", init_mag, allow_zero=True)
+        self.max_norm = _check_positive("max_norm", max_norm, allow_zero=True)
+        self.epsilon = self.max_norm
+        self.generator = generator
+
+    def __repr__(self) -> str:
+        return (f"FreeLB(adv_steps={self.adv_steps}, adv_lr={self.adv_lr}, init_mag={self.init_mag}, "
+                f"max_norm={self.max_norm}, norm={self.norm!r}, embedding={self.embedding_name!r})")
+
+    def _init_delta(self, ids, out: torch.Tensor) -> torch.Tensor:
+        mask = example_mask(self, ids, out)
+        if self.init_mag == 0:
+            return torch.zeros(out.shape, device=out.device, dtype=torch.float32)
+        u = torch.rand(out.shape, device=out.device, dtype=torch.float32, generator=self.generator)
+        u = (u * 2 - 1) * mask
+        if self.norm == "linf":
+            return u * self.init_mag
+        dims = tuple(range(1, mask.dim())) if mask.dim() >= 3 else tuple(range(mask.dim()))
+        real = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)  # an all-padding row: no 0-division
+        return u * (self.init_mag / torch.sqrt(real * out.shape[-1]))
+
+    def backward(self, closure, backward_fn=None) -> torch.Tensor:
+        """Run the K perturbed passes; each adds ``grad / K`` to parameters. Returns pass 0's loss."""
+        if not callable(closure):
+            raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the loss")
+        step = _Step(self, closure, backward_fn or _default_backward)
+        K, first = self.adv_steps, None
+        delta: List[torch.Tensor] = []
+        try:
+            for t in range(K):
+                if t == 0:
+                    fn = lambda i, ids, out: delta.append(self._init_delta(ids, out)) or delta[-1]
+                else:
+                    fn = apply_offsets(delta)
+                loss, grads = record_pass(step, fn, 1.0 / K, sync=(t == K - 1))
+                if t == 0:
+                    first = loss
+                    snapshot_buffers(step)
+                self.last_adv_loss = loss
+                if t == K - 1:
+                    break
+                if not P.all_finite(grads):
+                    raise _Skip()
+                moved = [d + self.adv_lr * u for d, u in zip(delta, self._direction(grads))]
+                if self.max_norm > 0:
+                    moved = self._project(moved, self.max_norm)
+                delta = step.space.mask(moved)
+        except _Skip:
+            self.skipped_steps += 1
+            warnings.warn(
+                f"FreeLB: non-finite (NaN/inf) gradient w.r.t. the embedding; the remaining "
+                f"ascent passes of this step were skipped ({self.skipped_steps} so far). The "
+                "parameter gradients hold the passes already run (non-finite, so a GradScaler "
+                "skips the step).", RuntimeWarning, stacklevel=2)
+            self.last_adv_loss = None
+        finally:
+            step.restore()
+        return first
