@@ -1,7 +1,8 @@
 """One file per method; each holds the method's math and its paper."""
+from .awp import AWP
 from .fgm import FGM
 from .fgsm import FGSM
 from .freelb import FreeLB
 from .pgd import PGD
 
-__all__ = ["FGM", "FGSM", "FreeLB", "PGD"]
+__all__ = ["AWP", "FGM", "FGSM", "FreeLB", "PGD"]

@@ -1,0 +1,217 @@
+"""AWP: Adversarial Weight Perturbation (Wu, Xia & Wang, NeurIPS 2020, "Adversarial Weight
+Perturbation Helps Robust Generalization"), in the form popular for fine-tuning
+transformers (Kaggle recipes): perturb *weights*, not embeddings.
+
+For each selected weight tensor w, with g = d L_clean / d w of *this* batch::
+
+    r    = adv_lr * ||w|| * g / ||g||                  (per tensor; 0 if g == 0)
+    w'   = clamp(w + r, w - adv_eps * |w|, w + adv_eps * |w|)   (elementwise, relative)
+    grad += grad L(x; w) + adv_weight * grad L(x; w')  ;  then w is restored bit-for-bit
+
+Which weights: by default the ``.weight`` of every ``nn.Linear`` module
+(attention, feed-forward and the classifier head; as in the paper, which perturbs
+every layer). Embeddings, LayerNorm and biases are left alone. Choose with
+``module_types=`` or exact ``params=`` names; names are never matched by substring
+(the Kaggle ``adv_param="weight"`` silently caught LayerNorm and embeddings).
+
+Unlike the common Kaggle class, this never calls ``optimizer.zero_grad()`` (which
+wiped the clean and accumulated gradients), keeps one backup copy of the selected
+weights (not three), and reads this batch's clean gradient from autograd hooks on
+the selected tensors, so gradients accumulated from earlier micro-batches neither
+leak into the direction nor get copied. ``start_step`` counts ``backward()``
+calls (micro-batches); before it, ``backward()`` is a plain backward.
+
+Cost: 2 forward + 2 backward passes; extra memory: one copy of the selected
+weights plus their clean gradient (freed tensor by tensor). Defaults: adv_lr=1.0,
+adv_eps=0.01 (with adv_lr=1 the clamp is what binds, so adv_eps is the real size;
+Kaggle winners used 1e-3 to 0.2), start_step=0.
+
+Example::
+
+    adv = AWP(model, adv_lr=1.0, adv_eps=0.01, start_step=1000)
+    loss = adv.backward(lambda: model(**batch).loss)
+    optimizer.step(); optimizer.zero_grad()
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+from torch import nn
+
+from .. import _perturb as P
+from .._base import _check_positive, _default_backward, as_loss
+from ._common import check_int
+
+
+class AWP:
+    """Adversarial weight perturbation with the ``backward(closure)`` contract.
+
+    Args:
+        model: the model (DDP / ``torch.compile`` wrappers are fine).
+        adv_lr: step relative to each tensor's norm (``||r|| = adv_lr * ||w||`` before the
+            clamp). Default 1.0.
+        adv_eps: elementwise bound relative to ``|w|``. Default 0.01.
+        params: exact names (as in ``model.named_parameters()`` of the unwrapped model)
+            or the parameters themselves. Overrides ``module_types``.
+        module_types: perturb the ``.weight`` of every module of these types. Default
+            ``(nn.Linear,)``.
+        exclude: exact parameter names to leave out (e.g. the classifier's weight).
+        start_step: number of ``backward()`` calls that are plain backwards before AWP
+            starts. Default 0.
+        adv_weight: weight of the adversarial loss's gradient. Default 1.0.
+    """
+
+    def __init__(self, model: nn.Module, adv_lr: float = 1.0, adv_eps: float = 0.01, *,
+                 params: Optional[Sequence[Union[str, nn.Parameter]]] = None,
+                 module_types: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = (nn.Linear,),
+                 exclude: Iterable[str] = (), start_step: int = 0, adv_weight: float = 1.0):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.adv_lr = _check_positive("adv_lr", adv_lr)
+        self.adv_eps = _check_positive("adv_eps", adv_eps)
+        self.adv_weight = _check_positive("adv_weight", adv_weight, allow_zero=True)
+        self.start_step = check_int("start_step", start_step, minimum=0)
+        self.params = self._select(params, module_types, exclude)
+        self.calls = 0
+        self.skipped_steps = 0
+        self.last_adv_loss: Optional[torch.Tensor] = None
+
+    def _select(self, params, module_types, exclude) -> Dict[str, nn.Parameter]:
+        inner = P.unwrap(self.model)
+        named = dict(inner.named_parameters())
+        if isinstance(params, str):
+            raise ValueError(
+                f"params={params!r}: give a list of exact parameter names, not a substring. "
+                f"To mimic Kaggle's adv_param={params!r}: "
+                f"params=[n for n, _ in model.named_parameters() if {params!r} in n]"
+            )
+        if params is not None:
+            chosen = {}
+            for p in params:
+                if isinstance(p, nn.Parameter):
+                    name = next((n for n, q in named.items() if q is p), None)
+                    if name is None:
+                        raise ValueError("params contains a parameter that is not in this model")
+                    chosen[name] = p
+                elif p in named:
+                    chosen[p] = named[p]
+                else:
+                    close = [n for n in named if n.endswith(str(p)) or str(p) in n][:5]
+                    raise ValueError(
+                        f"params: {p!r} is not a parameter name of this model (exact names only"
+                        f"{'; did you mean one of ' + ', '.join(close) if close else ''})."
+                    )
+        else:
+            types = module_types if isinstance(module_types, tuple) else (module_types,)
+            if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+                raise ValueError("module_types must be an nn.Module subclass or a tuple of them, "
+                                 "e.g. (nn.Linear,)")
+            chosen = {}
+            for mname, m in inner.named_modules():
+                w = getattr(m, "weight", None)
+                if isinstance(m, types) and isinstance(w, nn.Parameter):
+                    chosen[f"{mname}.weight" if mname else "weight"] = w
+        exclude = list(exclude) if not isinstance(exclude, str) else [exclude]
+        for n in exclude:
+            if n not in chosen:
+                raise ValueError(f"exclude: {n!r} is not among the selected parameters "
+                                 f"(exact names only): {', '.join(list(chosen)[:8])}...")
+            del chosen[n]
+        chosen = {n: p for n, p in chosen.items() if p.requires_grad}
+        if not chosen:
+            raise ValueError("AWP selected no trainable parameters; pass params=[exact names] "
+                             "or module_types=(...)")
+        # tied weights appear once
+        seen, unique = set(), {}
+        for n, p in chosen.items():
+            if id(p) not in seen:
+                seen.add(id(p))
+                unique[n] = p
+        return unique
+
+    def __repr__(self) -> str:
+        return (f"AWP(adv_lr={self.adv_lr}, adv_eps={self.adv_eps}, params={len(self.params)} "
+                f"tensors, start_step={self.start_step})")
+
+    def _local(self):
+        no_sync = getattr(self.model, "no_sync", None)
+        if isinstance(self.model, nn.parallel.DistributedDataParallel) and no_sync:
+            return no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, closure, backward_fn=None) -> torch.Tensor:
+        """Clean pass, weight perturbation, adversarial pass, exact restore. Returns the clean loss."""
+        if not callable(closure):
+            raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the loss")
+        backward_fn = backward_fn or _default_backward
+        self.calls += 1
+        if self.calls <= self.start_step:
+            loss = as_loss(closure())
+            backward_fn(loss)
+            self.last_adv_loss = None
+            return loss.detach()
+
+        # Clean pass: this batch's gradient of each selected tensor, caught on its way
+        # into .grad (accumulated grads from earlier micro-batches are not involved).
+        caught: Dict[int, torch.Tensor] = {}
+
+        def catcher(p):
+            def hook(g):
+                caught[id(p)] = g.detach() if id(p) not in caught else caught[id(p)] + g.detach()
+                return g
+            return hook
+
+        handles = [p.register_hook(catcher(p)) for p in self.params.values()]
+        try:
+            with self._local():
+                loss = as_loss(closure())
+                backward_fn(loss)
+        finally:
+            for h in handles:
+                h.remove()
+        clean = loss.detach()
+        buffers = [(b, b.detach().clone()) for b in P.unwrap(self.model).buffers()]
+
+        backup: List[Tuple[nn.Parameter, torch.Tensor]] = []
+        try:
+            grads = [caught.pop(id(p), None) for p in self.params.values()]
+            if not P.all_finite(grads):
+                raise FloatingPointError
+            with torch.no_grad():
+                for p, g in zip(self.params.values(), grads):
+                    if g is None:
+                        continue
+                    w = p.data
+                    backup.append((p, w.clone()))
+                    wf, gf = w.float(), g.float()
+                    gn = gf.norm()
+                    if not gn > P._TINY:
+                        continue
+                    # never in place: g may be the very tensor that became p.grad
+                    r = gf * (self.adv_lr * wf.norm() / gn)
+                    bound = wf.abs().mul_(self.adv_eps)
+                    new = torch.minimum(torch.maximum(wf + r, wf - bound), wf + bound)
+                    w.copy_(new.to(w.dtype))
+                    del r, bound, new
+                del grads
+            adv_loss = as_loss(closure())
+            backward_fn(adv_loss * self.adv_weight if self.adv_weight != 1.0 else adv_loss)
+            self.last_adv_loss = adv_loss.detach()
+        except FloatingPointError:
+            self.skipped_steps += 1
+            warnings.warn(
+                f"AWP: non-finite (NaN/inf) clean gradient of the perturbed weights; adversarial "
+                f"part of this step skipped ({self.skipped_steps} so far).",
+                RuntimeWarning, stacklevel=2)
+            self.last_adv_loss = None
+        finally:
+            with torch.no_grad():
+                for p, saved in backup:
+                    p.data.copy_(saved)
+                for b, saved in buffers:
+                    b.copy_(saved)
+        return clean
