@@ -1,8 +1,8 @@
 """Scoring a classifier: clean metrics and robustness to an embedding-space PGD attack.
 
-The attack reuses advnlp's own perturbation plumbing (the embedding hook and the
-norm/projection helpers), so it perturbs exactly the space the training methods
-defend: the input-embedding output, one L2 ball per example, padding untouched.
+The attack reuses advnlp's embedding discovery and norm/projection helpers, so it
+perturbs the space the training methods defend: the input-embedding output, one
+L2 ball per example, padding untouched.
 """
 from __future__ import annotations
 
@@ -70,37 +70,38 @@ def pgd_attack(forward: Callable[[], torch.Tensor], model: nn.Module, targets: t
 
     Untargeted: each step climbs ``criterion(logits, targets)`` by ``alpha`` along
     the per-example normalised gradient and projects back onto the ``epsilon``
-    ball. Only the perturbation gets gradients; the parameters' ``.grad`` are
-    left untouched. ``alpha`` defaults to ``2.5 * epsilon / steps`` (Madry et al.).
+    ball; padding positions are never perturbed. Only the perturbation gets
+    gradients: the parameters' ``.grad`` are left untouched. ``alpha`` defaults
+    to ``2.5 * epsilon / steps`` (Madry et al.). ``forward`` must call the
+    embedding once, on the same batch every time.
     """
     alpha = 2.5 * epsilon / steps if alpha is None else alpha
     _, embedding = P.find_embedding(model)
-    hook = P.EmbeddingHook(embedding)
+    pad = getattr(embedding, "padding_idx", None)
+    state = {}
+
+    def add_delta(module, args, out):
+        if "delta" not in state:  # first call: a zero perturbation of the output's shape
+            ids = args[0] if args else None
+            keep = (ids != pad) if pad is not None and isinstance(ids, torch.Tensor) \
+                else torch.ones(out.shape[:-1], dtype=torch.bool, device=out.device)
+            state["mask"] = keep.unsqueeze(-1).float()
+            state["delta"] = torch.zeros(out.shape, device=out.device, requires_grad=True)
+        return out + state["delta"].to(out.dtype)
+
+    handle = embedding.register_forward_hook(add_delta)
     try:
         with torch.enable_grad():
-            hook.start("record")
-            loss = criterion(forward(), targets)
-            hook.stop()
-            leaves, masks = hook.deltas, hook.masks
-            for t in range(steps):
-                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-                grads = [torch.zeros_like(l) if g is None else g * m
-                         for g, l, m in zip(grads, leaves, masks)]
-                delta = [P.project(l.detach() + alpha * P.normalize(g, "l2", "example"),
-                                   epsilon, "l2", "example") * m
-                         for l, g, m in zip(leaves, grads, masks)]
-                if t == steps - 1:
-                    break
-                leaves = [d.requires_grad_(True) for d in delta]
-                hook.start("apply", leaves)
+            for _ in range(steps):
                 loss = criterion(forward(), targets)
-                hook.stop()
-        hook.start("apply", delta)
+                (grad,) = torch.autograd.grad(loss, state["delta"])
+                mask = state["mask"]
+                moved = state["delta"].detach() + alpha * P.normalize(grad * mask, "l2", "example")
+                state["delta"] = (P.project(moved, epsilon, "l2", "example") * mask).requires_grad_(True)
         with torch.no_grad():
             return forward().float()
     finally:
-        hook.clear()
-        hook.remove()
+        handle.remove()
 
 
 def robust_accuracy(clf: Classifier, texts: Sequence[tuple], targets: torch.Tensor,

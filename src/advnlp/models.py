@@ -157,6 +157,7 @@ def _hf(path: str, num_labels: int):
     except ImportError:
         raise InputError("a Hugging Face model needs transformers: pip install 'advnlp[hf]'") from None
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    hf_logging.disable_progress_bar()  # ours is the only progress bar
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)

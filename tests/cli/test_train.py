@@ -1,0 +1,77 @@
+"""`advnlp train` end to end on tiny models and generated data."""
+import os
+
+from safetensors.torch import load_file
+
+from helpers import read_json, run
+
+
+def test_single_label_textcnn_leaves_a_complete_run(sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "3",
+               "--output-dir", out, "--quiet") == 0
+    for f in ("config.json", "labels.json", "metrics.json", "model/model.safetensors",
+              "model/vocab.json", "model/model_config.json"):
+        assert (out / f).is_file(), f
+    assert not (out / "checkpoint.pt").exists()  # only kept while the run is unfinished
+    metrics = read_json(out, "metrics.json")
+    assert len(metrics["epochs"]) == 3
+    assert metrics["final"]["test"]["accuracy"] >= 0.8
+    assert read_json(out, "labels.json") == {"labels": ["neg", "pos"], "multi_label": False}
+    cfg = read_json(out, "config.json")
+    assert cfg["method"] == "fgm" and cfg["data"]["train"] == sentiment_csv
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_multi_label_jsonl_uses_lists_and_reports_micro_f1(multilabel_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--model", "bilstm", "--train", multilabel_jsonl, "--label-column", "tags",
+               "--multi-label", "--method", "pgd", "--steps", "2", "--epochs", "3",
+               "--output-dir", out, "--quiet") == 0
+    final = read_json(out, "metrics.json")["final"]["test"]
+    assert set(final) == {"accuracy", "macro_f1", "micro_f1"}
+    assert final["micro_f1"] > 0.5
+    assert read_json(out, "labels.json")["labels"] == ["money", "sport", "tech"]
+
+
+def test_multi_label_delimited_string(tmp_path):
+    from conftest import write_csv
+
+    rows = [[f"{'red ' * (i % 2)}{'blue ' * (i % 3 == 0)}thing {i}", "|".join(
+        [c for c, on in (("red", i % 2), ("blue", i % 3 == 0)) if on])] for i in range(60)]
+    data = write_csv(tmp_path / "colors.csv", ["text", "label"], rows)
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", data, "--multi-label",
+               "--label-delimiter", "|", "--epochs", "1", "--output-dir", out, "--quiet") == 0
+    assert read_json(out, "labels.json")["labels"] == ["blue", "red"]
+
+
+def test_sentence_pairs_with_a_hugging_face_model(pairs_tsv, tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--model", tiny_bert, "--train", pairs_tsv, "--text-columns",
+               "premise,hypothesis", "--method", "fgsm", "--epochs", "1", "--max-length", "16",
+               "--output-dir", out, "--quiet") == 0
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "model" / "tokenizer_config.json").is_file()
+    assert run("eval", out, "--epsilons", "0.5", "--attack-steps", "1") == 0
+    assert read_json(out, "eval.json")["examples"] == 8
+
+
+def test_chinese_text_end_to_end(chinese_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", chinese_csv, "--text-column", "评论",
+               "--label-column", "标签", "--epochs", "5", "--output-dir", out, "--quiet") == 0
+    vocab = read_json(out, "model", "vocab.json")
+    assert "好" in vocab and "差" in vocab  # one token per CJK character
+    assert read_json(out, "labels.json")["labels"] == ["正面", "负面"]
+    assert read_json(out, "metrics.json")["final"]["test"]["accuracy"] >= 0.8
+    assert run("eval", out, "--data", chinese_csv, "--epsilons", "1") == 0
+    assert "100 examples" in capsys.readouterr().out
+
+
+def test_same_seed_same_weights(sentiment_csv, tmp_path):
+    for name in ("a", "b"):
+        assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+                   "--output-dir", tmp_path / name, "--quiet") == 0
+    a, b = (load_file(os.path.join(tmp_path, n, "model", "model.safetensors")) for n in "ab")
+    assert all(a[k].equal(b[k]) for k in a)
