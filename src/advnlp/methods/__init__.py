@@ -4,5 +4,7 @@ from .fgm import FGM
 from .fgsm import FGSM
 from .freelb import FreeLB
 from .pgd import PGD
+from .smart import SMART
+from .vat import VAT
 
-__all__ = ["AWP", "FGM", "FGSM", "FreeLB", "PGD"]
+__all__ = ["AWP", "FGM", "FGSM", "FreeLB", "PGD", "SMART", "VAT"]
