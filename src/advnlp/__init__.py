@@ -5,7 +5,7 @@
     loss = adv.backward(lambda: criterion(model(**batch).logits, batch["labels"]))
 """
 from ._base import Adversary, as_loss
-from .methods import AWP, FGM, FGSM, PGD, SMART, VAT, FreeLB
+from .methods import AWP, FGM, FGSM, PGD, SMART, VAT, FreeAT, FreeLB
 
 __version__ = "0.1.0"
-__all__ = ["AWP", "Adversary", "FGM", "FGSM", "FreeLB", "PGD", "SMART", "VAT", "as_loss", "__version__"]
+__all__ = ["AWP", "Adversary", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT", "as_loss", "__version__"]

@@ -166,5 +166,7 @@ def test_non_finite_gradient_is_skipped_and_counted():
     ({"init_mag": -1}, "init_mag"), ({"max_norm": float("nan")}, "max_norm"), ({"norm": "l1"}, "norm"),
 ])
 def test_bad_arguments(kwargs, match):
+    model = MeanPoolClassifier()
     with pytest.raises(ValueError, match=match):
-        FreeLB(MeanPoolClassifier(), **kwargs)
+        FreeLB(model, **kwargs)
+    assert not model.emb._forward_hooks  # a failed construction leaves no hook behind

@@ -2,9 +2,10 @@
 from .awp import AWP
 from .fgm import FGM
 from .fgsm import FGSM
+from .freeat import FreeAT
 from .freelb import FreeLB
 from .pgd import PGD
 from .smart import SMART
 from .vat import VAT
 
-__all__ = ["AWP", "FGM", "FGSM", "FreeLB", "PGD", "SMART", "VAT"]
+__all__ = ["AWP", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT"]

@@ -28,14 +28,25 @@ OffsetFn = Callable[[int, Optional[torch.Tensor], torch.Tensor], Optional[torch.
 DIVERGENCES = ("kl", "bce", "mse")
 
 
+@contextlib.contextmanager
+def unhook_on_error(adv: Adversary):
+    """Argument checks after ``Adversary.__init__``: a failure must not leave the hook behind."""
+    try:
+        yield
+    except BaseException:
+        adv.remove()
+        raise
+
+
 def check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def require_output_target(adv: Adversary, method: str) -> None:
-    if adv.target != "output":
+def require_output_target(target: str, method: str) -> None:
+    """Call *before* ``Adversary.__init__`` (which registers the hook)."""
+    if target != "output":
         raise ValueError(f"{method} perturbs the embedding output; use target='output' (the default)")
 
 

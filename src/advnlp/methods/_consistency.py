@@ -19,7 +19,7 @@ import torch
 
 from .. import _perturb as P
 from .._base import Adversary, _check_choice, _check_positive, _Step
-from ._common import (default_task_loss, divergence, offsets, require_output_target, snapshot_buffers,
+from ._common import (default_task_loss, divergence, offsets, snapshot_buffers,
                       split_output)
 
 OUTPUT_TYPES = {"softmax": "kl", "sigmoid": "bce", "regression": "mse"}
@@ -27,7 +27,6 @@ OUTPUT_TYPES = {"softmax": "kl", "sigmoid": "bce", "regression": "mse"}
 
 class _Consistency(Adversary):
     def _setup(self, loss_fn, output_type, alpha, generator) -> None:
-        require_output_target(self, type(self).__name__)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError("loss_fn must be a callable loss_fn(logits, labels)")
         self.loss_fn = loss_fn

@@ -40,7 +40,8 @@ import torch
 
 from .. import _perturb as P
 from .._base import Adversary, _check_positive, _default_backward, _Skip, _Step
-from ._common import apply_offsets, check_int, example_mask, record_pass, snapshot_buffers
+from ._common import (apply_offsets, check_int, example_mask, record_pass, snapshot_buffers,
+                      unhook_on_error)
 
 
 class FreeLB(Adversary):
@@ -63,10 +64,11 @@ class FreeLB(Adversary):
                  max_norm: float = 0.0, *, norm: str = "l2",
                  generator: Optional[torch.Generator] = None, embedding=None):
         super().__init__(model, 1.0, norm=norm, embedding=embedding)
-        self.adv_steps = check_int("adv_steps", adv_steps)
-        self.adv_lr = _check_positive("adv_lr", adv_lr)
-        self.init_mag = _check_positive("init_mag", init_mag, allow_zero=True)
-        self.max_norm = _check_positive("max_norm", max_norm, allow_zero=True)
+        with unhook_on_error(self):
+            self.adv_steps = check_int("adv_steps", adv_steps)
+            self.adv_lr = _check_positive("adv_lr", adv_lr)
+            self.init_mag = _check_positive("init_mag", init_mag, allow_zero=True)
+            self.max_norm = _check_positive("max_norm", max_norm, allow_zero=True)
         self.epsilon = self.max_norm
         self.generator = generator
 

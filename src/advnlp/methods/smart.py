@@ -54,7 +54,7 @@ import torch
 
 from .. import _perturb as P
 from .._base import _check_positive, _default_backward, _Skip, _Step
-from ._common import check_int, symmetric_divergence
+from ._common import check_int, symmetric_divergence, unhook_on_error
 from ._consistency import _Consistency
 
 
@@ -83,11 +83,12 @@ class SMART(_Consistency):
                  output_type: str = "softmax", generator: Optional[torch.Generator] = None,
                  embedding=None):
         super().__init__(model, epsilon, norm=norm, embedding=embedding)
-        self._setup(loss_fn, output_type, alpha, generator)
-        self.noise_var = _check_positive("noise_var", noise_var)
-        self.step_size = _check_positive("step_size", step_size)
-        self.radius = _check_positive("radius", radius)
-        self.steps = check_int("steps", steps)
+        with unhook_on_error(self):
+            self._setup(loss_fn, output_type, alpha, generator)
+            self.noise_var = _check_positive("noise_var", noise_var)
+            self.step_size = _check_positive("step_size", step_size)
+            self.radius = _check_positive("radius", radius)
+            self.steps = check_int("steps", steps)
 
     def __repr__(self) -> str:
         return (f"SMART(alpha={self.alpha}, radius={self.radius}, norm={self.norm!r}, "

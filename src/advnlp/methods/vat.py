@@ -46,7 +46,7 @@ import torch
 
 from .. import _perturb as P
 from .._base import _check_positive, _default_backward, _Skip, _Step
-from ._common import check_int, divergence, example_mask
+from ._common import check_int, divergence, example_mask, require_output_target, unhook_on_error
 from ._consistency import _Consistency
 
 
@@ -71,10 +71,12 @@ class VAT(_Consistency):
                  **kwargs):
         if kwargs.get("adv_only") or kwargs.get("adv_weight", 1.0) != 1.0:
             raise ValueError("VAT weighs its loss with alpha=; adv_weight/adv_only do not apply")
+        require_output_target(kwargs.get("target", "output"), "VAT")
         super().__init__(model, epsilon, **kwargs)
-        self._setup(loss_fn, output_type, alpha, generator)
-        self.xi = _check_positive("xi", xi)
-        self.power_iters = check_int("power_iters", power_iters)
+        with unhook_on_error(self):
+            self._setup(loss_fn, output_type, alpha, generator)
+            self.xi = _check_positive("xi", xi)
+            self.power_iters = check_int("power_iters", power_iters)
 
     def __repr__(self) -> str:
         return (f"VAT(epsilon={self.epsilon}, xi={self.xi}, alpha={self.alpha}, "

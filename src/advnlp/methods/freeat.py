@@ -1,0 +1,125 @@
+"""Free adversarial training, "FreeAT" (Shafahi, Najibi, Ghiasi, Xu, Dickerson, Studer, Davis,
+Taylor & Goldstein, NeurIPS 2019, "Adversarial Training for Free!"), on the input
+embeddings as in the NLP baselines of Zhu et al. (FreeLB, ICLR 2020).
+
+The caller replays each batch ``replays`` (m) times, with an optimizer step after
+every replay; one ``backward()`` per replay does ONE forward/backward at the
+current delta, whose single backward both adds the parameter gradient and gives
+the ascent direction for delta::
+
+    delta = 0                                   (new batch)
+    every call:  grad += grad_theta L(x + delta)              (1 forward + 1 backward)
+                 delta <- Proj_eps(delta + step_size * sign(g))   (L-inf; g/||g|| for L2)
+
+delta persists across the m replays of a batch and resets every ``replays`` calls,
+when the embedding output's shape changes, or on :meth:`new_batch` (call it if
+your loop does not replay exactly ``replays`` times; with fixed-length padding
+the shape check cannot see a new batch). Train for ``epochs / m`` epochs to keep
+the cost of standard training (the paper's point). Gradients are *not* clean +
+adversarial: each call's gradient is the one at the current delta (the first
+replay's is the clean gradient). Returns the loss at the current delta.
+
+Cost per call: 1 forward + 1 backward (the same as plain training). Defaults:
+L-inf, epsilon=0.01 per coordinate (embedding units), step_size=epsilon
+(Shafahi et al.), replays=4.
+
+Example::
+
+    adv = FreeAT(model, epsilon=0.01, replays=4)
+    for batch in loader:                      # run epochs / 4 epochs
+        for _ in range(adv.replays):
+            loss = adv.backward(lambda: model(**batch).loss)
+            optimizer.step(); optimizer.zero_grad()
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional
+
+import torch
+
+from .. import _perturb as P
+from .._base import Adversary, _check_positive, _default_backward, _Step
+from ._common import check_int, record_pass, require_output_target, unhook_on_error
+
+
+class FreeAT(Adversary):
+    """Free adversarial training: one pass per replay updates both the model and delta.
+
+    Args:
+        model, scope, embedding: see :class:`advnlp.Adversary`.
+        epsilon: radius of delta (per coordinate for L-inf). Default 0.01.
+        replays: m, how many times the caller replays each batch (delta resets after
+            that many calls). Default 4.
+        step_size: delta's ascent step. Default ``epsilon``.
+        norm: ``"linf"`` (default, sign step) or ``"l2"`` (per-example g/||g|| step).
+    """
+
+    default_norm = "linf"
+
+    def __init__(self, model, epsilon: float = 0.01, replays: int = 4, *,
+                 step_size: Optional[float] = None, norm: str = "linf", **kwargs):
+        if kwargs.get("adv_only") or kwargs.get("adv_weight", 1.0) != 1.0:
+            raise ValueError("FreeAT trains on the perturbed loss only, once per call; "
+                             "adv_weight/adv_only do not apply")
+        require_output_target(kwargs.get("target", "output"), "FreeAT")
+        super().__init__(model, epsilon, norm=norm, **kwargs)
+        with unhook_on_error(self):
+            self.replays = check_int("replays", replays)
+            self.step_size = (self.epsilon if step_size is None
+                              else _check_positive("step_size", step_size))
+        self.delta: Optional[List[torch.Tensor]] = None
+        self.calls_on_batch = 0
+
+    def new_batch(self) -> None:
+        """Forget delta: the next call starts a new batch at delta = 0."""
+        self.delta, self.calls_on_batch = None, 0
+
+    def __repr__(self) -> str:
+        return (f"FreeAT(epsilon={self.epsilon}, replays={self.replays}, step_size={self.step_size}, "
+                f"norm={self.norm!r}, embedding={self.embedding_name!r})")
+
+    def backward(self, closure, backward_fn=None) -> torch.Tensor:
+        """One forward/backward at the current delta; updates delta. Returns that loss."""
+        if not callable(closure):
+            raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the loss")
+        if self.calls_on_batch >= self.replays:
+            self.new_batch()
+        step = _Step(self, closure, backward_fn or _default_backward)
+        delta = self.delta
+        used = [False]
+
+        def fn(i, ids, out):
+            if delta is None:
+                return None
+            if i >= len(delta) or delta[i].shape != out.shape:
+                if i == 0:  # a new batch (another shape): start it at delta = 0
+                    return None
+                raise RuntimeError("the embedding calls of this closure differ from the previous "
+                                   "replay's; call adv.new_batch() between batches")
+            used[0] = True
+            return delta[i]
+
+        try:
+            loss, grads = record_pass(step, fn, 1.0, sync=True)
+            masks = list(step.space.masks)
+        finally:
+            step.restore()
+        if delta is not None and not used[0]:
+            delta = None
+            self.calls_on_batch = 0
+        self.calls_on_batch += 1
+        self.last_adv_loss = loss
+        if not P.all_finite(grads):
+            self.skipped_steps += 1
+            warnings.warn(
+                f"FreeAT: non-finite (NaN/inf) gradient w.r.t. the embedding; delta reset to 0 "
+                f"({self.skipped_steps} so far). The parameter gradients of this call are "
+                "non-finite too: a GradScaler skips the step.", RuntimeWarning, stacklevel=2)
+            self.delta = None
+            return loss
+        if delta is None:
+            delta = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
+        moved = [d + self.step_size * u for d, u in zip(delta, self._direction(grads))]
+        self.delta = [d * m for d, m in zip(self._project(moved, self.epsilon), masks)]
+        return loss
