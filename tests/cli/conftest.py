@@ -4,6 +4,10 @@ import json
 import random
 
 import pytest
+import torch
+
+# The models here are tiny: one thread is faster than several fighting for 2 cores.
+torch.set_num_threads(1)
 
 POS = "great good excellent wonderful fine nice".split()
 NEG = "bad awful terrible poor horrible ugly".split()

@@ -1,0 +1,62 @@
+"""Checkpoints: Ctrl-C saves one and exits 130; --resume ends where an uninterrupted run ends."""
+import os
+import signal
+
+import pytest
+from safetensors.torch import load_file
+
+import advnlp.train as T
+from helpers import read_json, run
+
+ARGS = ["--model", "textcnn", "--epochs", "2", "--batch-size", "16", "--quiet"]
+
+
+def _weights(run_dir):
+    return load_file(os.path.join(run_dir, "model", "model.safetensors"))
+
+
+def _ctrl_c_after(monkeypatch, n):
+    """Deliver a real SIGINT to this process after the n-th training step."""
+    calls = {"n": 0}
+    step = T._train_step
+
+    def step_then_sigint(*args):
+        loss = step(*args)
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(T, "_train_step", step_then_sigint)
+
+
+@pytest.mark.parametrize("stop_after", [2, 8], ids=["mid-epoch-1", "mid-epoch-2"])
+def test_resume_reaches_the_uninterrupted_weights(sentiment_csv, tmp_path, monkeypatch, capsys,
+                                                  stop_after):
+    # 96 training examples / 16 = 6 steps per epoch, so step 8 is inside epoch 2.
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run("train", *ARGS, "--train", sentiment_csv, "--method", "pgd", "--steps", "2",
+               "--output-dir", straight) == 0
+    with monkeypatch.context() as m:
+        _ctrl_c_after(m, stop_after)
+        assert run("train", *ARGS, "--train", sentiment_csv, "--method", "pgd", "--steps", "2",
+                   "--output-dir", stopped) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert (stopped / "checkpoint.pt").is_file() and not (stopped / "model").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    assert run("train", "--resume", stopped, "--quiet") == 0
+    a, b = _weights(straight), _weights(stopped)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert read_json(straight, "metrics.json")["final"] == read_json(stopped, "metrics.json")["final"]
+
+
+def test_checkpoint_loads_without_pickle(sentiment_csv, tmp_path, monkeypatch):
+    import torch
+
+    with monkeypatch.context() as m:
+        _ctrl_c_after(m, 1)
+        assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path) == 130
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 1 and state["epoch"] == 0
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
