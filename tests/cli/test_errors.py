@@ -1,0 +1,119 @@
+"""Bad input: one line on stderr, exit code 2, never a traceback."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_csv
+from helpers import run
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("advnlp: error:") and "\n" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_missing_file(tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", tmp_path / "nope.csv") == 2
+    _one_line_error(capsys, "not found", "nope.csv")
+
+
+def test_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\ncaf\xe9 ok,a\n".encode("latin-1"))
+    assert run("train", "--model", "textcnn", "--train", path) == 2
+    _one_line_error(capsys, "not valid UTF-8")
+
+
+def test_missing_column_lists_the_columns(sentiment_csv, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--text-column", "review") == 2
+    _one_line_error(capsys, "'review'", "columns are: text, label")
+
+
+def test_empty_dataset(tmp_path, capsys):
+    data = write_csv(tmp_path / "empty.csv", ["text", "label"], [])
+    assert run("train", "--model", "textcnn", "--train", data) == 2
+    _one_line_error(capsys, "no examples")
+
+
+def test_single_class(tmp_path, capsys):
+    data = write_csv(tmp_path / "one.csv", ["text", "label"], [[f"text {i}", "a"] for i in range(30)])
+    assert run("train", "--model", "textcnn", "--train", data) == 2
+    _one_line_error(capsys, "fewer than 2 classes", "'a'")
+
+
+def test_test_label_never_seen_in_training(sentiment_csv, tmp_path, capsys):
+    test = write_csv(tmp_path / "test.csv", ["text", "label"], [["so so", "neutral"], ["good", "pos"]])
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--test", test,
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, "never seen in training", "'neutral'")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--epsilon", "abc"], "invalid float value: 'abc'"),
+    (["--epsilon", "0"], "--epsilon must be > 0"),
+    (["--epsilon", "-1"], "--epsilon must be > 0"),
+    (["--steps", "3"], "--method fgm takes no --steps"),
+    (["--method", "pgd", "--steps", "0"], "--steps must be > 0"),
+    (["--method", "magic"], "unknown method 'magic'"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "two"], "invalid int value"),
+])
+def test_bad_parameters(argv, needle, sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv,
+               "--output-dir", tmp_path / "run", *argv) == 2
+    _one_line_error(capsys, needle)
+    assert not (tmp_path / "run").exists()  # nothing written for a refused command
+
+
+def test_output_dir_with_a_previous_run(sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+            "--output-dir", out, "--quiet"]
+    assert run(*args) == 0
+    assert run(*args) == 2
+    _one_line_error(capsys, "holds a previous run", "--overwrite")
+    assert run(*args, "--overwrite") == 0
+
+
+@pytest.mark.parametrize("model, needle", [
+    ("empty_dir", "not a model directory"),
+    ("no_such_thing", "not textcnn, bilstm and not a directory"),
+])
+def test_model_that_is_not_a_model(model, needle, sentiment_csv, tmp_path, capsys):
+    path = tmp_path / model
+    if model == "empty_dir":
+        path.mkdir()
+    assert run("train", "--model", path, "--train", sentiment_csv, "--output-dir", tmp_path / "r") == 2
+    _one_line_error(capsys, needle)
+
+
+def test_broken_model_directory(sentiment_csv, tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    assert run("train", "--model", tmp_path / "m", "--train", sentiment_csv,
+               "--output-dir", tmp_path / "r") == 2
+    _one_line_error(capsys, "cannot load the model")
+
+
+def test_eval_and_resume_need_a_run(tmp_path, capsys):
+    assert run("eval", tmp_path) == 2
+    _one_line_error(capsys, "not a run directory")
+    assert run("train", "--resume", tmp_path / "missing") == 2
+    _one_line_error(capsys, "not a run directory")
+
+
+def test_exit_code_and_no_traceback_from_the_console_script(tmp_path):
+    # The real entry point, as a shell sees it.
+    proc = subprocess.run([sys.executable, "-m", "advnlp.cli", "train", "--model", "textcnn",
+                           "--train", str(tmp_path / "missing.csv")],
+                          capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "advnlp.cli", "train", "--lr", "fast"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
