@@ -151,6 +151,7 @@ def _run(args) -> None:
         out = T.compare(_config(args), methods, args.attack_epsilon[0], args.attack_steps,
                         args.attack_samples, args.overwrite, progress, log)
         print(_table(out))
+        print(f"written: {out['path']}")
     else:
         if any(e <= 0 for e in args.epsilons) or args.attack_steps < 1 or args.attack_samples < 1:
             raise InputError("--epsilons must be > 0, --attack-steps and --attack-samples >= 1")

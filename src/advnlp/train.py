@@ -419,7 +419,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
                       "examples": min(attack_samples, len(trainer.splits.test))},
            "methods": rows}
     _write_json(os.path.join(out_dir, "compare.json"), out)
-    return out
+    return {**out, "path": os.path.join(out_dir, "compare.json")}
 
 
 def read_config(run_dir: str) -> TrainConfig:
