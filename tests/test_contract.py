@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from advnlp import FGM, FGSM, PGD
-from conftest import (PAD, LSTMClassifier, MeanPoolClassifier, assert_grads_close,
+from tinymodels import (PAD, LSTMClassifier, MeanPoolClassifier, assert_grads_close,
                       assert_state_equal, batch, grads, snapshot, tiny_bert, tiny_gpt2)
 
 ce = nn.CrossEntropyLoss()

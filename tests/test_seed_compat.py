@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advnlp import FGM, PGD
-from conftest import PAD, assert_grads_close, assert_state_equal, batch, grads, snapshot, tiny_bert, tiny_gpt2
+from tinymodels import PAD, assert_grads_close, assert_state_equal, batch, grads, snapshot, tiny_bert, tiny_gpt2
 
 
 class SeedFGM:

@@ -1,7 +1,9 @@
-"""Tiny, randomly initialised models shared by the tests (no network, seconds)."""
-import copy
+"""Tiny, randomly initialised models shared by the tests (no network, seconds).
 
-import pytest
+A plain module (not conftest.py) so that ``from tinymodels import ...`` is
+unambiguous next to the sub-suites' own conftest files; ``tests/`` is on
+pytest's ``pythonpath``.
+"""
 import torch
 from torch import nn
 
@@ -96,8 +98,3 @@ def assert_grads_close(a, b, atol=1e-6, rtol=1e-5):
                 (a[k] if a[k] is not None else b[k]).abs().max() == 0), k
             continue
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m: f"{k}: {m}")
-
-
-@pytest.fixture
-def clone():
-    return copy.deepcopy

@@ -14,7 +14,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import MeanPoolClassifier, batch  # noqa: E402
+from tinymodels import MeanPoolClassifier, batch  # noqa: E402
 
 from advnlp import FGM, PGD  # noqa: E402
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from advnlp import FGM, PGD
-from conftest import MeanPoolClassifier, batch
+from tinymodels import MeanPoolClassifier, batch
 
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from advnlp import AWP
-from conftest import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
+from tinymodels import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
                       grads, snapshot, tiny_bert)
 
 ce = nn.CrossEntropyLoss()

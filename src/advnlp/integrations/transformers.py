@@ -1,0 +1,97 @@
+"""Hugging Face ``Trainer`` with adversarial training: ``AdversarialTrainer``.
+
+    from advnlp import PGD
+    from advnlp.integrations.transformers import AdversarialTrainer
+
+    trainer = AdversarialTrainer(model=model, args=args, train_dataset=ds,
+                                 adversary=PGD(model, epsilon=1.0, alpha=0.3, steps=3))
+    trainer.train()
+
+Only ``training_step`` changes: the Trainer's own ``compute_loss`` becomes the
+closure and ``accelerator.backward`` the ``backward_fn``, so the Trainer's AMP,
+gradient accumulation (including its loss normalisation), gradient
+checkpointing and DDP keep working. The mean clean and adversarial losses since
+the last log are logged as ``clean_loss`` and ``adv_loss``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+try:
+    from transformers import Trainer
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "advnlp.integrations.transformers needs transformers: pip install 'advnlp[hf]'"
+    ) from e
+
+from .._base import Adversary
+from .._perturb import unwrap
+
+
+class AdversarialTrainer(Trainer):
+    """A ``transformers.Trainer`` whose training step runs ``adversary.backward``.
+
+    Args:
+        adversary: an advnlp method built on the same model (e.g. ``FGM(model)``).
+            ``None`` trains exactly like ``Trainer``.
+        *args, **kwargs: passed to ``Trainer``.
+    """
+
+    def __init__(self, *args, adversary: Optional[Adversary] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if adversary is not None:
+            if not isinstance(adversary, Adversary):
+                raise TypeError("adversary must be an advnlp method such as FGM(model)")
+            if unwrap(adversary.model) is not unwrap(self.model):
+                raise ValueError(
+                    "the adversary was built on a different model than the Trainer's; "
+                    "build it with the same model object: FGM(model)"
+                )
+        self.adversary = adversary
+        self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0}
+
+    def training_step(self, model: nn.Module, inputs: Dict[str, Any],
+                      num_items_in_batch=None) -> torch.Tensor:
+        if self.adversary is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            self.adversary.model = model  # so every pass but the last runs in no_sync()
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        # The Trainer divides by the accumulation steps unless the loss was already
+        # normalised by num_items_in_batch (or by a custom compute_loss_func).
+        scaled_by_trainer = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled_by_trainer is None:
+            scaled_by_trainer = (
+                getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None
+            ) or getattr(self, "compute_loss_func", None) is not None
+        steps = getattr(self, "current_gradient_accumulation_steps",
+                        self.args.gradient_accumulation_steps)
+        divisor = 1 if scaled_by_trainer else steps
+
+        def closure():
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            return loss.mean() if self.args.n_gpu > 1 else loss
+
+        def backward_fn(loss):
+            self.accelerator.backward(loss / divisor if divisor != 1 else loss)
+
+        clean = self.adversary.backward(closure, backward_fn)
+        sums = self._adv_sums
+        sums["clean_loss"] += float(clean)
+        if self.adversary.last_adv_loss is not None:
+            sums["adv_loss"] += float(self.adversary.last_adv_loss)
+        sums["n"] += 1
+        return clean / divisor
+
+    def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
+        n = self._adv_sums["n"]
+        if n and "loss" in logs:
+            logs["clean_loss"] = round(self._adv_sums["clean_loss"] / n, 4)
+            logs["adv_loss"] = round(self._adv_sums["adv_loss"] / n, 4)
+            self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0}
+        super().log(logs, *args, **kwargs)
