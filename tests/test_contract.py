@@ -332,3 +332,32 @@ def test_ddp_wrapper_is_unwrapped(monkeypatch):
     model = MeanPoolClassifier()
     wrapped = nn.DataParallel(model)
     assert FGM(wrapped).embedding is model.emb
+
+
+def test_bart_perturbation_applies_after_the_models_embed_scale():
+    """BART with scale_embedding multiplies token embeddings by sqrt(d_model) inside
+    its embedding module; the perturbation must be added after that scale."""
+    from transformers import BartConfig, BartForSequenceClassification
+
+    cfg = BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
+                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+                     decoder_ffn_dim=16, max_position_embeddings=32, num_labels=2,
+                     pad_token_id=1, bos_token_id=0, eos_token_id=2, dropout=0,
+                     scale_embedding=True)
+    model = BartForSequenceClassification(cfg).eval()
+    enc_emb = model.model.encoder.embed_tokens
+    ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]])
+    adv = FGM(model, epsilon=0.5, embedding="model.encoder.embed_tokens")
+    outs = []
+    enc_emb.register_forward_hook(lambda m, a, o: outs.append(o.detach()))
+    adv.backward(lambda: model(ids, attention_mask=(ids != 1).long(), labels=torch.tensor([0, 1])))
+    clean, perturbed = outs[0], outs[-1]
+    torch.testing.assert_close(clean, model.model.shared.weight[ids].detach() * 4.0)  # sqrt(16)
+    torch.testing.assert_close((perturbed - clean).flatten(1).norm(dim=1), torch.full((2,), 0.5))
+
+
+def test_deepspeed_zero3_is_refused_with_a_clear_message():
+    model = MeanPoolClassifier()
+    next(model.parameters()).ds_id = 0  # what ZeRO-3 attaches to partitioned parameters
+    with pytest.raises(NotImplementedError, match="ZeRO-3"):
+        FGM(model)
