@@ -15,7 +15,8 @@ separate clean pass. FreeLB by definition replaces the ``grad(clean) + adv``
 of the other methods: with ``init_mag=0`` pass 0 is the clean pass and the result
 is ``(grad clean + sum of K-1 adversarial grads) / K``. ``backward()`` returns
 the loss of pass 0 (at ``delta_0``, the clean loss when ``init_mag=0``);
-``last_adv_loss`` is the loss of the last pass. ``max_norm=0`` means no
+``last_adv_loss`` is the loss of the last pass. Buffers (BatchNorm
+statistics) end as after pass 0 alone, i.e. one forward at ``delta_0``. ``max_norm=0`` means no
 projection (the released GLUE scripts). A zero delta or gradient norm never
 produces inf * 0 (the released code's NaN with ``init_mag=0`` and ``max_norm>0``).
 
