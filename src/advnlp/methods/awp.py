@@ -137,6 +137,15 @@ class AWP:
         return (f"AWP(adv_lr={self.adv_lr}, adv_eps={self.adv_eps}, params={len(self.params)} "
                 f"tensors, start_step={self.start_step})")
 
+    def remove(self) -> None:
+        """Nothing to remove (AWP registers no persistent hooks); for API symmetry."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
     def _local(self):
         no_sync = getattr(self.model, "no_sync", None)
         if isinstance(self.model, nn.parallel.DistributedDataParallel) and no_sync:
@@ -186,11 +195,11 @@ class AWP:
                     if g is None:
                         continue
                     w = p.data
-                    backup.append((p, w.clone()))
                     wf, gf = w.float(), g.float()
                     gn = gf.norm()
-                    if not gn > P._TINY:
+                    if not gn > P._TINY:  # no direction: leave the tensor alone (never g/0)
                         continue
+                    backup.append((p, w.clone()))
                     # never in place: g may be the very tensor that became p.grad
                     r = gf * (self.adv_lr * wf.norm() / gn)
                     bound = wf.abs().mul_(self.adv_eps)

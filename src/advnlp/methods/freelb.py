@@ -23,7 +23,8 @@ produces inf * 0 (the released code's NaN with ``init_mag=0`` and ``max_norm>0``
 Cost: K forward + K backward passes, no extra memory beyond one delta; only the
 last pass syncs gradients under DDP. Defaults (released GLUE scripts, e.g.
 SST-2): adv_steps=2, adv_lr=0.1, init_mag=0.6, max_norm=0, L2. Divide the loss by
-your gradient-accumulation steps as usual; FreeLB already divides by K.
+your gradient-accumulation steps as usual; FreeLB already divides by K (a
+``backward_fn`` receives ``loss / K`` of each pass).
 
 Example::
 
