@@ -64,8 +64,8 @@ def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str)
     g = p.add_argument_group("robustness: L2 PGD attack on the input embeddings")
     g.add_argument(eps_flag, type=_floats, default=_floats(eps_default),
                    help=f"attack radius{'es' if eps_flag.endswith('s') else ''} (default {eps_default})")
-    g.add_argument("--attack-steps", type=int, default=5)
-    g.add_argument("--attack-samples", type=int, default=200, help="test examples attacked")
+    g.add_argument("--attack-steps", type=int, default=5, help="default 5")
+    g.add_argument("--attack-samples", type=int, default=100, help="test examples attacked (default 100)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
     c.add_argument("--methods", default="none,fgm,pgd", help="comma-separated (default none,fgm,pgd)")
     _training_options(c)
-    _attack_options(c, "--attack-epsilon", "1.0")
+    _attack_options(c, "--attack-epsilon", "0.5")
     e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto")
-    _attack_options(e, "--epsilons", "0.5,1,2,4")
+    _attack_options(e, "--epsilons", "0.1,0.25,0.5,1")
     return parser
 
 
@@ -148,6 +148,8 @@ def _run(args) -> None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if len(args.attack_epsilon) != 1 or args.attack_epsilon[0] <= 0:
             raise InputError("--attack-epsilon takes one number > 0")
+        if args.attack_steps < 1 or args.attack_samples < 1:
+            raise InputError("--attack-steps and --attack-samples must be >= 1")
         out = T.compare(_config(args), methods, args.attack_epsilon[0], args.attack_steps,
                         args.attack_samples, args.overwrite, progress, log)
         print(_table(out))

@@ -109,9 +109,9 @@ def _rows(path: str) -> Tuple[List[dict], List[str]]:
             rows.append(row)
             columns.update(dict.fromkeys(row))
         return rows, list(columns)
-    if ext not in (".csv", ".tsv", ".txt"):
+    if ext not in (".csv", ".tsv"):
         raise InputError(f"{path}: unknown format {ext or '(no extension)'}; use .csv, .tsv or .jsonl")
-    delimiter = "\t" if ext in (".tsv", ".txt") else ","
+    delimiter = "\t" if ext == ".tsv" else ","
     try:
         reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
         rows = list(reader)

@@ -119,8 +119,8 @@ def robust_accuracy(clf: Classifier, texts: Sequence[tuple], targets: torch.Tens
     return correct / max(len(texts), 1)
 
 
-def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
-                 steps: int = 5, samples: int = 200, batch_size: int = 32,
+def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+                 steps: int = 5, samples: int = 100, batch_size: int = 32,
                  device: str = "auto") -> dict:
     """Clean metrics and a robustness curve for a saved run; also written to eval.json."""
     # Imported here: train.py builds on this module, not the other way round.

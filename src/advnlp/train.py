@@ -12,6 +12,7 @@ metrics.json and, if matplotlib is installed, plot.png.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import random
@@ -86,8 +87,8 @@ class TrainConfig:
             if value is not None and (value <= 0 if name != "adv_weight" else value < 0):
                 raise InputError(f"--{name.replace('_', '-')} must be "
                                  f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
-            if value is None and name in METHOD_DEFAULTS.get(cfg.method, {}):
-                setattr(cfg, name, METHOD_DEFAULTS[cfg.method][name])
+            if value is None and name in takes:
+                setattr(cfg, name, _method_default(cfg.method, name))
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
@@ -108,6 +109,17 @@ class TrainConfig:
         data = dict(d.pop("data"))
         data["text_columns"] = tuple(data["text_columns"])
         return cls(**d, data=DataSpec(**data))
+
+
+def _method_default(method: str, name: str):
+    """The CLI's or else the library's default, so config.json records actual values."""
+    if name in METHOD_DEFAULTS.get(method, {}):
+        return METHOD_DEFAULTS[method][name]
+    for klass in METHODS[method][0].__mro__:
+        param = inspect.signature(klass.__init__).parameters.get(name)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return None
 
 
 def default_run_dir(suffix: str) -> str:
