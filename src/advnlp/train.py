@@ -139,9 +139,12 @@ def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available here")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -178,6 +181,25 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
         return cls(model, **kwargs)
     except (TypeError, ValueError) as e:
         raise InputError(f"--method {cfg.method}: {e}") from None
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(enabled: bool, **kwargs):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are a nicety, not a requirement
+        return _NoBar()
+    return tqdm(disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True, **kwargs)
 
 
 def _train_step(clf: Classifier, adv, criterion, batch, y) -> torch.Tensor:
@@ -275,14 +297,11 @@ class Trainer:
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _run_epoch(self) -> None:
-        from tqdm.auto import tqdm
-
         texts = [t for t, _ in self.splits.train]
         order = self._epoch_order().tolist()
         spans = batches(len(order), self.cfg.batch_size)
-        bar = tqdm(total=len(spans), initial=self.step, disable=not self.progress,
-                   desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", file=sys.stderr,
-                   leave=False, dynamic_ncols=True)
+        bar = _progress_bar(self.progress, total=len(spans), initial=self.step,
+                            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
         self.clf.model.train()
         try:
             for span in spans[self.step:]:

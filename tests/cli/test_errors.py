@@ -117,3 +117,16 @@ def test_exit_code_and_no_traceback_from_the_console_script(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "advnlp.cli", "train", "--lr", "fast"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+
+
+def test_unknown_file_format(tmp_path, capsys):
+    (tmp_path / "data.xlsx").write_text("x")
+    assert run("train", "--model", "textcnn", "--train", tmp_path / "data.xlsx") == 2
+    _one_line_error(capsys, "unknown format .xlsx")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--device", "cuda",
+               "--output-dir", tmp_path / "r") == 2
+    _one_line_error(capsys, "CUDA is not available")
