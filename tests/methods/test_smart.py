@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advnlp import SMART
-from conftest import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
+from tinymodels import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
                       grads, snapshot, tiny_bert)
 
 ce = nn.CrossEntropyLoss()
@@ -118,7 +118,7 @@ def test_bert_model_output_bf16_autocast():
     model = tiny_bert(dropout=0.1).train()
     ids, y = batch()
     before = snapshot(model)
-    adv = SMART(model, radius=0.1)
+    adv = SMART(model, radius=0.1, bregman=1.0)  # teacher pass: HF .loss under no_grad
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = adv.backward(lambda: model(input_ids=ids, attention_mask=(ids != PAD).long(),
                                           labels=y))
@@ -155,3 +155,41 @@ def test_bad_inputs():
         SMART(model, steps=0)
     with pytest.raises(ValueError, match="radius"):
         SMART(model, radius=0)
+
+
+def test_bregman_teacher_term_matches_hand_computed_momentum_teacher():
+    torch.manual_seed(0)
+    model = MeanPoolClassifier()
+    ids, y = batch()
+    mu, beta = 0.5, 0.9
+    adv = SMART(model, alpha=0.0, bregman=mu, bregman_beta=beta,
+                generator=torch.Generator().manual_seed(0))
+    theta0 = copy.deepcopy(model)
+    # call 1: the teacher starts at theta, the term is exactly 0 (grads = task grads)
+    adv.backward(lambda: model(ids), labels=y)
+    plain = copy.deepcopy(theta0)
+    ce(plain(ids), y).backward()
+    assert adv.last_bregman_loss == 0
+    assert_grads_close(grads(model), grads(plain))
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    model.zero_grad()
+    # call 2: teacher = beta * theta0 + (1 - beta) * theta1, by hand
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for t, p0 in zip(teacher.parameters(), theta0.parameters()):
+            t.copy_(beta * p0 + (1 - beta) * t)
+    ref = copy.deepcopy(model)
+    before = snapshot(model)
+    adv.backward(lambda: (lambda lg: (ce(lg, y), lg))(model(ids)))
+    assert_state_equal(model, before)  # the teacher swap is undone bit-for-bit
+    with torch.no_grad():
+        pt = F.softmax(teacher(ids), -1)
+    c = ref(ids)
+    pc = F.softmax(c, -1)
+    prox = (pt * (pt.log() - pc.log())).sum(-1).mean() + (pc * (pc.log() - pt.log())).sum(-1).mean()
+    (ce(c, y) + mu * prox).backward()
+    torch.testing.assert_close(adv.last_bregman_loss, prox.detach())
+    assert prox > 0
+    assert_grads_close(grads(model), grads(ref), atol=1e-6)
+    with pytest.raises(ValueError, match="bregman_beta"):
+        SMART(model, bregman=1.0, bregman_beta=1.0)

@@ -114,7 +114,7 @@ def _tensor_pair(out) -> bool:
             and out[0].dim() == 0 and isinstance(out[1], torch.Tensor))
 
 
-def split_output(out) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+def split_output(out, check_loss: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """``(task_loss or None, logits)`` from a closure's result.
 
     Accepted: logits (a tensor with a batch dimension), an object or dict with
@@ -142,7 +142,7 @@ def split_output(out) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
             "the closure returned a scalar where logits were expected: return the model output "
             "(logits, an object with .logits, or (loss, logits)), not only the loss."
         )
-    if loss is not None:
+    if loss is not None and check_loss:
         loss = as_loss(loss)
     return loss, logits
 
@@ -152,6 +152,19 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if x.dim() >= 2 else x.reshape(-1, 1)
 
 
+def _log_probs(x: torch.Tensor, kind: str) -> List[torch.Tensor]:
+    x = _rows(x)
+    if kind == "kl":
+        return [F.log_softmax(x, dim=-1)]
+    return [F.logsigmoid(x), F.logsigmoid(-x)]  # Bernoulli per logit
+
+
+def _kl(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+    """KL(a || b) of the distributions given by logits a, b; gradients through both."""
+    return sum((la.exp() * (la - lb)) for la, lb in zip(_log_probs(a, kind), _log_probs(b, kind))
+               ).sum(-1).mean()
+
+
 def divergence(target: torch.Tensor, pred: torch.Tensor, kind: str) -> torch.Tensor:
     """D(target || pred), mean over rows (examples / tokens) of the sum over the last dim,
     in float32; ``target`` is treated as a constant (detached).
@@ -159,15 +172,18 @@ def divergence(target: torch.Tensor, pred: torch.Tensor, kind: str) -> torch.Ten
     kl: softmax KL(p_t || p_pred); bce: Bernoulli KL per logit (multi-label, sigmoid);
     mse: squared error (regression).
     """
-    t, p = _rows(target.detach()), _rows(pred)
-    if kind == "kl":
-        lt, lp = F.log_softmax(t, dim=-1), F.log_softmax(p, dim=-1)
-        return (lt.exp() * (lt - lp)).sum(-1).mean()
-    if kind == "bce":
-        lt1, lt0 = F.logsigmoid(t), F.logsigmoid(-t)
-        lp1, lp0 = F.logsigmoid(p), F.logsigmoid(-p)
-        return (lt1.exp() * (lt1 - lp1) + lt0.exp() * (lt0 - lp0)).sum(-1).mean()
-    return (t - p).pow(2).sum(-1).mean()
+    if kind == "mse":
+        return (_rows(target.detach()) - _rows(pred)).pow(2).sum(-1).mean()
+    return _kl(target.detach(), pred, kind)
+
+
+def proximal_divergence(anchor: torch.Tensor, live: torch.Tensor, kind: str) -> torch.Tensor:
+    """Symmetric ``D(anchor || live) + D(live || anchor)`` with ``anchor`` constant and the
+    full gradient through ``live`` in *both* terms (SMART's Bregman proximal term)."""
+    anchor = anchor.detach()
+    if kind == "mse":
+        return (_rows(anchor) - _rows(live)).pow(2).sum(-1).mean()
+    return _kl(anchor, live, kind) + _kl(live, anchor, kind)
 
 
 def symmetric_divergence(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:

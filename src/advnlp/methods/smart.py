@@ -26,7 +26,7 @@ differentiates only through its second argument, so both the clean and the
 perturbed pass get gradient. Divergence D by ``output_type``: ``"softmax"``
 (KL, classification), ``"sigmoid"`` (Bernoulli KL per logit, multi-label) or
 ``"regression"`` (squared error, counted once). The Bregman proximal point
-(momentum teacher) part of SMART is not implemented.
+part is optional (below).
 
 The closure returns the model output (not a loss): logits, an object with
 ``.logits`` (HF ``ModelOutput``, whose ``.loss`` is the task loss), or
@@ -35,7 +35,16 @@ The closure returns the model output (not a loss): logits, an object with
 ``output_type``). Returns the task loss (detached); ``last_adv_loss`` holds the
 symmetric divergence.
 
-Cost: 2 + steps forward passes, steps input-only backwards, 1 full backward
+Bregman proximal point (optional, ``bregman=mu > 0``; the paper's momentum
+variant): a teacher ``theta~ <- beta * theta~ + (1 - beta) * theta`` (started at
+theta, updated at the start of every ``backward()`` call, i.e. per micro-batch)
+adds ``mu * [D(f(x; theta~) || f(x; theta)) + D(f(x; theta) || f(x; theta~))]``
+to the loss (gradient through the student in both terms). The teacher forward
+runs under ``no_grad`` with the teacher tensors swapped in (``p.data``, restored
+bit-for-bit). Costs one more forward and one copy of the trainable parameters;
+``last_bregman_loss`` holds the term. Paper: mu=1, beta=0.99. Off by default.
+
+Cost: 2 + steps forward passes (+1 with ``bregman``), steps input-only backwards, 1 full backward
 through the clean and final graphs (two forwards' activations alive at once).
 Defaults (paper / released code): noise_var=1e-5 (used as a standard deviation,
 as in the code), step_size=1e-3, epsilon=1e-5, steps=1, alpha=1, radius=1, L-inf.
@@ -48,13 +57,15 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
+from torch import nn
 
 from .. import _perturb as P
 from .._base import _check_positive, _default_backward, _Skip, _Step
-from ._common import check_int, symmetric_divergence, unhook_on_error
+from ._common import (check_int, proximal_divergence, split_output, symmetric_divergence,
+                      unhook_on_error)
 from ._consistency import _Consistency
 
 
@@ -73,6 +84,8 @@ class SMART(_Consistency):
         norm: ``"linf"`` (default, reference) or ``"l2"``; always per token.
         output_type: ``"softmax"`` (default), ``"sigmoid"`` or ``"regression"``.
         generator: ``torch.Generator`` for the Gaussian start.
+        bregman: weight mu of the Bregman proximal (momentum teacher) term; 0 = off. Default 0.
+        bregman_beta: teacher momentum. Default 0.99.
     """
 
     default_norm = "linf"
@@ -81,7 +94,7 @@ class SMART(_Consistency):
                  noise_var: float = 1e-5, step_size: float = 1e-3, epsilon: float = 1e-5,
                  radius: float = 1.0, steps: int = 1, norm: str = "linf",
                  output_type: str = "softmax", generator: Optional[torch.Generator] = None,
-                 embedding=None):
+                 bregman: float = 0.0, bregman_beta: float = 0.99, embedding=None):
         super().__init__(model, epsilon, norm=norm, embedding=embedding)
         with unhook_on_error(self):
             self._setup(loss_fn, output_type, alpha, generator)
@@ -89,6 +102,38 @@ class SMART(_Consistency):
             self.step_size = _check_positive("step_size", step_size)
             self.radius = _check_positive("radius", radius)
             self.steps = check_int("steps", steps)
+            self.bregman = _check_positive("bregman", bregman, allow_zero=True)
+            beta = _check_positive("bregman_beta", bregman_beta, allow_zero=True)
+            if beta >= 1:
+                raise ValueError(f"bregman_beta must be in [0, 1), got {beta}")
+            self.bregman_beta = beta
+        self.teacher: Optional[List[torch.Tensor]] = None
+        self.last_bregman_loss: Optional[torch.Tensor] = None
+
+    def _trainable(self) -> List[nn.Parameter]:
+        return [p for p in P.unwrap(self.model).parameters() if p.requires_grad]
+
+    def _update_teacher(self) -> None:
+        params = self._trainable()
+        with torch.no_grad():
+            if self.teacher is None or len(self.teacher) != len(params):
+                self.teacher = [p.detach().clone() for p in params]
+            else:
+                for t, p in zip(self.teacher, params):
+                    t.lerp_(p.detach(), 1.0 - self.bregman_beta)
+
+    def _teacher_logits(self, step: _Step) -> torch.Tensor:
+        params = self._trainable()
+        saved = [p.data for p in params]
+        try:
+            with torch.no_grad(), step._local():
+                for p, t in zip(params, self.teacher):
+                    p.data = t
+                _, logits = split_output(step.closure(), check_loss=False)
+        finally:
+            for p, s in zip(params, saved):
+                p.data = s
+        return logits.detach()
 
     def __repr__(self) -> str:
         return (f"SMART(alpha={self.alpha}, radius={self.radius}, norm={self.norm!r}, "
@@ -112,6 +157,11 @@ class SMART(_Consistency):
                     "custom loss). For unlabelled data use VAT."
                 )
             total = task
+            if self.bregman > 0:
+                self._update_teacher()
+                prox = proximal_divergence(self._teacher_logits(step), clean, self.kind)
+                self.last_bregman_loss = prox.detach()
+                total = total + self.bregman * prox
             try:
                 delta = self._mask(step, [self._randn(z) * self.noise_var for z in zeros])
                 for _ in range(self.steps):
@@ -120,7 +170,7 @@ class SMART(_Consistency):
                                               for d, gi in zip(delta, g)])
                 reg = symmetric_divergence(clean, self._logits_at(step, delta), self.kind)
                 self.last_adv_loss = reg.detach()
-                total = task + self.alpha * reg
+                total = total + self.alpha * reg
             except _Skip:
                 self._warn_skip()
             step.backward_fn(total)
