@@ -40,7 +40,7 @@ def reference_freelb(model, ids, y, K, lr, init_mag, max_norm, seed, norm="l2"):
                 n = delta.flatten(1).norm(dim=1)
                 delta = delta * torch.where(n > max_norm, max_norm / n, torch.ones_like(n)).view(-1, 1, 1)
         else:
-            delta = delta + lr * torch.sign(g)
+            delta = delta + lr * g / g.flatten(1).abs().amax(dim=1).view(-1, 1, 1)
             if max_norm > 0:
                 delta = delta.clamp(-max_norm, max_norm)
     return grads(m), losses
@@ -107,8 +107,8 @@ def test_gradient_accumulation_and_existing_grads_are_added_to():
     torch.manual_seed(0)
     model = MeanPoolClassifier()
     (a, ya), (b, yb) = batch(seed=1), batch(seed=2)
-    ga, _ = reference_freelb(model, a, ya, 2, 0.1, 0.6, 0.0, seed=7)
-    gb, _ = reference_freelb(model, b, yb, 2, 0.1, 0.6, 0.0, seed=8)
+    ga, _ = reference_freelb(model, a, ya, 2, 0.1, 1.0, 0.6, seed=7)  # the defaults
+    gb, _ = reference_freelb(model, b, yb, 2, 0.1, 1.0, 0.6, seed=8)
     earlier = {n: torch.randn_like(p) for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.grad = earlier[n].clone()

@@ -8,7 +8,8 @@ ascent steps, and *every* step's parameter gradient is kept::
                                                       padding gets 0; L-inf: U(-init_mag, init_mag))
     for t = 0 .. K-1:
         grad += (1/K) * grad_theta L(x + delta_t)     (one forward + one backward)
-        delta_{t+1} = Proj_max_norm(delta_t + adv_lr * g_t / ||g_t||)   (g_t from that backward)
+        delta_{t+1} = Proj_max_norm(delta_t + adv_lr * g_t / ||g_t||)   (g_t from that backward;
+                                                      per example; L-inf: g_t / ||g_t||_inf, clamp)
 
 So the parameter gradient is the *mean over the K perturbed passes*; there is no
 separate clean pass. FreeLB by definition replaces the ``grad(clean) + adv``
@@ -21,8 +22,11 @@ projection (the released GLUE scripts). A zero delta or gradient norm never
 produces inf * 0 (the released code's NaN with ``init_mag=0`` and ``max_norm>0``).
 
 Cost: K forward + K backward passes, no extra memory beyond one delta; only the
-last pass syncs gradients under DDP. Defaults (released GLUE scripts, e.g.
-SST-2): adv_steps=2, adv_lr=0.1, init_mag=0.6, max_norm=0, L2. Divide the loss by
+last pass syncs gradients under DDP. Defaults: the released SST-2 script
+(``fairseq-RoBERTa/launch/FreeLB/sst-fp32-clip.sh``: adv_lr 0.1, adv_steps 2,
+init_mag 1, max_norm 0.6, L2; the ALBERT SST-2 script uses the same with 3
+steps). Other GLUE scripts differ (MNLI: adv_lr 0.04, init_mag 0.08, max_norm 0,
+3 steps; QNLI: 0.05, 0.1, 0, 3): tune per task. Divide the loss by
 your gradient-accumulation steps as usual; FreeLB already divides by K (a
 ``backward_fn`` receives ``loss / K`` of each pass).
 
@@ -53,17 +57,18 @@ class FreeLB(Adversary):
         model: the model (wrappers are fine), ``embedding``: see :class:`advnlp.Adversary`.
         adv_steps: K, number of perturbed forward/backward passes (>= 1). Default 2.
         adv_lr: ascent step size (embedding units). Default 0.1.
-        init_mag: magnitude of the random start (0 = start at the clean input). Default 0.6.
+        init_mag: magnitude of the random start (0 = start at the clean input). Default 1.0.
         max_norm: radius of the per-example ball delta is projected onto after each
-            step; 0 = no projection. Default 0.
-        norm: ``"l2"`` (default; step ``adv_lr * g/||g||`` per example) or ``"linf"``
-            (step ``adv_lr * sign(g)``, projection by clamping; the released code's
-            L-inf variant uses ``g/||g||_inf`` instead).
+            step; 0 = no projection. Default 0.6.
+        norm: ``"l2"`` (default; step ``adv_lr * g/||g||_2`` per example, init scaled by
+            ``1/sqrt(L*H)``) or ``"linf"`` (as the released code: step
+            ``adv_lr * g/||g||_inf`` per example, clamp to ``max_norm``, init
+            ``U(-init_mag, init_mag)``).
         generator: ``torch.Generator`` for the random start (reproducibility).
     """
 
-    def __init__(self, model, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 0.6,
-                 max_norm: float = 0.0, *, norm: str = "l2",
+    def __init__(self, model, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 1.0,
+                 max_norm: float = 0.6, *, norm: str = "l2",
                  generator: Optional[torch.Generator] = None, embedding=None):
         super().__init__(model, 1.0, norm=norm, embedding=embedding)
         with unhook_on_error(self):
@@ -90,6 +95,15 @@ class FreeLB(Adversary):
         real = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)  # an all-padding row: no 0-division
         return u * (self.init_mag / torch.sqrt(real * out.shape[-1]))
 
+    def _step_direction(self, grads: List[torch.Tensor]) -> List[torch.Tensor]:
+        if self.norm == "l2":
+            return self._direction(grads)
+        out = []
+        for g in grads:  # the released code's L-inf step: g / ||g||_inf per example (0 if g == 0)
+            n = P.norm(g, "linf", "example")
+            out.append(torch.where(n > P._TINY, g.float() / n.clamp_min(P._TINY), torch.zeros_like(g.float())))
+        return out
+
     def backward(self, closure, backward_fn=None) -> torch.Tensor:
         """Run the K perturbed passes; each adds ``grad / K`` to parameters. Returns pass 0's loss."""
         if not callable(closure):
@@ -112,7 +126,7 @@ class FreeLB(Adversary):
                     break
                 if not P.all_finite(grads):
                     raise _Skip()
-                moved = [d + self.adv_lr * u for d, u in zip(delta, self._direction(grads))]
+                moved = [d + self.adv_lr * u for d, u in zip(delta, self._step_direction(grads))]
                 if self.max_norm > 0:
                     moved = self._project(moved, self.max_norm)
                 delta = step.space.mask(moved)
