@@ -8,6 +8,7 @@ which the CLI turns into a one-line message and exit code 2.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -113,7 +114,8 @@ def _rows(path: str) -> Tuple[List[dict], List[str]]:
         raise InputError(f"{path}: unknown format {ext or '(no extension)'}; use .csv, .tsv or .jsonl")
     delimiter = "\t" if ext == ".tsv" else ","
     try:
-        reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+        # newline="" keeps line breaks inside quoted fields part of the field.
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         rows = list(reader)
     except csv.Error as e:
         raise InputError(f"{path}: malformed {ext[1:].upper()} ({e})") from None
