@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from advnlp import FreeAT
-from conftest import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
+from tinymodels import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
                       grads, snapshot, tiny_bert)
 
 ce = nn.CrossEntropyLoss()
@@ -66,7 +66,8 @@ def test_one_pass_per_call_grads_added_and_weights_untouched():
     torch.manual_seed(0)
     model = MeanPoolClassifier()
     ids, y = batch()
-    adv = FreeAT(model, epsilon=0.05, replays=2)
+    adv = FreeAT(model, epsilon=0.05, replays=2, norm="linf")
+    assert adv.step_size == 0.05  # Shafahi et al.: the L-inf step is epsilon
     adv.backward(lambda: ce(model(ids), y))  # delta_1 = 0.05 * sign(g_0)
     delta = adv.delta[0].clone()
     ref = copy.deepcopy(model)
@@ -82,6 +83,12 @@ def test_one_pass_per_call_grads_added_and_weights_untouched():
     assert_grads_close(grads(model), {k: earlier[k] + v for k, v in grads(ref).items()})
     assert_state_equal(model, before)
     assert delta[ids == PAD].abs().max() == 0 and delta.abs().max() == pytest.approx(0.05)
+
+
+def test_defaults_are_the_released_text_recipe():
+    adv = FreeAT(MeanPoolClassifier())
+    assert (adv.norm, adv.epsilon, adv.replays) == ("l2", 0.6, 2)
+    assert adv.step_size == pytest.approx(0.1)
 
 
 def test_new_batch_and_shape_change_reset_delta():

@@ -9,7 +9,8 @@ the ascent direction for delta::
 
     delta = 0                                   (new batch)
     every call:  grad += grad_theta L(x + delta)              (1 forward + 1 backward)
-                 delta <- Proj_eps(delta + step_size * sign(g))   (L-inf; g/||g|| for L2)
+                 delta <- Proj_eps(delta + step_size * g/||g||)   (L2, per example;
+                                                        L-inf: step_size * sign(g), clamp)
 
 delta persists across the m replays of a batch and resets every ``replays`` calls,
 when the embedding output's shape changes, or on :meth:`new_batch` (call it if
@@ -20,12 +21,15 @@ adversarial: each call's gradient is the one at the current delta (the first
 replay's is the clean gradient). Returns the loss at the current delta.
 
 Cost per call: 1 forward + 1 backward (the same as plain training). Defaults:
-L-inf, epsilon=0.01 per coordinate (embedding units), step_size=epsilon
-(Shafahi et al.), replays=4.
+the FreeAT text baseline released with FreeLB
+(``fairseq-RoBERTa/launch/FreeAT/sst-fp32-clip.sh``): L2 per example,
+epsilon=0.6, step_size=0.1 (= epsilon/6), replays=2; delta starts at 0 (their
+script also adds a random start, not implemented here). Shafahi et al.'s image
+recipe is ``norm="linf"``, whose step defaults to epsilon (per coordinate).
 
 Example::
 
-    adv = FreeAT(model, epsilon=0.01, replays=4)
+    adv = FreeAT(model, epsilon=0.6, replays=2)
     for batch in loader:                      # run epochs / 4 epochs
         for _ in range(adv.replays):
             loss = adv.backward(lambda: model(**batch).loss)
@@ -48,17 +52,15 @@ class FreeAT(Adversary):
 
     Args:
         model, scope, embedding: see :class:`advnlp.Adversary`.
-        epsilon: radius of delta (per coordinate for L-inf). Default 0.01.
+        epsilon: radius of delta (per example for L2, per coordinate for L-inf). Default 0.6.
         replays: m, how many times the caller replays each batch (delta resets after
-            that many calls). Default 4.
-        step_size: delta's ascent step. Default ``epsilon``.
-        norm: ``"linf"`` (default, sign step) or ``"l2"`` (per-example g/||g|| step).
+            that many calls). Default 2.
+        step_size: delta's ascent step. Default ``epsilon / 6`` for L2, ``epsilon`` for L-inf.
+        norm: ``"l2"`` (default, per-example g/||g|| step) or ``"linf"`` (sign step).
     """
 
-    default_norm = "linf"
-
-    def __init__(self, model, epsilon: float = 0.01, replays: int = 4, *,
-                 step_size: Optional[float] = None, norm: str = "linf", **kwargs):
+    def __init__(self, model, epsilon: float = 0.6, replays: int = 2, *,
+                 step_size: Optional[float] = None, norm: str = "l2", **kwargs):
         if kwargs.get("adv_only") or kwargs.get("adv_weight", 1.0) != 1.0:
             raise ValueError("FreeAT trains on the perturbed loss only, once per call; "
                              "adv_weight/adv_only do not apply")
@@ -66,8 +68,9 @@ class FreeAT(Adversary):
         super().__init__(model, epsilon, norm=norm, **kwargs)
         with unhook_on_error(self):
             self.replays = check_int("replays", replays)
-            self.step_size = (self.epsilon if step_size is None
-                              else _check_positive("step_size", step_size))
+            if step_size is None:
+                step_size = self.epsilon if self.norm == "linf" else self.epsilon / 6
+            self.step_size = _check_positive("step_size", step_size)
         self.delta: Optional[List[torch.Tensor]] = None
         self.calls_on_batch = 0
 
