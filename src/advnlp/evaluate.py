@@ -6,6 +6,7 @@ L2 ball per example, padding untouched.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, List, Sequence
 
 import torch
@@ -131,7 +132,7 @@ def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.
     dev = device_of(device)
     examples = read_file(data, cfg.data) if data else load_splits(cfg.data, cfg.seed).test
     texts = [t for t, _ in examples]
-    targets = labels.encode([lab for _, lab in examples], f"{data or 'test split'}")
+    targets = labels.encode([lab for _, lab in examples], data or "test split")
     clean = metrics(predict(clf, texts, batch_size, dev), targets, labels.multi_label)
     n = min(samples, len(texts))
     curve = [{"epsilon": 0.0, "accuracy": metrics(predict(clf, texts[:n], batch_size, dev),
@@ -143,5 +144,5 @@ def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.
            "attack": {"norm": "l2", "space": "input-embedding output, per example",
                       "steps": steps, "examples": n},
            "robust": curve}
-    _write_json(f"{run_dir}/eval.json", out)
+    _write_json(os.path.join(run_dir, "eval.json"), out)
     return out
