@@ -1,6 +1,5 @@
 """FreeLB against a hand-run K-pass loop with the same random start."""
 import copy
-import math
 import warnings
 
 import pytest

@@ -9,7 +9,7 @@ from torch import nn
 
 from advnlp import AWP, SMART, VAT, FreeAT, FreeLB
 from tinymodels import (PAD, LSTMClassifier, MeanPoolClassifier, assert_grads_close,
-                      assert_state_equal, batch, grads, snapshot, tiny_bert)
+                      assert_state_equal, batch, grads, snapshot)
 
 ce = nn.CrossEntropyLoss()
 gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731

@@ -71,6 +71,15 @@ def offsets(adv: Adversary, fn: OffsetFn):
             h.remove()
 
 
+def sample(kind: str, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """``torch.rand`` / ``torch.randn`` shaped like ``like`` (float32, on its device). A
+    generator on another device (a CPU generator, a CUDA model) draws on its own device,
+    so a seeded CPU generator gives the same numbers whatever the model's device."""
+    fn = torch.rand if kind == "rand" else torch.randn
+    device = like.device if generator is None else generator.device
+    return fn(like.shape, device=device, dtype=torch.float32, generator=generator).to(like.device)
+
+
 def example_mask(adv: Adversary, ids, out: torch.Tensor) -> torch.Tensor:
     """Float32 mask (…, 1) of the real (non-padding) positions of one embedding call."""
     return adv._hook._mask(ids, out)

@@ -13,13 +13,12 @@ memory is about two forward passes' activations).
 from __future__ import annotations
 
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from .. import _perturb as P
 from .._base import Adversary, _check_choice, _check_positive, _Step
-from ._common import (default_task_loss, divergence, offsets, snapshot_buffers,
+from ._common import (default_task_loss, divergence, offsets, sample, snapshot_buffers,
                       split_output)
 
 OUTPUT_TYPES = {"softmax": "kl", "sigmoid": "bce", "regression": "mse"}
@@ -98,5 +97,4 @@ class _Consistency(Adversary):
         return step.space.mask(tensors)
 
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, device=like.device, dtype=torch.float32,
-                           generator=self.generator)
+        return sample("randn", like, self.generator)

@@ -38,7 +38,6 @@ Example::
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import List, Optional
 
@@ -46,7 +45,7 @@ import torch
 
 from .. import _perturb as P
 from .._base import Adversary, _check_positive, _default_backward, _Skip, _Step
-from ._common import (apply_offsets, check_int, example_mask, record_pass, snapshot_buffers,
+from ._common import (apply_offsets, check_int, example_mask, record_pass, sample, snapshot_buffers,
                       unhook_on_error)
 
 
@@ -87,7 +86,7 @@ class FreeLB(Adversary):
         mask = example_mask(self, ids, out)
         if self.init_mag == 0:
             return torch.zeros(out.shape, device=out.device, dtype=torch.float32)
-        u = torch.rand(out.shape, device=out.device, dtype=torch.float32, generator=self.generator)
+        u = sample("rand", out, self.generator)
         u = (u * 2 - 1) * mask
         if self.norm == "linf":
             return u * self.init_mag
