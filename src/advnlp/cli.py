@@ -138,6 +138,12 @@ def _run(args) -> None:
     log = (lambda s: None) if getattr(args, "quiet", False) else (lambda s: print(s, file=sys.stderr))
     if args.command == "train":
         if args.resume:
+            # The run's config.json decides everything; a silently ignored option would mislead.
+            defaults = vars(build_parser().parse_args(["train"]))
+            extra = [k for k, v in vars(args).items()
+                     if k not in ("resume", "quiet") and v != defaults[k]]
+            if extra:
+                raise InputError(f"--resume takes the run's own settings; drop --{extra[0].replace('_', '-')}")
             result = T.resume(args.resume, progress, log)
             print(_summary(args.resume, result))
             return

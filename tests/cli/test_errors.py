@@ -130,3 +130,8 @@ def test_cuda_requested_without_cuda(sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--device", "cuda",
                "--output-dir", tmp_path / "r") == 2
     _one_line_error(capsys, "CUDA is not available")
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path, capsys):
+    assert run("train", "--resume", tmp_path, "--epochs", "3") == 2
+    _one_line_error(capsys, "drop --epochs")
