@@ -243,7 +243,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
         self.epoch, self.step, self.history = 0, 0, []
-        self._partial = {"loss_sum": 0.0, "seconds": 0.0}
+        self._partial = {"losses": [], "seconds": 0.0}
         self._stop = False
 
     # -- checkpoints -------------------------------------------------------------------
@@ -317,7 +317,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self._partial["seconds"] += time.perf_counter() - start
-                self._partial["loss_sum"] += loss.item()
+                self._partial["losses"].append(loss.item())
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -343,7 +343,8 @@ class Trainer:
                 self._run_epoch()
                 entry = {
                     "epoch": self.epoch + 1,
-                    "train_loss": self._partial["loss_sum"] / self.steps_per_epoch,
+                    "train_loss": sum(self._partial["losses"]) / self.steps_per_epoch,
+                    "step_losses": self._partial["losses"],
                     "steps": self.steps_per_epoch,
                     "train_seconds": self._partial["seconds"],
                     "validation": self.evaluate("validation"),
@@ -352,7 +353,7 @@ class Trainer:
                 self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
                          f"validation accuracy {entry['validation']['accuracy']:.4f}")
                 self.epoch, self.step = self.epoch + 1, 0
-                self._partial = {"loss_sum": 0.0, "seconds": 0.0}
+                self._partial = {"losses": [], "seconds": 0.0}
                 self.save_checkpoint()
                 if self._stop:  # Ctrl-C during validation
                     raise Interrupted(self.run_dir)
@@ -380,7 +381,7 @@ class Trainer:
 
 
 def plot(run_dir: str, history: list, log: Callable[[str], None]) -> None:
-    """plot.png: training loss and validation accuracy per epoch (needs matplotlib)."""
+    """plot.png: training loss per step and validation accuracy per epoch (needs matplotlib)."""
     try:
         import matplotlib
 
@@ -389,12 +390,16 @@ def plot(run_dir: str, history: list, log: Callable[[str], None]) -> None:
     except ImportError:
         log("note: no plot.png (pip install matplotlib to get one)")
         return
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    ax.plot(epochs, [h["validation"]["accuracy"] for h in history], "s-", label="validation accuracy")
-    ax.set_xlabel("epoch")
-    ax.legend()
+    losses = [x for h in history for x in h["step_losses"]]
+    ends = [sum(h["steps"] for h in history[: i + 1]) for i in range(len(history))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, color="tab:blue", label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (clean)")
+    acc = ax.twinx()
+    acc.plot(ends, [h["validation"]["accuracy"] for h in history], "s-", color="tab:orange")
+    acc.set_ylabel("validation accuracy (end of epoch)")
+    acc.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "plot.png"), dpi=100)
     plt.close(fig)

@@ -1,4 +1,5 @@
 """`advnlp train` end to end on tiny models and generated data."""
+import importlib.util
 import os
 
 from safetensors.torch import load_file
@@ -14,6 +15,8 @@ def test_single_label_textcnn_leaves_a_complete_run(sentiment_csv, tmp_path, cap
               "model/vocab.json", "model/model_config.json"):
         assert (out / f).is_file(), f
     assert not (out / "checkpoint.pt").exists()  # only kept while the run is unfinished
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "plot.png").is_file()
     metrics = read_json(out, "metrics.json")
     assert len(metrics["epochs"]) == 3
     assert metrics["final"]["test"]["accuracy"] >= 0.8
@@ -75,3 +78,14 @@ def test_same_seed_same_weights(sentiment_csv, tmp_path):
                    "--output-dir", tmp_path / name, "--quiet") == 0
     a, b = (load_file(os.path.join(tmp_path, n, "model", "model.safetensors")) for n in "ab")
     assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_plot_without_matplotlib_is_a_one_line_note(sentiment_csv, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+               "--output-dir", out) == 0
+    assert "note: no plot.png" in capsys.readouterr().err
+    assert not (out / "plot.png").exists() and (out / "metrics.json").is_file()
