@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advnlp import VAT
-from conftest import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
+from tinymodels import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
                       grads, snapshot, tiny_bert)
 
 ce = nn.CrossEntropyLoss()
