@@ -220,7 +220,6 @@ class Trainer:
         self.cfg, self.progress, self.log = cfg, progress, log
         self.run_dir = cfg.output_dir
         self.device = device_of(cfg.device)
-        seed_everything(cfg.seed)
         self.splits: Splits = load_splits(cfg.data, cfg.seed)
         multi = cfg.data.multi_label
         self.labels = Labels.from_examples(self.splits.train, multi)
@@ -228,7 +227,7 @@ class Trainer:
             name: self.labels.encode([lab for _, lab in getattr(self.splits, name)], f"{name} data")
             for name in ("train", "validation", "test")
         }
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)  # before the random initialisation of the model (head)
         self.clf = build(cfg.model, len(self.labels.names),
                          [t for t, _ in self.splits.train], cfg.max_length)
         self.clf.model.to(self.device)
@@ -374,6 +373,8 @@ class Trainer:
         }
         self.clf.save(os.path.join(self.run_dir, "model"))
         _write_json(os.path.join(self.run_dir, "metrics.json"), result)
+        if self.adv is not None:
+            self.adv.remove()  # the model leaves training without advnlp's hook
         # The final weights are in model/; the optimizer state is no longer needed.
         os.remove(self._checkpoint_path())
         plot(self.run_dir, self.history, self.log)
