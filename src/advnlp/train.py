@@ -230,6 +230,12 @@ class Trainer:
         seed_everything(cfg.seed)  # before the random initialisation of the model (head)
         self.clf = build(cfg.model, len(self.labels.names),
                          [t for t, _ in self.splits.train], cfg.max_length)
+        if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
+            config = self.clf.model.config
+            config.id2label = dict(enumerate(self.labels.names))
+            config.label2id = {n: i for i, n in config.id2label.items()}
+            config.problem_type = ("multi_label_classification" if multi
+                                   else "single_label_classification")
         self.clf.model.to(self.device)
         self.criterion = loss_fn(multi)
         self.adv = build_adversary(cfg, self.clf.model)

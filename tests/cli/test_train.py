@@ -56,6 +56,7 @@ def test_sentence_pairs_with_a_hugging_face_model(pairs_tsv, tiny_bert, tmp_path
                "--output-dir", out, "--quiet") == 0
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "model" / "tokenizer_config.json").is_file()
+    assert read_json(out, "model", "config.json")["id2label"] == {"0": "different", "1": "same"}
     assert run("eval", out, "--epsilons", "0.5", "--attack-steps", "1") == 0
     assert read_json(out, "eval.json")["examples"] == 8
 
