@@ -11,6 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
+from . import __version__
 from .data import DataSpec, InputError
 from .train import METHODS, Interrupted, TrainConfig
 
@@ -70,6 +71,7 @@ def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="advnlp", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("--version", action="version", version=f"advnlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,eval}")
     t = sub.add_parser("train", help="fine-tune a classifier with adversarial training")
     t.add_argument("--method", default="fgm", help=f"{' | '.join(METHODS)} (default fgm)")
