@@ -1,0 +1,265 @@
+"""Greedy search shared by the character- and word-level attacks, and its report.
+
+Per example (untargeted):
+
+1. one query for the clean prediction; examples already misclassified are
+   skipped (they count as wrong, not as attacked);
+2. leave-one-out importance: every editable unit is deleted in turn and the
+   batch of deleted texts is scored in one pass; units are visited in order of
+   how much their deletion hurts the true label;
+3. for each unit in that order, every candidate edit (at most
+   ``max_candidates``, sampled with the example's seeded RNG) is scored in one
+   pass; the best is kept if it raises the attack score, and the search stops
+   at the first misclassification, when ``max_change`` of the words are
+   edited, or when ``query_budget`` model evaluations are spent.
+
+Score: single-label ``1 - p(true class)``, success when the argmax changes.
+Multi-label: each label is *right* when its probability is on the same side
+of 0.5 as the truth; score = the largest probability of being wrong over the
+labels; success = any label flipped (the exact-match prediction is wrong).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
+
+import torch
+
+from . import _text as T
+from .classifier import TextClassifier
+
+# A candidate edit: unit index -> new value ("" deletes the unit).
+Edit = Dict[int, str]
+# (segmented text, current unit values, unit index, units already edited) -> edits
+Proposer = Callable[[T.Segmented, List[str], int, Set[int]], List[Edit]]
+
+
+@dataclass
+class AttackRecord:
+    original: str
+    perturbed: str
+    label: object  # int, or a list of 0/1 for multi-label
+    prediction: object  # on the perturbed text (the original when not attacked)
+    status: str  # "success" | "failed" | "skipped" (misclassified before the attack)
+    queries: int
+    changed_fraction: float
+    seconds: float
+
+
+@dataclass
+class AttackResult:
+    """Per-example records and the summary of one attack run."""
+
+    attack: str
+    params: dict
+    records: List[AttackRecord] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """clean accuracy, accuracy under attack, success rate over originally-correct
+        examples, average fraction of words changed (successful attacks), average
+        queries and seconds per example."""
+        n = len(self.records)
+        attacked = [r for r in self.records if r.status != "skipped"]
+        won = [r for r in attacked if r.status == "success"]
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        return {
+            "examples": n,
+            "clean_accuracy": len(attacked) / n if n else 0.0,
+            "attacked_accuracy": (len(attacked) - len(won)) / n if n else 0.0,
+            "success_rate": len(won) / len(attacked) if attacked else 0.0,
+            "successes": len(won),
+            "avg_changed_fraction": mean([r.changed_fraction for r in won]),
+            "avg_queries": mean([r.queries for r in attacked]),
+            "seconds_per_example": mean([r.seconds for r in self.records]),
+        }
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``{"attack", "params", **summary()}``."""
+        return {"attack": self.attack, "params": self.params, **self.summary()}
+
+    def rows(self, label_names: Optional[Sequence[str]] = None) -> List[dict]:
+        """One dict per example (CSV columns): original, perturbed, label, prediction, ..."""
+        def name(y):
+            if label_names is None:
+                return y
+            if isinstance(y, list):
+                return ",".join(label_names[j] for j, v in enumerate(y) if v)
+            return label_names[y]
+        return [{"original": r.original, "perturbed": r.perturbed, "label": name(r.label),
+                 "prediction": name(r.prediction), "status": r.status, "queries": r.queries,
+                 "changed_fraction": round(r.changed_fraction, 4)} for r in self.records]
+
+    def to_csv(self, path: str, label_names: Optional[Sequence[str]] = None) -> None:
+        rows = self.rows(label_names)
+        cols = ["original", "perturbed", "label", "prediction", "status", "queries",
+                "changed_fraction"]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+def _check_fraction(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1):
+        raise ValueError(f"{name} must be a fraction in (0, 1], got {v!r}")
+    return float(v)
+
+
+def _check_count(name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def check_names(kind: str, names: Sequence[str], known: Sequence[str]) -> List[str]:
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    if not names:
+        raise ValueError(f"no {kind} transformation given; choose from {', '.join(known)}")
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"unknown {kind} transformation(s) {', '.join(map(repr, bad))}; "
+                         f"choose from {', '.join(known)}")
+    return names
+
+
+def _labels(labels, n: int, multi_label: bool) -> List[object]:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.tolist()
+    labels = list(labels)
+    if len(labels) != n:
+        raise ValueError(f"{n} texts but {len(labels)} labels")
+    if multi_label:
+        return [[int(v > 0.5) for v in y] for y in labels]
+    return [int(y) for y in labels]
+
+
+# ---------------------------------------------------------------------------
+# Goal
+# ---------------------------------------------------------------------------
+def _goal(probs: torch.Tensor, label, multi_label: bool):
+    """(score, success, predictions) for a batch of probabilities against one label."""
+    if multi_label:
+        y = torch.tensor(label, dtype=torch.float32)
+        if probs.shape[1] != y.numel():
+            raise ValueError(f"predict_proba gives {probs.shape[1]} labels, the label has {y.numel()}")
+        wrong = torch.where(y > 0.5, 1 - probs, probs)
+        preds = [[int(v) for v in row] for row in (probs > 0.5).tolist()]
+        return wrong.amax(1), (wrong > 0.5).any(1), preds
+    if not 0 <= label < probs.shape[1]:
+        raise ValueError(f"label {label} out of range for {probs.shape[1]} classes")
+    preds = probs.argmax(1)
+    return 1 - probs[:, label], preds != label, preds.tolist()
+
+
+class _Oracle:
+    def __init__(self, clf: TextClassifier, label, budget: int):
+        self.clf, self.label, self.budget, self.used = clf, label, budget, 0
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.used
+
+    def __call__(self, texts: List[str]):
+        self.used += len(texts)
+        return _goal(self.clf.predict_proba(texts), self.label, self.clf.multi_label)
+
+
+# ---------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------
+def greedy_attack(classifier: TextClassifier, texts: Sequence[str], labels, propose: Proposer, *,
+                  attack: str = "custom", max_change: float = 0.15, query_budget: int = 500,
+                  max_candidates: int = 32, seed: int = 0,
+                  stopwords: FrozenSet[str] = T.STOPWORDS, min_length: int = 3,
+                  params: Optional[dict] = None) -> AttackResult:
+    """Run the greedy importance-ordered search with a custom ``propose`` function.
+
+    ``propose(seg, values, i, changed)`` returns candidate edits for unit ``i``
+    as ``{unit index: new value}`` dicts; an edit may touch other units (a CJK
+    swap touches two), and every touched unit counts towards ``max_change`` and
+    can't be edited again.
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: give at least one text to attack")
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be strings (attack one segment; fix the other of a pair)")
+    max_change = _check_fraction("max_change", max_change)
+    query_budget = _check_count("query_budget", query_budget)
+    max_candidates = _check_count("max_candidates", max_candidates)
+    labels = _labels(labels, len(texts), classifier.multi_label)
+    result = AttackResult(attack, dict(params or {}, max_change=max_change,
+                                       query_budget=query_budget, max_candidates=max_candidates,
+                                       seed=seed, min_length=min_length))
+    for index, (text, label) in enumerate(zip(texts, labels)):
+        t0 = time.perf_counter()
+        # One RNG per example: results don't depend on which examples come before.
+        rng = random.Random(seed * 1_000_003 + index)
+        rec = _attack_one(classifier, text, label, propose, rng, max_change, query_budget,
+                          max_candidates, stopwords, min_length)
+        rec.seconds = time.perf_counter() - t0
+        result.records.append(rec)
+    return result
+
+
+def _attack_one(clf, text, label, propose, rng, max_change, budget, max_candidates,
+                stopwords, min_length) -> AttackRecord:
+    oracle = _Oracle(clf, label, budget)
+    score, success, preds = oracle([text])
+    if bool(success[0]):
+        return AttackRecord(text, text, label, preds[0], "skipped", oracle.used, 0.0, 0.0)
+    seg = T.Segmented(text)
+    values = list(seg.units)
+    editable = [i for i in range(len(seg))
+                if T.eligible(seg.units[i], seg.kinds[i], stopwords, min_length)]
+    limit = max(1, math.floor(max_change * seg.n_words))
+    cur_score, cur_pred = float(score[0]), preds[0]
+    changed: Set[int] = set()
+
+    # Leave-one-out importance, as far as the budget allows; unscored units go last.
+    scored = editable[:max(0, oracle.left)]
+    importance = {}
+    if scored:
+        loo = [seg.render([v if j != i else "" for j, v in enumerate(values)]) for i in scored]
+        s, _, _ = oracle(loo)
+        importance = {i: float(x) for i, x in zip(scored, s)}
+    order = sorted(editable, key=lambda i: (-importance.get(i, -1.0), i))
+
+    status = "failed"
+    for i in order:
+        if oracle.left <= 0 or len(changed) >= limit:
+            break
+        if i in changed:
+            continue
+        cands = [e for e in propose(seg, values, i, changed)
+                 if not (set(e) & changed) and len(changed) + len(e) <= limit]
+        if len(cands) > max_candidates:
+            keep = sorted(rng.sample(range(len(cands)), max_candidates))
+            cands = [cands[k] for k in keep]
+        cands = cands[:oracle.left]
+        if not cands:
+            continue
+        new_texts = [seg.render([e.get(j, v) for j, v in enumerate(values)]) for e in cands]
+        s, ok, p = oracle(new_texts)
+        # A misclassifying candidate wins outright; otherwise the highest score.
+        rank = s + ok.float() * 2.0
+        best = int(torch.argmax(rank))
+        if bool(ok[best]) or float(s[best]) > cur_score:
+            for j, v in cands[best].items():
+                values[j] = v
+            changed.update(cands[best])
+            cur_score, cur_pred = float(s[best]), p[best]
+            if bool(ok[best]):
+                status = "success"
+                break
+    frac = len(changed) / seg.n_words if seg.n_words else 0.0
+    return AttackRecord(text, seg.render(values), label, cur_pred, status, oracle.used, frac, 0.0)
