@@ -31,7 +31,7 @@ yours yourself yourselves
 """.split())
 
 # Function characters that carry grammar rather than content in Chinese/Japanese.
-CJK_STOPWORDS: FrozenSet[str] = frozenset("的了是在和与也就都而及或の は が を に で と も".split())
+CJK_STOPWORDS: FrozenSet[str] = frozenset("的了是在和与也就都而及或のはがをにでとも")
 
 # QWERTY neighbours (same row and the rows above/below, as the keys touch).
 KEYBOARD: Dict[str, str] = {
@@ -77,17 +77,16 @@ class Segmented:
         return i + 1 < len(self.units) and self.gaps[i + 1] == ""
 
     def render(self, values: Sequence[str]) -> str:
-        out = self.gaps[0]
+        out, pending = "", self.gaps[0]  # pending: whitespace before the next kept unit
         for i, v in enumerate(values):
-            gap = self.gaps[i + 1]
             if v:
-                out += v + gap
-            elif out and not out[-1].isspace():
-                # A deleted word takes one side's whitespace with it: no double spaces.
-                out += gap
-        if out and out[-1].isspace() and not self.text[-1:].isspace():
-            out = out.rstrip()
-        return out
+                out += pending + v
+                pending = self.gaps[i + 1]
+            elif out:
+                # A deleted unit takes the whitespace before it along: no double
+                # spaces, and "was good ." never becomes "was ." with a stray space.
+                pending = self.gaps[i + 1]
+        return out + pending
 
 
 def eligible(unit: str, kind: str, stopwords: FrozenSet[str], min_length: int) -> bool:
