@@ -30,7 +30,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 import torch
 
 from . import _text as T
-from .classifier import TextClassifier
+from .classifier import TextClassifier, as_classifier
 
 # A candidate edit: unit index -> new value ("" deletes the unit).
 Edit = Dict[int, str]
@@ -188,6 +188,7 @@ def greedy_attack(classifier: TextClassifier, texts: Sequence[str], labels, prop
     swap touches two), and every touched unit counts towards ``max_change`` and
     can't be edited again.
     """
+    classifier = as_classifier(classifier)
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give at least one text to attack")
