@@ -240,7 +240,8 @@ def load_splits(spec: DataSpec, seed: int) -> Splits:
     train = subset(train, spec.max_train_samples, seed)
     for name, part in (("training", train), ("validation", validation), ("test", test)):
         if not part:
-            raise InputError(f"the {name} set is empty; give more examples")
+            raise InputError(f"the {name} set is empty; give more examples"
+                             + (f" or a --{name} file" if name != "training" else ""))
     return Splits(train, validation, test)
 
 
