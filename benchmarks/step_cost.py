@@ -16,10 +16,10 @@ What is measured
 * The model is *not* reset between rounds: it just trains (AdamW, lr 1e-5, on
   random labels). Step cost does not depend on the weight values.
 * Passes are counted honestly with hooks: a forward hook on the model counts
-  forward passes, a hook on the loss tensor counts every backward that reaches
-  the loss, and a post-accumulate-grad hook on a parameter deep in the encoder
+  forward passes, a hook on the logits counts every backward that reaches
+  them (``.backward()`` or ``torch.autograd.grad``, also a KL term's), and a post-accumulate-grad hook on a parameter deep in the encoder
   (first Linear) counts the *full* backwards (those that write parameter
-  ``.grad``). ``backward_input_only`` = backwards that reached the loss but did
+  ``.grad``). ``backward_input_only`` = backwards that reached the logits but did
   not write parameter gradients (advnlp's ``torch.autograd.grad`` w.r.t. delta).
 * Peak memory: on CPU, per method, in the warm-up step: ``gc.collect()``,
   ``malloc_trim(0)``, read VmRSS, reset the peak (``echo 5 >
@@ -349,8 +349,14 @@ class Runner:
     def closure(self):
         with self.autocast():
             out = self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.labels)
-        if out.loss.requires_grad:
-            out.loss.register_hook(self.counter.on_loss_grad)
+        # Count backwards at the logits, not the loss: every backward through the
+        # model passes them once, including SMART/VAT's KL backwards that never
+        # touch the closure's loss tensor.
+        probe = getattr(out, "logits", None)
+        if probe is None or not probe.requires_grad:
+            probe = out.loss
+        if probe.requires_grad:
+            probe.register_hook(self.counter.on_loss_grad)
         return out
 
     def _finish(self):
