@@ -13,7 +13,8 @@ from typing import List, Optional
 
 from . import __version__
 from .data import DataSpec, InputError
-from .train import METHODS, Interrupted, TrainConfig
+from .evaluate import evaluate_run
+from .train import METHODS, Interrupted, TrainConfig, compare, resume, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,49 +133,45 @@ def _table(out: dict) -> str:
     return "\n".join(lines)
 
 
-def _run(args) -> None:
-    from . import train as T
-    from .evaluate import evaluate_run
+def _train(args, progress: bool, log) -> None:
+    if args.resume:
+        # The run's config.json decides everything; a silently ignored option would mislead.
+        defaults = vars(build_parser().parse_args(["train"]))
+        extra = [k for k, v in vars(args).items()
+                 if k not in ("resume", "quiet") and v != defaults[k]]
+        if extra:
+            raise InputError(f"--resume takes the run's own settings; drop --{extra[0].replace('_', '-')}")
+        print(_summary(args.resume, resume(args.resume, progress, log)))
+        return
+    cfg = _config(args).resolved()
+    print(_summary(cfg.output_dir, train(cfg, args.overwrite, progress, log)))
 
-    progress = not getattr(args, "quiet", False) and sys.stderr.isatty()
-    log = (lambda s: None) if getattr(args, "quiet", False) else (lambda s: print(s, file=sys.stderr))
-    if args.command == "train":
-        if args.resume:
-            # The run's config.json decides everything; a silently ignored option would mislead.
-            defaults = vars(build_parser().parse_args(["train"]))
-            extra = [k for k, v in vars(args).items()
-                     if k not in ("resume", "quiet") and v != defaults[k]]
-            if extra:
-                raise InputError(f"--resume takes the run's own settings; drop --{extra[0].replace('_', '-')}")
-            result = T.resume(args.resume, progress, log)
-            print(_summary(args.resume, result))
-            return
-        cfg = _config(args).resolved()
-        result = T.train(cfg, args.overwrite, progress, log)
-        print(_summary(cfg.output_dir, result))
-    elif args.command == "compare":
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        if len(args.attack_epsilon) != 1 or args.attack_epsilon[0] <= 0:
-            raise InputError("--attack-epsilon takes one number > 0")
-        if args.attack_steps < 1 or args.attack_samples < 1:
-            raise InputError("--attack-steps and --attack-samples must be >= 1")
-        out = T.compare(_config(args), methods, args.attack_epsilon[0], args.attack_steps,
-                        args.attack_samples, args.overwrite, progress, log)
-        print(_table(out))
-        print(f"written: {out['path']}")
-    else:
-        if any(e <= 0 for e in args.epsilons) or args.attack_steps < 1 or args.attack_samples < 1:
-            raise InputError("--epsilons must be > 0, --attack-steps and --attack-samples >= 1")
-        out = evaluate_run(args.run_dir, args.data, args.epsilons, args.attack_steps,
-                           args.attack_samples, args.batch_size, args.device)
-        c = out["clean"]
-        print(f"{out['data']} ({out['examples']} examples): accuracy {c['accuracy']:.4f}, "
-              f"macro-F1 {c['macro_f1']:.4f}")
-        print("robust accuracy, L2 PGD on the embeddings "
-              f"({out['attack']['examples']} examples, {out['attack']['steps']} steps):")
-        for point in out["robust"]:
-            print(f"  epsilon {point['epsilon']:<5g} {point['accuracy']:.4f}")
-        print(f"written: {os.path.join(args.run_dir, 'eval.json')}")
+
+def _compare(args, progress: bool, log) -> None:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if len(args.attack_epsilon) != 1 or args.attack_epsilon[0] <= 0:
+        raise InputError("--attack-epsilon takes one number > 0")
+    if args.attack_steps < 1 or args.attack_samples < 1:
+        raise InputError("--attack-steps and --attack-samples must be >= 1")
+    out = compare(_config(args), methods, args.attack_epsilon[0], args.attack_steps,
+                  args.attack_samples, args.overwrite, progress, log)
+    print(_table(out))
+    print(f"written: {out['path']}")
+
+
+def _eval(args) -> None:
+    if any(e <= 0 for e in args.epsilons) or args.attack_steps < 1 or args.attack_samples < 1:
+        raise InputError("--epsilons must be > 0, --attack-steps and --attack-samples >= 1")
+    out = evaluate_run(args.run_dir, args.data, args.epsilons, args.attack_steps,
+                       args.attack_samples, args.batch_size, args.device)
+    c = out["clean"]
+    print(f"{out['data']} ({out['examples']} examples): accuracy {c['accuracy']:.4f}, "
+          f"macro-F1 {c['macro_f1']:.4f}")
+    print("robust accuracy, L2 PGD on the embeddings "
+          f"({out['attack']['examples']} examples, {out['attack']['steps']} steps):")
+    for point in out["robust"]:
+        print(f"  epsilon {point['epsilon']:<5g} {point['accuracy']:.4f}")
+    print(f"written: {os.path.join(args.run_dir, 'eval.json')}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -187,8 +184,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    quiet = getattr(args, "quiet", False)
+    progress = not quiet and sys.stderr.isatty()  # no bars in logs and pipes
+    log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
     try:
-        _run(args)
+        if args.command == "train":
+            _train(args, progress, log)
+        elif args.command == "compare":
+            _compare(args, progress, log)
+        else:
+            _eval(args)
     except InputError as e:
         print(f"advnlp: error: {e}", file=sys.stderr)
         return 2
