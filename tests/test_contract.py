@@ -361,3 +361,13 @@ def test_deepspeed_zero3_is_refused_with_a_clear_message():
     next(model.parameters()).ds_id = 0  # what ZeRO-3 attaches to partitioned parameters
     with pytest.raises(NotImplementedError, match="ZeRO-3"):
         FGM(model)
+
+
+def test_non_finite_check_flags_nan_and_inf_but_not_huge_finite_values():
+    from advnlp import _perturb as P
+
+    huge = torch.full((4, 8, 16), 3e37)  # its sum would overflow float32
+    assert P.all_finite([huge, None])
+    assert not P.all_finite([huge, torch.tensor([float("nan"), 1.0])])
+    assert not P.all_finite([torch.tensor([1.0, float("-inf")])])
+    assert P.all_finite([torch.ones(3, dtype=torch.bfloat16)])

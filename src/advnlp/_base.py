@@ -103,7 +103,9 @@ class _OutputSpace:
         if not self.hook.deltas:
             raise RuntimeError(
                 "the closure never called the input embedding; check that it runs the model "
-                "the adversary was built for."
+                "the adversary was built for. With torch.compile, build the adversary before "
+                "the compiled model's first call (hooks added later are not seen by the "
+                "compiled graph)."
             )
         grads = [
             (d.grad if d.grad is not None else torch.zeros_like(d)) * m
