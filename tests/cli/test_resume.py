@@ -60,3 +60,25 @@ def test_checkpoint_loads_without_pickle(sentiment_csv, tmp_path, monkeypatch):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 1 and state["epoch"] == 0
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
+
+
+def test_real_ctrl_c_in_a_subprocess(sentiment_csv, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", "train", "--model", "textcnn",
+                             "--train", sentiment_csv, "--epochs", "10000", "--quiet",
+                             "--output-dir", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.strip().startswith("advnlp: interrupted; checkpoint saved") and "Traceback" not in err
+    assert (out / "checkpoint.pt").is_file()
