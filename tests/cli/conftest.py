@@ -1,13 +1,22 @@
 """Tiny generated datasets and a tiny BERT so every CLI test runs in seconds."""
-import csv
 import json
 import random
 
 import pytest
 import torch
 
-# The models here are tiny: one thread is faster than several fighting for 2 cores.
-torch.set_num_threads(1)
+from cli_helpers import write_csv
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: one thread beats several fighting over 2 cores.
+    Restored afterwards so other suites in the same session are unaffected."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 POS = "great good excellent wonderful fine nice".split()
 NEG = "bad awful terrible poor horrible ugly".split()
@@ -18,14 +27,6 @@ def _sentence(rng, label):
     words = rng.choices(FILLER, k=6) + rng.choices(POS if label == "pos" else NEG, k=2)
     rng.shuffle(words)
     return " ".join(words)
-
-
-def write_csv(path, header, rows, delimiter=","):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter=delimiter)
-        w.writerow(header)
-        w.writerows(rows)
-    return str(path)
 
 
 @pytest.fixture

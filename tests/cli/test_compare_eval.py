@@ -1,5 +1,5 @@
 """`advnlp compare` and `advnlp eval` on textcnn."""
-from helpers import read_json, run
+from cli_helpers import read_json, run
 
 
 def test_compare_runs_every_method_on_the_same_budget(sentiment_csv, tmp_path, capsys):

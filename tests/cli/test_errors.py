@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from conftest import write_csv
-from helpers import run
+from cli_helpers import run, write_csv
 
 
 def _one_line_error(capsys, *needles):

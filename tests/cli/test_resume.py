@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file
 
 import advnlp.train as T
-from helpers import read_json, run
+from cli_helpers import read_json, run
 
 ARGS = ["--model", "textcnn", "--epochs", "2", "--batch-size", "16", "--quiet"]
 

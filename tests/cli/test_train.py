@@ -4,7 +4,7 @@ import os
 
 from safetensors.torch import load_file
 
-from helpers import read_json, run
+from cli_helpers import read_json, run, write_csv
 
 
 def test_single_label_textcnn_leaves_a_complete_run(sentiment_csv, tmp_path, capsys):
@@ -38,8 +38,6 @@ def test_multi_label_jsonl_uses_lists_and_reports_micro_f1(multilabel_jsonl, tmp
 
 
 def test_multi_label_delimited_string(tmp_path):
-    from conftest import write_csv
-
     rows = [[f"{'red ' * (i % 2)}{'blue ' * (i % 3 == 0)}thing {i}", "|".join(
         [c for c, on in (("red", i % 2), ("blue", i % 3 == 0)) if on])] for i in range(60)]
     data = write_csv(tmp_path / "colors.csv", ["text", "label"], rows)

@@ -1,0 +1,24 @@
+"""Calling the CLI in-process and reading what a run leaves."""
+import csv
+import json
+import os
+
+from advnlp.cli import main
+
+
+def run(*argv):
+    """Exit code of ``advnlp argv...``, run in-process."""
+    return main([str(a) for a in argv])
+
+
+def read_json(*parts):
+    with open(os.path.join(*map(str, parts)), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_csv(path, header, rows, delimiter=","):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
