@@ -25,17 +25,19 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from . import FGM, FGSM, PGD
+from . import AWP, FGM, FGSM, PGD, FreeLB
 from .data import DataSpec, InputError, Labels, Splits, load_splits
 from .evaluate import batches, loss_fn, metrics, predict, robust_accuracy
 from .models import SCRATCH, Classifier, build, load
 
-# name -> (class, the CLI parameters it takes). Adding a method = adding a line.
-METHODS: Dict[str, Tuple[Optional[type], Tuple[str, ...]]] = {
-    "none": (None, ()),
-    "fgm": (FGM, ("epsilon", "adv_weight")),
-    "fgsm": (FGSM, ("epsilon", "adv_weight")),
-    "pgd": (PGD, ("epsilon", "alpha", "steps", "adv_weight")),
+# name -> (class, {CLI parameter: constructor argument}). Adding a method = adding a line.
+METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
+    "none": (None, {}),
+    "fgm": (FGM, {"epsilon": "epsilon", "adv_weight": "adv_weight"}),
+    "fgsm": (FGSM, {"epsilon": "epsilon", "adv_weight": "adv_weight"}),
+    "pgd": (PGD, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps", "adv_weight": "adv_weight"}),
+    "freelb": (FreeLB, {"alpha": "adv_lr", "steps": "adv_steps"}),
+    "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
 }
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
@@ -115,8 +117,9 @@ def _method_default(method: str, name: str):
     """The CLI's or else the library's default, so config.json records actual values."""
     if name in METHOD_DEFAULTS.get(method, {}):
         return METHOD_DEFAULTS[method][name]
-    for klass in METHODS[method][0].__mro__:
-        param = inspect.signature(klass.__init__).parameters.get(name)
+    cls, takes = METHODS[method]
+    for klass in cls.__mro__:
+        param = inspect.signature(klass.__init__).parameters.get(takes[name])
         if param is not None and param.default is not inspect.Parameter.empty:
             return param.default
     return None
@@ -176,7 +179,7 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
     cls, takes = METHODS[cfg.method]
     if cls is None:
         return None
-    kwargs = {k: getattr(cfg, k) for k in takes if getattr(cfg, k) is not None}
+    kwargs = {arg: getattr(cfg, k) for k, arg in takes.items() if getattr(cfg, k) is not None}
     try:
         return cls(model, **kwargs)
     except (TypeError, ValueError) as e:

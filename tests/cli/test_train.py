@@ -2,6 +2,7 @@
 import importlib.util
 import os
 
+import pytest
 from safetensors.torch import load_file
 
 from cli_helpers import read_json, run, write_csv
@@ -88,3 +89,13 @@ def test_plot_without_matplotlib_is_a_one_line_note(sentiment_csv, tmp_path, mon
                "--output-dir", out) == 0
     assert "note: no plot.png" in capsys.readouterr().err
     assert not (out / "plot.png").exists() and (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("method, params", [("freelb", ["--steps", "2", "--alpha", "0.05"]),
+                                            ("awp", ["--epsilon", "0.02"])])
+def test_later_methods_plug_into_the_registry(method, params, sentiment_csv, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", method,
+               *params, "--epochs", "1", "--output-dir", out, "--quiet") == 0
+    cfg = read_json(out, "config.json")
+    assert cfg["method"] == method and cfg["alpha" if method == "freelb" else "epsilon"] == float(params[-1])
