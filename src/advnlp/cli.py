@@ -59,7 +59,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="labels are a JSON list or a delimiter-separated string")
     d.add_argument("--label-delimiter", default=",")
     d.add_argument("--max-train-samples", type=int,
-                   help="a class-balanced subset of the training set (default 400 for BBC News)")
+                   help="a class-balanced subset of the training set (default 640 for BBC News)")
 
 
 def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str) -> None:
