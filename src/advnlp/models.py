@@ -133,12 +133,19 @@ class Classifier:
             self.model.save_pretrained(directory, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
             return
-        from safetensors.torch import save_file
-
+        save_file = _safetensors().save_file
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, os.path.join(directory, WEIGHTS))
         _write_json(os.path.join(directory, "vocab.json"), self.tokenizer.tokens)
         _write_json(os.path.join(directory, "model_config.json"), self.meta)
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise InputError("saving and loading models needs safetensors: pip install 'advnlp[hf]'") from None
+    return safetensors.torch
 
 
 def _write_json(path: str, obj) -> None:
@@ -171,6 +178,7 @@ def build(name: str, num_labels: int, train_texts: Sequence[Tuple[str, ...]],
           max_length: int) -> Classifier:
     """A fresh classifier (call ``torch.manual_seed`` first: heads are randomly initialised)."""
     if name in SCRATCH:
+        _safetensors()  # fail now, not after training
         vocab = Vocab.build(train_texts)
         meta = {"kind": name, "vocab_size": len(vocab.tokens), "num_labels": num_labels}
         return Classifier(name, _ARCHS[name](len(vocab.tokens), num_labels), vocab, max_length, meta)
@@ -183,8 +191,7 @@ def load(directory: str, kind: str, num_labels: int, max_length: int) -> Classif
     if kind not in SCRATCH:
         tokenizer, model = _hf(directory, num_labels)
         return Classifier(kind, model, tokenizer, max_length, {"kind": "hf", "source": kind})
-    from safetensors.torch import load_file
-
+    load_file = _safetensors().load_file
     with open(os.path.join(directory, "model_config.json"), encoding="utf-8") as f:
         meta = json.load(f)
     with open(os.path.join(directory, "vocab.json"), encoding="utf-8") as f:
