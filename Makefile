@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
+# The embedded default: pretrained MiniLM on BBC News, no adversary vs FGM, same budget.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) examples/demo_fgm.py
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/advnlp compare --methods none,fgm --output-dir runs/demo --overwrite
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/step_cost.py
