@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from . import __version__
 from .data import DataSpec, InputError
-from .evaluate import evaluate_run
+from .evaluate import ATTACKS, attack_run, evaluate_run
 from .train import METHODS, Interrupted, TrainConfig, compare, resume, train
 
 
@@ -48,6 +48,13 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--alpha", type=float, help="PGD step size")
     a.add_argument("--steps", type=int, help="PGD ascent steps")
     a.add_argument("--adv-weight", type=float, help="weight of the adversarial loss (default 1)")
+    x = p.add_argument_group("adversarial data augmentation (discrete attacks)")
+    x.add_argument("--augment-with-attack", metavar="char|word",
+                   help="after each epoch but the last, attack a sample of the training set and "
+                        "train on the successful adversarial texts too")
+    x.add_argument("--augment-every", type=int, default=1, help="epochs between rounds (default 1)")
+    x.add_argument("--augment-samples", type=int, default=64,
+                   help="training examples attacked per round (default 64)")
     d = p.add_argument_group("data (default: the bundled BBC News corpus, 5 topics)")
     d.add_argument("--train", help="training file: .csv, .tsv or .jsonl")
     d.add_argument("--validation", help="validation file (default: split off the training file)")
@@ -73,7 +80,7 @@ def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str)
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="advnlp", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--version", action="version", version=f"advnlp {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,eval}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,eval,attack}")
     t = sub.add_parser("train", help="fine-tune a classifier with adversarial training")
     t.add_argument("--method", default="fgm", help=f"{' | '.join(METHODS)} (default fgm)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -82,12 +89,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="none,fgm,pgd", help="comma-separated (default none,fgm,pgd)")
     _training_options(c)
     _attack_options(c, "--attack-epsilon", "0.5")
+    c.add_argument("--attack", metavar="char|word",
+                   help="also tabulate accuracy under this discrete attack")
+    c.add_argument("--attack-limit", type=int, default=50,
+                   help="test examples for --attack (default 50)")
     e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto")
     _attack_options(e, "--epsilons", "0.1,0.25,0.5,1")
+    a = sub.add_parser("attack", help="attack a saved run: typos, word swaps or embedding PGD")
+    a.add_argument("run_dir", metavar="RUN_DIR")
+    a.add_argument("--attack", required=True, help="char | word | embedding")
+    a.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
+    a.add_argument("--limit", type=int, default=100, help="examples attacked (default 100)")
+    a.add_argument("--seed", type=int, help="default: the run's seed")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--device", default="auto")
+    d = a.add_argument_group("char and word attacks")
+    d.add_argument("--max-change", type=float, default=0.15,
+                   help="fraction of the words (CJK: characters) that may be edited (default 0.15)")
+    d.add_argument("--query-budget", type=int, default=500,
+                   help="model evaluations per example (default 500)")
+    d.add_argument("--threshold", type=float, default=0.6,
+                   help="word: minimum cosine similarity of a substitute (default 0.6)")
+    g = a.add_argument_group("embedding attack (FGSM/PGD on the input-embedding output)")
+    g.add_argument("--epsilons", type=_floats, default=_floats("0.1,0.25,0.5,1.0"),
+                   help="radii (default 0.1,0.25,0.5,1.0)")
+    g.add_argument("--norm", default="l2", help="l2 (per example, default) or linf (per coordinate)")
+    g.add_argument("--steps", type=int, default=10, help="ascent steps; 1 = FGSM (default 10)")
+    g.add_argument("--random-start", action="store_true", help="start from a random point in the ball")
     return parser
 
 
@@ -104,7 +136,9 @@ def _config(args) -> TrainConfig:
         model=args.model, method=getattr(args, "method", "none"), epsilon=args.epsilon,
         alpha=args.alpha, steps=args.steps, adv_weight=args.adv_weight, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-        device=args.device, output_dir=args.output_dir, data=data)
+        device=args.device, output_dir=args.output_dir,
+        augment_with_attack=args.augment_with_attack, augment_every=args.augment_every,
+        augment_samples=args.augment_samples, data=data)
 
 
 def _fmt(x) -> str:
@@ -124,11 +158,16 @@ def _summary(run_dir: str, result: dict) -> str:
 def _table(out: dict) -> str:
     eps = out["attack"]["epsilon"]
     head = ["method", "accuracy", "macro-F1", f"robust acc (eps={eps:g})", "s/step", "cost vs none"]
+    discrete = out.get("discrete_attack")
+    if discrete:
+        head.insert(4, f"acc under {discrete['attack']} attack")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in out["methods"]:
         cost = None if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
         cells = [r["method"], r["accuracy"], r["macro_f1"], r["robust_accuracy"],
                  f"{r['seconds_per_step']:.3f}", cost]
+        if discrete:
+            cells.insert(4, r["attacked_accuracy"])
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -154,7 +193,7 @@ def _compare(args, progress: bool, log) -> None:
     if args.attack_steps < 1 or args.attack_samples < 1:
         raise InputError("--attack-steps and --attack-samples must be >= 1")
     out = compare(_config(args), methods, args.attack_epsilon[0], args.attack_steps,
-                  args.attack_samples, args.overwrite, progress, log)
+                  args.attack_samples, args.overwrite, progress, log, args.attack, args.attack_limit)
     print(_table(out))
     print(f"written: {out['path']}")
 
@@ -172,6 +211,38 @@ def _eval(args) -> None:
     for point in out["robust"]:
         print(f"  epsilon {point['epsilon']:<5g} {point['accuracy']:.4f}")
     print(f"written: {os.path.join(args.run_dir, 'eval.json')}")
+
+
+def _attack(args) -> None:
+    if args.attack not in ATTACKS:
+        raise InputError(f"unknown attack {args.attack!r}; choose one of {', '.join(ATTACKS)}")
+    if args.limit < 1 or args.batch_size < 1 or args.query_budget < 1 or args.steps < 1:
+        raise InputError("--limit, --batch-size, --query-budget and --steps must be >= 1")
+    if not 0 < args.max_change <= 1:
+        raise InputError(f"--max-change must be a fraction in (0, 1], got {args.max_change:g}")
+    if not -1 <= args.threshold <= 1:
+        raise InputError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold:g}")
+    if not args.epsilons or any(not 0 < e < float("inf") for e in args.epsilons):
+        raise InputError("--epsilons takes numbers > 0")
+    if args.norm not in ("l2", "linf"):
+        raise InputError(f"--norm must be l2 or linf, got {args.norm!r}")
+    out = attack_run(args.run_dir, args.attack, args.data, args.limit,
+                     max_change=args.max_change, query_budget=args.query_budget,
+                     threshold=args.threshold, seed=args.seed, epsilons=args.epsilons,
+                     norm=args.norm, steps=args.steps, random_start=args.random_start,
+                     batch_size=args.batch_size, device=args.device)
+    print(f"{args.attack} attack on {out['examples']} examples of {out['data']} (seed {out['seed']}):")
+    if args.attack == "embedding":
+        print(f"| epsilon ({out['norm']}) | accuracy | success rate |\n|---|---|---|")
+        for p in out["curve"]:
+            print(f"| {p['epsilon']:g} | {p['accuracy']:.4f} | {p['success_rate']:.4f} |")
+    else:
+        print("| clean accuracy | accuracy under attack | success rate | words changed "
+              "| queries/example | s/example |\n|---|---|---|---|---|---|")
+        print(f"| {out['clean_accuracy']:.4f} | {out['attacked_accuracy']:.4f} "
+              f"| {out['success_rate']:.4f} ({out['successes']}) | {out['avg_changed_fraction']:.3f} "
+              f"| {out['avg_queries']:.1f} | {out['seconds_per_example']:.3f} |")
+    print("written: " + ", ".join(out["files"].values()))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -192,6 +263,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             _train(args, progress, log)
         elif args.command == "compare":
             _compare(args, progress, log)
+        elif args.command == "attack":
+            _attack(args)
         else:
             _eval(args)
     except InputError as e:

@@ -20,14 +20,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from . import AWP, FGM, FGSM, PGD, FreeLB
-from .data import DataSpec, InputError, Labels, Splits, load_splits
-from .evaluate import batches, loss_fn, metrics, predict, robust_accuracy
+from . import AWP, FGM, FGSM, PGD, SMART, VAT, FreeLB
+from .data import DataSpec, Example, InputError, Labels, Splits, load_splits
+from .evaluate import (batches, check_single_segment, discrete_attack, loss_fn, metrics, predict,
+                       robust_accuracy)
 from .models import SCRATCH, Classifier, build, load
 
 # name -> (class, {CLI parameter: constructor argument}). Adding a method = adding a line.
@@ -38,7 +39,14 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "pgd": (PGD, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps", "adv_weight": "adv_weight"}),
     "freelb": (FreeLB, {"alpha": "adv_lr", "steps": "adv_steps"}),
     "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
+    "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha"}),
+    "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
+                      "adv_weight": "alpha"}),
 }
+# Output-consistency methods: the closure returns logits, the task loss comes from
+# ``backward(closure, labels=y)`` with the CLI's loss (BCE for multi-label).
+CONSISTENCY = ("vat", "smart")
+AUGMENT_ATTACKS = ("char", "word")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
 METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}}
@@ -67,6 +75,9 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     output_dir: Optional[str] = None
+    augment_with_attack: Optional[str] = None  # char / word: adversarial data augmentation
+    augment_every: int = 1  # epochs between augmentation rounds
+    augment_samples: int = 64  # training examples attacked per round
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -96,6 +107,13 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
         if cfg.lr <= 0:
             raise InputError("--lr must be > 0")
+        if cfg.augment_with_attack is not None:
+            if cfg.augment_with_attack not in AUGMENT_ATTACKS:
+                raise InputError(f"--augment-with-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
+                                 f"got {cfg.augment_with_attack!r}")
+            check_single_segment(cfg.augment_with_attack, cfg.data.text_columns)
+        if cfg.augment_every < 1 or cfg.augment_samples < 1:
+            raise InputError("--augment-every and --augment-samples must be >= 1")
         if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
             raise InputError("--max-train-samples must be >= 1")
         if cfg.output_dir is None:
@@ -180,6 +198,9 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
     if cls is None:
         return None
     kwargs = {arg: getattr(cfg, k) for k, arg in takes.items() if getattr(cfg, k) is not None}
+    if cfg.method in CONSISTENCY:
+        kwargs.update(loss_fn=loss_fn(cfg.data.multi_label),
+                      output_type="sigmoid" if cfg.data.multi_label else "softmax")
     try:
         return cls(model, **kwargs)
     except (TypeError, ValueError) as e:
@@ -207,6 +228,8 @@ def _progress_bar(enabled: bool, **kwargs):
 
 def _train_step(clf: Classifier, adv, criterion, batch, y) -> torch.Tensor:
     """One step's gradients: clean only, or clean + adversarial through ``adv.backward``."""
+    if isinstance(adv, (VAT, SMART)):  # these compare logits: the closure returns them
+        return adv.backward(lambda: clf(batch), labels=y)
     closure = lambda: criterion(clf(batch), y)  # noqa: E731 (the closure is the API)
     if adv is None:
         loss = closure()
@@ -230,6 +253,9 @@ class Trainer:
             name: self.labels.encode([lab for _, lab in getattr(self.splits, name)], f"{name} data")
             for name in ("train", "validation", "test")
         }
+        # --augment-with-attack: successful adversarial texts with their original labels,
+        # trained on from the epoch after they were found (kept in the checkpoint).
+        self.extra: List[Example] = []
         seed_everything(cfg.seed)  # before the random initialisation of the model (head)
         self.clf = build(cfg.model, len(self.labels.names),
                          [t for t, _ in self.splits.train], cfg.max_length)
@@ -244,15 +270,54 @@ class Trainer:
         self.adv = build_adversary(cfg, self.clf.model)
         params = [p for p in self.clf.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-        self.steps_per_epoch = len(batches(len(self.splits.train), cfg.batch_size))
-        total = cfg.epochs * self.steps_per_epoch
-        warmup = max(1, total // 10)
-        # Linear warm-up then linear decay to zero: the usual fine-tuning schedule.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
         self.epoch, self.step, self.history = 0, 0, []
+        self.warmup = max(1, self._total_steps() // 10)
+        # Linear warm-up then linear decay to zero: the usual fine-tuning schedule. The
+        # total is recomputed when augmentation grows the training set, so it still ends at 0.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
         self._partial = {"losses": [], "seconds": 0.0}
         self._stop = False
+
+    # -- the training set, which --augment-with-attack grows ----------------------------
+    @property
+    def train_set(self) -> List[Example]:
+        return self.splits.train + self.extra
+
+    def steps_per_epoch(self) -> int:
+        return len(batches(len(self.train_set), self.cfg.batch_size))
+
+    def _total_steps(self) -> int:
+        done = sum(h["steps"] for h in self.history[: self.epoch])
+        return done + (self.cfg.epochs - self.epoch) * self.steps_per_epoch()
+
+    def _lr_factor(self, s: int) -> float:
+        total, warmup = self._total_steps(), self.warmup
+        return min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+
+    def _set_extra(self, extra: List[Example]) -> None:
+        self.extra = list(extra)
+        self.targets["train"] = self.labels.encode([lab for _, lab in self.train_set], "train data")
+
+    def _augment(self) -> dict:
+        """Attack a seeded sample of the original training set with the current model; keep
+        the successful adversarial texts, with their original labels."""
+        train = self.splits.train
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 500_009 + self.epoch)
+        pick = sorted(torch.randperm(len(train), generator=g)[: self.cfg.augment_samples].tolist())
+        start = time.perf_counter()
+        res = discrete_attack(self.cfg.augment_with_attack, self.clf, self.labels,
+                              [train[i][0][0] for i in pick], self.targets["train"][pick],
+                              self.device, seed=self.cfg.seed + self.epoch,
+                              batch_size=self.cfg.batch_size * 2)
+        new = [((r.perturbed,), train[i][1]) for i, r in zip(pick, res.records)
+               if r.status == "success"]
+        self._set_extra(self.extra + new)
+        info = {"attack": self.cfg.augment_with_attack, "attacked": len(pick), "added": len(new),
+                "success_rate": res.summary()["success_rate"],
+                "train_examples": len(self.train_set), "seconds": time.perf_counter() - start}
+        self.log(f"  augmentation: {info['added']} adversarial examples added "
+                 f"({info['attacked']} attacked), {info['train_examples']} training examples now")
+        return info
 
     # -- checkpoints -------------------------------------------------------------------
     def _checkpoint_path(self) -> str:
@@ -265,6 +330,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch, "step": self.step,
             "history": self.history, "partial": self._partial,
+            "extra": [[list(t), lab] for t, lab in self.extra],
             "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -284,6 +350,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self._partial = state["history"], state["partial"]
+        self._set_extra([(tuple(t), lab) for t, lab in state.get("extra", [])])
         torch.set_rng_state(state["rng_torch"].cpu())
         random.setstate(state["rng_python"])
         if state["rng_cuda"] and torch.cuda.is_available():
@@ -298,14 +365,14 @@ class Trainer:
     def _epoch_order(self) -> torch.Tensor:
         # A function of (seed, epoch) alone, so a resumed run sees the same batches.
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
-        return torch.randperm(len(self.splits.train), generator=g)
+        return torch.randperm(len(self.train_set), generator=g)
 
     def _batch(self, texts, idx):
         enc = self.clf.encode([texts[i] for i in idx])
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _run_epoch(self) -> None:
-        texts = [t for t, _ in self.splits.train]
+        texts = [t for t, _ in self.train_set]
         order = self._epoch_order().tolist()
         spans = batches(len(order), self.cfg.batch_size)
         bar = _progress_bar(self.progress, total=len(spans), initial=self.step,
@@ -349,17 +416,23 @@ class Trainer:
         try:
             while self.epoch < self.cfg.epochs:
                 self._run_epoch()
+                steps = self.steps_per_epoch()
                 entry = {
                     "epoch": self.epoch + 1,
-                    "train_loss": sum(self._partial["losses"]) / self.steps_per_epoch,
+                    "train_loss": sum(self._partial["losses"]) / steps,
                     "step_losses": self._partial["losses"],
-                    "steps": self.steps_per_epoch,
+                    "steps": steps,
+                    "train_examples": len(self.train_set),
                     "train_seconds": self._partial["seconds"],
                     "validation": self.evaluate("validation"),
                 }
                 self.history.append(entry)
                 self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
                          f"validation accuracy {entry['validation']['accuracy']:.4f}")
+                every = self.cfg.augment_every
+                if (self.cfg.augment_with_attack and self.epoch + 1 < self.cfg.epochs
+                        and (self.epoch + 1) % every == 0):
+                    entry["augmentation"] = self._augment()
                 self.epoch, self.step = self.epoch + 1, 0
                 self._partial = {"losses": [], "seconds": 0.0}
                 self.save_checkpoint()
@@ -377,6 +450,7 @@ class Trainer:
             "final": {"validation": self.history[-1]["validation"], "test": self.evaluate("test")},
             "seconds_per_step": sum(h["train_seconds"] for h in self.history) / max(steps, 1),
             "train_examples": len(self.splits.train),
+            "augmented_examples": len(self.extra),
             "validation_examples": len(self.splits.validation),
             "test_examples": len(self.splits.test),
         }
@@ -432,12 +506,20 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: bool = False,
 
 def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
-            log: Callable[[str], None] = lambda s: None) -> dict:
+            log: Callable[[str], None] = lambda s: None, attack: Optional[str] = None,
+            attack_limit: int = 50) -> dict:
     """Train once per method with the same data, model, seed and budget; one row each.
 
     Each method gets only the parameters it takes, so ``--steps`` for PGD does not
-    stop FGM from running. Runs go to ``<output_dir>/<method>/``.
+    stop FGM from running. Runs go to ``<output_dir>/<method>/``. ``attack`` (char /
+    word) also runs that discrete attack on the first ``attack_limit`` test examples.
     """
+    if attack is not None:
+        if attack not in AUGMENT_ATTACKS:
+            raise InputError(f"--attack takes {' or '.join(AUGMENT_ATTACKS)}, got {attack!r}")
+        check_single_segment(attack, cfg.data.text_columns)
+        if attack_limit < 1:
+            raise InputError("--attack-limit must be >= 1")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InputError(f"unknown method {', '.join(map(repr, unknown)) or '(none)'}; "
@@ -456,14 +538,28 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
         robust = robust_accuracy(trainer.clf, [t for t, _ in test], trainer.targets["test"][: len(test)],
                                  cfg.data.multi_label, attack_epsilon, attack_steps,
                                  trainer.cfg.batch_size, trainer.device)
-        rows.append({"method": m, **result["final"]["test"], "robust_accuracy": robust,
-                     "seconds_per_step": result["seconds_per_step"], "run_dir": run.output_dir})
+        row = {"method": m, **result["final"]["test"], "robust_accuracy": robust,
+               "seconds_per_step": result["seconds_per_step"], "run_dir": run.output_dir}
+        if attack is not None:
+            sample = trainer.splits.test[:attack_limit]
+            res = discrete_attack(attack, trainer.clf, trainer.labels, [t[0] for t, _ in sample],
+                                  trainer.targets["test"][: len(sample)], trainer.device,
+                                  seed=cfg.seed, batch_size=trainer.cfg.batch_size * 2).summary()
+            row.update(attacked_accuracy=res["attacked_accuracy"],
+                       attack_success_rate=res["success_rate"])
+            log(f"  {attack} attack: accuracy {res['clean_accuracy']:.4f} -> "
+                f"{res['attacked_accuracy']:.4f} on {res['examples']} test examples")
+        rows.append(row)
     cost = next((r["seconds_per_step"] for r in rows if r["method"] == "none"), None)
     for r in rows:
         r["relative_cost"] = r["seconds_per_step"] / cost if cost else None
     out = {"attack": {"norm": "l2", "epsilon": attack_epsilon, "steps": attack_steps,
                       "examples": min(attack_samples, len(trainer.splits.test))},
            "methods": rows}
+    if attack is not None:
+        out["discrete_attack"] = {"attack": attack, "seed": cfg.seed, "max_change": 0.15,
+                                  "query_budget": 500,
+                                  "examples": min(attack_limit, len(trainer.splits.test))}
     _write_json(os.path.join(out_dir, "compare.json"), out)
     return {**out, "path": os.path.join(out_dir, "compare.json")}
 

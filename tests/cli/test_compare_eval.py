@@ -39,22 +39,44 @@ def test_eval_writes_a_robustness_curve(sentiment_csv, tmp_path, capsys):
     assert "eval.json" in capsys.readouterr().out
 
 
-def test_attack_leaves_parameter_gradients_alone(sentiment_csv, tmp_path):
+def test_eval_uses_the_attack_library_and_leaves_gradients_alone(sentiment_csv, tmp_path):
     import torch
 
-    from advnlp.evaluate import loss_fn, pgd_attack
+    from advnlp.evaluate import embedding_robustness
     from advnlp.train import load_run
 
     out = tmp_path / "run"
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", "none",
                "--epochs", "1", "--output-dir", out, "--quiet") == 0
     _, _, clf = load_run(str(out), "cpu")
-    clf.model.eval()
-    batch = clf.encode([("the movie was great",), ("awful plot",)])
-    y = torch.tensor([1, 0])
-    clean = clf(batch)
-    attacked = pgd_attack(lambda: clf(batch), clf.model, y, loss_fn(False), epsilon=3.0, steps=3)
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    texts = [("the movie was great",), ("awful plot",)]
+    res = embedding_robustness(clf, texts, torch.tensor([1, 0]), False, [0.1, 100.0], 3, 2, "cpu")
     assert all(p.grad is None for p in clf.model.parameters())
-    assert not torch.equal(clean, attacked)
-    # The attack raises the loss it climbs.
-    assert loss_fn(False)(attacked, y) > loss_fn(False)(clean, y)
+    assert all(before[k].equal(v) for k, v in clf.model.state_dict().items())
+    assert res["attack"] == "embedding" and res["norm"] == "l2" and res["alpha"] == 2.5 / 3
+    acc = [p["accuracy"] for p in res["curve"]]
+    assert acc == sorted(acc, reverse=True) and acc[-1] < 1  # non-increasing, and it bites
+
+
+def test_eval_and_attack_embedding_agree(sentiment_csv, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", "none",
+               "--epochs", "2", "--output-dir", out, "--quiet") == 0
+    assert run("eval", out, "--epsilons", "0.5,5", "--attack-steps", "4") == 0
+    assert run("attack", out, "--attack", "embedding", "--epsilons", "0.5,5", "--steps", "4") == 0
+    assert read_json(out, "eval.json")["robust"] == read_json(out, "attack-embedding.json")["curve"]
+
+
+def test_compare_with_a_char_attack_column(sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run("compare", "--methods", "none,fgm", "--model", "textcnn", "--train", sentiment_csv,
+               "--epochs", "1", "--attack", "char", "--attack-limit", "10", "--output-dir", out,
+               "--quiet") == 0
+    result = read_json(out, "compare.json")
+    assert result["discrete_attack"]["attack"] == "char"
+    assert result["discrete_attack"]["examples"] == 10
+    for r in result["methods"]:
+        assert 0 <= r["attacked_accuracy"] <= 1
+        assert 0 <= r["attack_success_rate"] <= 1
+    assert "| acc under char attack |" in capsys.readouterr().out.splitlines()[0]
