@@ -2,7 +2,9 @@
 import csv
 import json
 import os
+import signal
 
+import advnlp.train as T
 from advnlp.cli import main
 
 
@@ -22,3 +24,18 @@ def write_csv(path, header, rows, delimiter=","):
         w.writerow(header)
         w.writerows(rows)
     return str(path)
+
+
+def ctrl_c_after(monkeypatch, n):
+    """Deliver a real SIGINT to this process after the n-th training step."""
+    calls = {"n": 0}
+    step = T._train_step
+
+    def step_then_sigint(*args):
+        loss = step(*args)
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(T, "_train_step", step_then_sigint)

@@ -92,10 +92,21 @@ def test_plot_without_matplotlib_is_a_one_line_note(sentiment_csv, tmp_path, mon
 
 
 @pytest.mark.parametrize("method, params", [("freelb", ["--steps", "2", "--alpha", "0.05"]),
-                                            ("awp", ["--epsilon", "0.02"])])
+                                            ("awp", ["--epsilon", "0.02"]),
+                                            ("vat", ["--epsilon", "0.5"]),
+                                            ("smart", ["--steps", "1", "--epsilon", "0.5"])])
 def test_later_methods_plug_into_the_registry(method, params, sentiment_csv, tmp_path):
     out = tmp_path / "run"
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", method,
                *params, "--epochs", "1", "--output-dir", out, "--quiet") == 0
     cfg = read_json(out, "config.json")
     assert cfg["method"] == method and cfg["alpha" if method == "freelb" else "epsilon"] == float(params[-1])
+
+
+def test_vat_on_multi_label_data(multilabel_jsonl, tmp_path):
+    # VAT/SMART compare logits: the CLI passes its BCE loss and sigmoid divergence.
+    out = tmp_path / "run"
+    assert run("train", "--model", "bilstm", "--train", multilabel_jsonl, "--label-column", "tags",
+               "--multi-label", "--method", "vat", "--epochs", "1", "--output-dir", out,
+               "--quiet") == 0
+    assert read_json(out, "config.json")["method"] == "vat"
