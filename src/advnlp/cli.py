@@ -149,7 +149,9 @@ def _summary(run_dir: str, result: dict) -> str:
     test = result["final"]["test"]
     extra = f", micro-F1 {test['micro_f1']:.4f}" if "micro_f1" in test else ""
     return (f"done: {run_dir}\n"
-            f"  {result['train_examples']} training examples, {len(result['epochs'])} epoch(s), "
+            f"  {result['train_examples']} training examples"
+            f"{' + %d adversarial' % result['augmented_examples'] if result.get('augmented_examples') else ''}"
+            f", {len(result['epochs'])} epoch(s), "
             f"{result['seconds_per_step']:.2f} s/step\n"
             f"  test ({result['test_examples']} examples): accuracy {test['accuracy']:.4f}, "
             f"macro-F1 {test['macro_f1']:.4f}{extra}")
