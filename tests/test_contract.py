@@ -371,3 +371,23 @@ def test_non_finite_check_flags_nan_and_inf_but_not_huge_finite_values():
     assert not P.all_finite([huge, torch.tensor([float("nan"), 1.0])])
     assert not P.all_finite([torch.tensor([1.0, float("-inf")])])
     assert P.all_finite([torch.ones(3, dtype=torch.bfloat16)])
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing(reentrant):
+    """Non-reentrant checkpointing: same gradients as without. Reentrant checkpointing
+    cannot give input-only gradients: a clear error names the fix."""
+    model = tiny_bert().train()
+    ids, y = batch()
+    ref = copy.deepcopy(model)
+    PGD(ref, steps=3).backward(bert_closure(ref, ids, y))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    before = snapshot(model)
+    adv = PGD(model, steps=3)
+    if reentrant:
+        with pytest.raises(RuntimeError, match="use_reentrant': False"):
+            adv.backward(bert_closure(model, ids, y))
+    else:
+        adv.backward(bert_closure(model, ids, y))
+        assert_grads_close(grads(model), grads(ref), atol=1e-5, rtol=1e-4)
+    assert_state_equal(model, before)

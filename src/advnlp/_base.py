@@ -282,7 +282,18 @@ class _Step:
         try:
             with self._local():
                 loss = as_loss(self.closure())
-            grads = self.space.grads_of(loss, leaves)
+            try:
+                grads = self.space.grads_of(loss, leaves)
+            except RuntimeError as e:
+                if "use_reentrant" not in str(e):
+                    raise
+                raise RuntimeError(
+                    f"{type(self.adv).__name__} takes inner gradients w.r.t. the perturbation only "
+                    "(torch.autograd.grad), which reentrant activation checkpointing does not "
+                    "support. Use non-reentrant checkpointing, e.g. model.gradient_checkpointing_"
+                    "enable(gradient_checkpointing_kwargs={'use_reentrant': False}), or FGM/FreeLB, "
+                    "which need no inner gradient."
+                ) from e
         finally:
             self.space.end_pass()
         return loss.detach(), self._finite(grads)
