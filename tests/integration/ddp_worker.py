@@ -64,8 +64,14 @@ def main(out_dir, method):
                    os.path.join(out_dir, f"{method}.pt"))
         with open(os.path.join(out_dir, f"{method}.json"), "w") as f:
             json.dump({"allreduce_per_step": per_step}, f)
+    dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: under load, gloo's threads met C++ static destructors
+    # there once ("terminate called without an active exception") after all work was done.
+    os._exit(0)
