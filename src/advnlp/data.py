@@ -300,3 +300,13 @@ _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
 
 def tokenize(text: str) -> List[str]:
     return _TOKEN.findall(text.lower())
+
+
+def token_prefix(text: str, n: int) -> str:
+    """The shortest prefix of ``text`` holding its first ``n`` tokens (see :func:`tokenize`)."""
+    end = 0
+    for i, m in enumerate(_TOKEN.finditer(text.lower())):
+        if i == n:
+            break
+        end = m.end()
+    return text if end == 0 else text[:end]

@@ -136,9 +136,13 @@ ATTACKS = ("char", "word", "embedding")
 def discrete_attack(attack: str, clf: Classifier, labels, texts: Sequence[str], targets,
                     device, *, max_change: float = 0.15, query_budget: int = 500,
                     threshold: float = 0.6, seed: int = 0, batch_size: int = 32):
-    """The character- or word-level attack of :mod:`advnlp.attacks` on a CLI classifier."""
+    """The character- or word-level attack of :mod:`advnlp.attacks` on a CLI classifier.
+
+    Each text is first cut to the part the model reads (``--max-length`` tokens), so the
+    query budget is not spent on words the model never sees; the CSV shows that part."""
     classifier = advnlp_classifier(clf, multi_label=labels.multi_label, batch_size=batch_size,
                                    device=device, neighbours=attack == "word")
+    texts = [clf.visible_prefix(t) for t in texts]
     try:
         if attack == "char":
             return char_attack(classifier, texts, targets, max_change=max_change,

@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .data import InputError, tokenize
+from .data import InputError, token_prefix, tokenize
 
 SCRATCH = ("textcnn", "bilstm")
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
@@ -122,6 +122,18 @@ class Classifier:
         columns = list(zip(*texts))
         return dict(self.tokenizer(*map(list, columns), truncation=True, padding=True,
                                    max_length=self.max_length, return_tensors="pt"))
+
+    def visible_prefix(self, text: str) -> str:
+        """The part of a single-segment ``text`` the model reads (its first ``max_length``
+        tokens): attacks edit only that, instead of spending queries past the cut."""
+        if not self.is_hf:
+            return token_prefix(text, self.max_length)
+        if not getattr(self.tokenizer, "is_fast", False):
+            return text  # no character offsets: keep the whole text
+        enc = self.tokenizer(text, truncation=True, max_length=self.max_length,
+                             return_offsets_mapping=True)
+        ends = [e for s, e in enc["offset_mapping"] if e > s]
+        return text[:max(ends)] if ends else text
 
     def __call__(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(**batch)
