@@ -1,33 +1,16 @@
 """Checkpoints: Ctrl-C saves one and exits 130; --resume ends where an uninterrupted run ends."""
 import os
-import signal
 
 import pytest
 from safetensors.torch import load_file
 
-import advnlp.train as T
-from cli_helpers import read_json, run
+from cli_helpers import ctrl_c_after, read_json, run
 
 ARGS = ["--model", "textcnn", "--epochs", "2", "--batch-size", "16", "--quiet"]
 
 
 def _weights(run_dir):
     return load_file(os.path.join(run_dir, "model", "model.safetensors"))
-
-
-def _ctrl_c_after(monkeypatch, n):
-    """Deliver a real SIGINT to this process after the n-th training step."""
-    calls = {"n": 0}
-    step = T._train_step
-
-    def step_then_sigint(*args):
-        loss = step(*args)
-        calls["n"] += 1
-        if calls["n"] == n:
-            signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(T, "_train_step", step_then_sigint)
 
 
 @pytest.mark.parametrize("stop_after", [2, 8], ids=["mid-epoch-1", "mid-epoch-2"])
@@ -38,7 +21,7 @@ def test_resume_reaches_the_uninterrupted_weights(sentiment_csv, tmp_path, monke
     assert run("train", *ARGS, "--train", sentiment_csv, "--method", "pgd", "--steps", "2",
                "--output-dir", straight) == 0
     with monkeypatch.context() as m:
-        _ctrl_c_after(m, stop_after)
+        ctrl_c_after(m, stop_after)
         assert run("train", *ARGS, "--train", sentiment_csv, "--method", "pgd", "--steps", "2",
                    "--output-dir", stopped) == 130
     assert "--resume" in capsys.readouterr().err
@@ -55,7 +38,7 @@ def test_checkpoint_loads_without_pickle(sentiment_csv, tmp_path, monkeypatch):
     import torch
 
     with monkeypatch.context() as m:
-        _ctrl_c_after(m, 1)
+        ctrl_c_after(m, 1)
         assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path) == 130
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 1 and state["epoch"] == 0
