@@ -1,5 +1,6 @@
 """Checkpoints: Ctrl-C saves one and exits 130; --resume ends where an uninterrupted run ends."""
 import os
+import signal
 
 import pytest
 from safetensors.torch import load_file
