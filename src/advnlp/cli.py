@@ -3,6 +3,9 @@
 This module only parses arguments and prints; the work is in train.py and
 evaluate.py. Exit codes: 0 success, 2 bad input (one line on stderr), 130
 interrupted (a checkpoint was saved; continue with ``advnlp train --resume``).
+
+``advnlp train`` also runs as N processes under torchrun
+(``torchrun --nproc_per_node N -m advnlp.cli train ...``): see train.py.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from typing import List, Optional
 from . import __version__
 from .data import DataSpec, InputError
 from .evaluate import ATTACKS, attack_run, evaluate_run
-from .train import METHODS, Interrupted, TrainConfig, compare, resume, train
+from .train import (METHODS, Interrupted, TrainConfig, compare, distributed_requested, read_config,
+                    resume, setup_distributed, train)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune a classifier with adversarial training")
     t.add_argument("--method", default="fgm", help=f"{' | '.join(METHODS)} (default fgm)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--distributed", action="store_true",
+                   help="one rank of a torchrun job (automatic when torchrun starts more than one "
+                        "process); --batch-size is per process")
     _training_options(t)
     c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
     c.add_argument("--methods", default="none,fgm,pgd", help="comma-separated (default none,fgm,pgd)")
@@ -175,17 +182,27 @@ def _table(out: dict) -> str:
 
 
 def _train(args, progress: bool, log) -> None:
+    info = None
+    if distributed_requested(args.distributed):
+        device = read_config(args.resume).device if args.resume else args.device
+        info = setup_distributed(device)
+        if info.rank != 0:  # rank 0 alone shows progress and logs
+            progress, log = False, (lambda s: None)
     if args.resume:
         # The run's config.json decides everything; a silently ignored option would mislead.
         defaults = vars(build_parser().parse_args(["train"]))
         extra = [k for k, v in vars(args).items()
-                 if k not in ("resume", "quiet") and v != defaults[k]]
+                 if k not in ("resume", "quiet", "distributed") and v != defaults[k]]
         if extra:
             raise InputError(f"--resume takes the run's own settings; drop --{extra[0].replace('_', '-')}")
-        print(_summary(args.resume, resume(args.resume, progress, log)))
+        result = resume(args.resume, progress, log, info)
+        if result is not None:
+            print(_summary(args.resume, result))
         return
     cfg = _config(args).resolved()
-    print(_summary(cfg.output_dir, train(cfg, args.overwrite, progress, log)))
+    result = train(cfg, args.overwrite, progress, log, info)
+    if result is not None:
+        print(_summary(cfg.output_dir, result))
 
 
 def _compare(args, progress: bool, log) -> None:
@@ -260,7 +277,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     quiet = getattr(args, "quiet", False)
     progress = not quiet and sys.stderr.isatty()  # no bars in logs and pipes
     log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+    code = _dispatch(args, progress, log)
+    if _dist_initialized():
+        # A torchrun rank: leave the process group and skip interpreter teardown, where
+        # gloo's threads can meet C++ static destructors ("terminate called ...").
+        import torch.distributed as dist
+
+        if code == 0:
+            dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _dispatch(args, progress: bool, log) -> int:
     try:
+        if args.command != "train" and distributed_requested(False):
+            raise InputError(f"advnlp {args.command} runs in one process; only advnlp train "
+                             "takes several (launch it without torchrun)")
         if args.command == "train":
             _train(args, progress, log)
         elif args.command == "compare":
@@ -273,7 +315,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"advnlp: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"advnlp: interrupted; checkpoint saved. Continue with: advnlp train --resume {e}",
+        how = "advnlp train"
+        if _dist_initialized():
+            import torch.distributed as dist
+
+            if dist.get_rank() != 0:  # rank 0 saved the checkpoint and says so
+                return 130
+            how = f"torchrun --nproc_per_node {dist.get_world_size()} -m advnlp.cli train"
+        print(f"advnlp: interrupted; checkpoint saved. Continue with: {how} --resume {e}",
               file=sys.stderr)
         return 130
     except KeyboardInterrupt:

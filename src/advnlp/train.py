@@ -8,9 +8,16 @@ A run directory holds config.json (everything to reproduce the run), labels.json
 checkpoint.pt while training (end of every epoch and on Ctrl-C; written
 atomically; loaded with ``weights_only=True``), and at the end model/,
 metrics.json and, if matplotlib is installed, plot.png.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, or ``--distributed``) the same loop runs
+on every process: the model is wrapped in DistributedDataParallel, the adversary
+is built on the wrapper (so its extra passes run under ``no_sync()``), each rank
+trains on its DistributedSampler-style shard of the epoch order, and rank 0 alone
+evaluates and writes the run directory.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import json
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from . import AWP, FGM, FGSM, PGD, SMART, VAT, FreeLB
@@ -61,6 +69,64 @@ class Interrupted(Exception):
 
 
 @dataclass
+class DistInfo:
+    """This process's place in a torchrun job (see ``setup_distributed``)."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def distributed_requested(flag: bool) -> bool:
+    """``--distributed``, or launched by torchrun with more than one process."""
+    return flag or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Join the torchrun job: gloo on CPU, nccl on CUDA (one GPU per local rank)."""
+    missing = [v for v in TORCHRUN_ENV if v not in os.environ]
+    if missing:
+        raise InputError(f"--distributed needs a torchrun launch ({missing[0]} is not set): "
+                         "torchrun --nproc_per_node N -m advnlp.cli train ...")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ["LOCAL_RANK"])
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = device_of(device)
+    if dev.type == "cuda":
+        if dev.index is not None:
+            raise InputError(f"--device {device}: with several processes each rank takes "
+                             "cuda:LOCAL_RANK; pass --device cuda or auto")
+        if local >= torch.cuda.device_count():
+            raise InputError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible)")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device}: distributed training runs on cpu or cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def _agree(info: Optional[DistInfo], fn: Callable[[], None]) -> None:
+    """Run ``fn`` on rank 0 only; an InputError there stops every rank (no hang)."""
+    if info is None:
+        return fn()
+    msg = [None]
+    if info.rank == 0:
+        try:
+            fn()
+        except InputError as e:
+            msg = [str(e)]
+    dist.broadcast_object_list(msg, src=0)
+    if msg[0] is not None:
+        raise InputError(msg[0])
+
+
+@dataclass
 class TrainConfig:
     model: Optional[str] = None  # None: the embedded pretrained MiniLM
     method: str = "fgm"
@@ -78,6 +144,7 @@ class TrainConfig:
     augment_with_attack: Optional[str] = None  # char / word: adversarial data augmentation
     augment_every: int = 1  # epochs between augmentation rounds
     augment_samples: int = 64  # training examples attacked per round
+    world_size: int = 1  # processes (torchrun); batch_size is per process
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -242,10 +309,13 @@ class Trainer:
     """One run: data, model, optimizer and the loop, resumable from its checkpoint."""
 
     def __init__(self, cfg: TrainConfig, progress: bool = False,
-                 log: Callable[[str], None] = lambda s: None):
+                 log: Callable[[str], None] = lambda s: None, dist_info: Optional[DistInfo] = None):
         self.cfg, self.progress, self.log = cfg, progress, log
+        self.dist = dist_info
+        self.rank, self.world = (dist_info.rank, dist_info.world_size) if dist_info else (0, 1)
+        self.is_main = self.rank == 0
         self.run_dir = cfg.output_dir
-        self.device = device_of(cfg.device)
+        self.device = dist_info.device if dist_info else device_of(cfg.device)
         self.splits: Splits = load_splits(cfg.data, cfg.seed)
         multi = cfg.data.multi_label
         self.labels = Labels.from_examples(self.splits.train, multi)
@@ -267,7 +337,17 @@ class Trainer:
                                    else "single_label_classification")
         self.clf.model.to(self.device)
         self.criterion = loss_fn(multi)
-        self.adv = build_adversary(cfg, self.clf.model)
+        # What the training step calls: the model itself, or its DDP wrapper (the adversary
+        # is built on the wrapper so that every pass but the last skips the all-reduce).
+        self.train_clf = self.clf
+        if dist_info is not None:
+            ddp = nn.parallel.DistributedDataParallel(
+                self.clf.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_clf = copy.copy(self.clf)
+            self.train_clf.model = ddp
+            # Same initial weights everywhere (DDP broadcast rank 0's); own dropout noise per rank.
+            torch.manual_seed(cfg.seed + 1_000_003 * self.rank)
+        self.adv = build_adversary(cfg, self.train_clf.model)
         params = [p for p in self.clf.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
         self.epoch, self.step, self.history = 0, 0, []
@@ -283,8 +363,11 @@ class Trainer:
     def train_set(self) -> List[Example]:
         return self.splits.train + self.extra
 
+    def _shard_size(self) -> int:
+        return -(-len(self.train_set) // self.world)  # each rank's share, padded as below
+
     def steps_per_epoch(self) -> int:
-        return len(batches(len(self.train_set), self.cfg.batch_size))
+        return len(batches(self._shard_size(), self.cfg.batch_size))
 
     def _total_steps(self) -> int:
         done = sum(h["steps"] for h in self.history[: self.epoch])
@@ -299,6 +382,16 @@ class Trainer:
         self.targets["train"] = self.labels.encode([lab for _, lab in self.train_set], "train data")
 
     def _augment(self) -> dict:
+        if self.dist is None:
+            return self._augment_here()
+        # Rank 0 attacks, every rank gets the same new examples (one training set for all).
+        out = [self._augment_here() if self.is_main else None, self.extra]
+        dist.broadcast_object_list(out, src=0)
+        if not self.is_main:
+            self._set_extra(out[1])
+        return out[0]
+
+    def _augment_here(self) -> dict:
         """Attack a seeded sample of the original training set with the current model; keep
         the successful adversarial texts, with their original labels."""
         train = self.splits.train
@@ -324,6 +417,8 @@ class Trainer:
         return os.path.join(self.run_dir, CHECKPOINT)
 
     def save_checkpoint(self) -> None:
+        if not self.is_main:  # rank 0 holds the same weights and optimizer state
+            return
         state = {
             "model": self.clf.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -367,13 +462,26 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
         return torch.randperm(len(self.train_set), generator=g)
 
+    def _rank_order(self) -> List[int]:
+        """This rank's examples, in order: like DistributedSampler (drop_last=False), the
+        epoch order is padded by wrapping around to a multiple of the world size and rank r
+        takes every world-size-th example from position r. Batch k of all ranks together is
+        then positions [k*B*W, (k+1)*B*W) of the padded order: the same global batches as
+        one process with batch size B*W."""
+        order = self._epoch_order().tolist()
+        if self.world == 1:
+            return order
+        total = self._shard_size() * self.world
+        padded = (order * (-(-total // len(order))))[:total]
+        return padded[self.rank::self.world]
+
     def _batch(self, texts, idx):
         enc = self.clf.encode([texts[i] for i in idx])
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _run_epoch(self) -> None:
         texts = [t for t, _ in self.train_set]
-        order = self._epoch_order().tolist()
+        order = self._rank_order()
         spans = batches(len(order), self.cfg.batch_size)
         bar = _progress_bar(self.progress, total=len(spans), initial=self.step,
                             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
@@ -384,7 +492,7 @@ class Trainer:
                 batch = self._batch(texts, idx)
                 y = self.targets["train"][idx].to(self.device)
                 start = time.perf_counter()
-                loss = _train_step(self.clf, self.adv, self.criterion, batch, y)
+                loss = _train_step(self.train_clf, self.adv, self.criterion, batch, y)
                 torch.nn.utils.clip_grad_norm_(self.clf.model.parameters(), 1.0)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -392,6 +500,12 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self._partial["seconds"] += time.perf_counter() - start
+                if self.dist is not None:
+                    # The logged loss is the global batch's (equal shards: the mean of the
+                    # ranks' means); a Ctrl-C on any rank stops all of them after this step.
+                    t = torch.tensor([loss.item(), float(self._stop)], device=self.device)
+                    dist.all_reduce(t)
+                    loss, self._stop = t[0] / self.world, bool(t[1].item() > 0)
                 self._partial["losses"].append(loss.item())
                 self.step += 1
                 bar.update(1)
@@ -424,11 +538,14 @@ class Trainer:
                     "steps": steps,
                     "train_examples": len(self.train_set),
                     "train_seconds": self._partial["seconds"],
-                    "validation": self.evaluate("validation"),
+                    # Evaluation runs on rank 0 alone; the others wait at the barrier.
+                    "validation": self.evaluate("validation") if self.is_main else {},
                 }
+                self._barrier()
                 self.history.append(entry)
-                self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
-                         f"validation accuracy {entry['validation']['accuracy']:.4f}")
+                if self.is_main:
+                    self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+                             f"validation accuracy {entry['validation']['accuracy']:.4f}")
                 every = self.cfg.augment_every
                 if (self.cfg.augment_with_attack and self.epoch + 1 < self.cfg.epochs
                         and (self.epoch + 1) % every == 0):
@@ -443,7 +560,16 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         return self.finish()
 
-    def finish(self) -> dict:
+    def _barrier(self) -> None:
+        if self.dist is not None:
+            dist.barrier()
+
+    def finish(self) -> Optional[dict]:
+        if not self.is_main:
+            if self.adv is not None:
+                self.adv.remove()
+            self._barrier()  # wait for rank 0's test evaluation and files
+            return None
         steps = sum(h["steps"] for h in self.history)
         result = {
             "epochs": self.history,
@@ -461,6 +587,7 @@ class Trainer:
         # The final weights are in model/; the optimizer state is no longer needed.
         os.remove(self._checkpoint_path())
         plot(self.run_dir, self.history, self.log)
+        self._barrier()
         return result
 
 
@@ -489,19 +616,27 @@ def plot(run_dir: str, history: list, log: Callable[[str], None]) -> None:
     plt.close(fig)
 
 
-def _start(cfg: TrainConfig, overwrite: bool, progress: bool, log) -> Trainer:
+def _start(cfg: TrainConfig, overwrite: bool, progress: bool, log,
+           dist_info: Optional[DistInfo] = None) -> Trainer:
     cfg = cfg.resolved()
-    prepare_run_dir(cfg.output_dir, overwrite)
-    trainer = Trainer(cfg, progress, log)
-    _write_json(os.path.join(cfg.output_dir, "config.json"), cfg.to_json())
-    _write_json(os.path.join(cfg.output_dir, "labels.json"), trainer.labels.to_json())
+    if dist_info is not None:
+        cfg.world_size = dist_info.world_size
+    _agree(dist_info, lambda: prepare_run_dir(cfg.output_dir, overwrite))
+    trainer = Trainer(cfg, progress, log, dist_info)
+    if trainer.is_main:
+        _write_json(os.path.join(cfg.output_dir, "config.json"), cfg.to_json())
+        _write_json(os.path.join(cfg.output_dir, "labels.json"), trainer.labels.to_json())
     return trainer
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, progress: bool = False,
-          log: Callable[[str], None] = lambda s: None) -> dict:
-    """Train into ``cfg.output_dir``; returns the metrics (also in metrics.json)."""
-    return _start(cfg, overwrite, progress, log).fit()
+          log: Callable[[str], None] = lambda s: None,
+          dist_info: Optional[DistInfo] = None) -> Optional[dict]:
+    """Train into ``cfg.output_dir``; returns the metrics (also in metrics.json).
+
+    With ``dist_info`` (``setup_distributed``) this is one rank of a torchrun job:
+    rank 0 returns the metrics, the other ranks None."""
+    return _start(cfg, overwrite, progress, log, dist_info).fit()
 
 
 def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
@@ -575,7 +710,8 @@ def read_config(run_dir: str) -> TrainConfig:
         raise InputError(f"{path}: not an advnlp run config ({e})") from None
 
 
-def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
+def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = lambda s: None,
+           dist_info: Optional[DistInfo] = None) -> Optional[dict]:
     """Continue an interrupted run from its checkpoint, to the same end as an uninterrupted one."""
     cfg = read_config(run_dir)
     cfg.output_dir = run_dir  # the directory may have moved since
@@ -583,8 +719,17 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
         done = os.path.exists(os.path.join(run_dir, "metrics.json"))
         raise InputError(f"{run_dir}: " + ("the run already finished" if done else
                                            f"no {CHECKPOINT} to resume from"))
-    trainer = Trainer(cfg, progress, log)
+    world = dist_info.world_size if dist_info else 1
+    if cfg.world_size != world:  # another world size would change the batches and step counts
+        how = (f"torchrun --nproc_per_node {cfg.world_size} -m advnlp.cli train --resume {run_dir}"
+               if cfg.world_size > 1 else f"advnlp train --resume {run_dir} (one process)")
+        raise InputError(f"{run_dir} was trained with {cfg.world_size} process(es), not {world}; "
+                         f"resume it with: {how}")
+    trainer = Trainer(cfg, progress, log, dist_info)
     trainer.load_checkpoint()
+    if dist_info is not None and dist_info.rank > 0:
+        # The checkpoint holds rank 0's random state; the others draw fresh dropout noise.
+        torch.manual_seed(cfg.seed + 1_000_003 * dist_info.rank + 10_007 * trainer.epoch + trainer.step)
     log(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
     return trainer.fit()
 
