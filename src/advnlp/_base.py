@@ -87,6 +87,26 @@ def _default_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+def local_grads(model: nn.Module, sync: bool = False):
+    """``model.no_sync()`` for DDP unless ``sync``: passes before a step's last one keep
+    their gradients local, so a step costs one all-reduce round as in plain training."""
+    if not sync and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def snapshot_buffers(model: nn.Module) -> List[tuple]:
+    """``(buffer, copy)`` pairs; :func:`restore_buffers` puts the values back (BatchNorm
+    statistics and counters must end as after the clean pass alone)."""
+    return [(b, b.detach().clone()) for b in P.unwrap(model).buffers()]
+
+
+def restore_buffers(saved: List[tuple]) -> None:
+    with torch.no_grad():
+        for b, copy in saved:
+            b.copy_(copy)
+
+
 class _OutputSpace:
     """Perturbation on the embedding *output*: one float32 tensor per embedding call."""
 
@@ -238,12 +258,8 @@ class _Step:
         self.buffers: List[tuple] = []
         self.clean_loss: Optional[torch.Tensor] = None
 
-    def _local(self):
-        """Gradients of every pass but the last stay local under DDP."""
-        no_sync = getattr(self.adv.model, "no_sync", None)
-        if isinstance(self.adv.model, nn.parallel.DistributedDataParallel) and no_sync:
-            return no_sync()
-        return contextlib.nullcontext()
+    def _local(self, sync: bool = False):
+        return local_grads(self.adv.model, sync)
 
     def _finite(self, grads: List[torch.Tensor]) -> List[torch.Tensor]:
         if not P.all_finite(grads):
@@ -272,7 +288,7 @@ class _Step:
         finally:
             space.end_pass()
         # Buffers (BatchNorm statistics, counters) must end as a plain step leaves them.
-        self.buffers = [(b, b.detach().clone()) for b in P.unwrap(self.adv.model).buffers()]
+        self.buffers = snapshot_buffers(self.adv.model)
         self.clean_loss = loss.detach()
         return self.clean_loss, self._finite(grads)
 
@@ -306,7 +322,7 @@ class _Step:
         """
         leaves = self.space.leaves(delta)
         try:
-            with contextlib.nullcontext() if sync else self._local():
+            with self._local(sync):
                 loss = as_loss(self.closure())
                 self.backward_fn(loss * weight if weight != 1.0 else loss)
             self.space.end_pass()
@@ -319,8 +335,7 @@ class _Step:
         """Adversarial pass at ``delta``: adds ``weight`` x grad(adv loss) to parameters."""
         self.space.apply(delta)
         try:
-            ctx = contextlib.nullcontext() if sync else self._local()
-            with ctx:
+            with self._local(sync):
                 loss = as_loss(self.closure())
                 self.backward_fn(loss * weight if weight != 1.0 else loss)
         finally:
@@ -329,9 +344,7 @@ class _Step:
 
     def restore(self) -> None:
         self.space.restore()
-        with torch.no_grad():
-            for b, saved in self.buffers:
-                b.copy_(saved)
+        restore_buffers(self.buffers)
         self.buffers = []
 
 

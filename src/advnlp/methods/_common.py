@@ -21,8 +21,8 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .. import _perturb as P
 from .._base import Adversary, _Step, as_loss
+from .._base import snapshot_buffers as _snapshot
 
 OffsetFn = Callable[[int, Optional[torch.Tensor], torch.Tensor], Optional[torch.Tensor]]
 DIVERGENCES = ("kl", "bce", "mse")
@@ -103,7 +103,7 @@ def record_pass(step: _Step, fn: OffsetFn, weight: float = 1.0, sync: bool = Tru
     space = step.space
     space.begin_clean()
     try:
-        with offsets(step.adv, fn), (contextlib.nullcontext() if sync else step._local()):
+        with offsets(step.adv, fn), step._local(sync):
             loss = as_loss(step.closure())
             step.backward_fn(loss * weight if weight != 1.0 else loss)
             grads = space.end_clean()
@@ -114,7 +114,7 @@ def record_pass(step: _Step, fn: OffsetFn, weight: float = 1.0, sync: bool = Tru
 
 def snapshot_buffers(step: _Step) -> None:
     """Buffers are restored to this point by ``step.restore()`` (one plain forward's worth)."""
-    step.buffers = [(b, b.detach().clone()) for b in P.unwrap(step.adv.model).buffers()]
+    step.buffers = _snapshot(step.adv.model)
 
 
 # -- consistency losses (SMART, VAT) ---------------------------------------------------------

@@ -34,7 +34,6 @@ Example::
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
@@ -42,7 +41,8 @@ import torch
 from torch import nn
 
 from .. import _perturb as P
-from .._base import _check_positive, _default_backward, as_loss
+from .._base import (_check_positive, _default_backward, as_loss, local_grads, restore_buffers,
+                     snapshot_buffers)
 from ._common import check_int
 
 
@@ -146,12 +146,6 @@ class AWP:
     def __exit__(self, *exc):
         return False
 
-    def _local(self):
-        no_sync = getattr(self.model, "no_sync", None)
-        if isinstance(self.model, nn.parallel.DistributedDataParallel) and no_sync:
-            return no_sync()
-        return contextlib.nullcontext()
-
     def backward(self, closure, backward_fn=None) -> torch.Tensor:
         """Clean pass, weight perturbation, adversarial pass, exact restore. Returns the clean loss."""
         if not callable(closure):
@@ -176,14 +170,14 @@ class AWP:
 
         handles = [p.register_hook(catcher(p)) for p in self.params.values()]
         try:
-            with self._local():
+            with local_grads(self.model):
                 loss = as_loss(closure())
                 backward_fn(loss)
         finally:
             for h in handles:
                 h.remove()
         clean = loss.detach()
-        buffers = [(b, b.detach().clone()) for b in P.unwrap(self.model).buffers()]
+        buffers = snapshot_buffers(self.model)
 
         backup: List[Tuple[nn.Parameter, torch.Tensor]] = []
         try:
@@ -221,6 +215,5 @@ class AWP:
             with torch.no_grad():
                 for p, saved in backup:
                     p.data.copy_(saved)
-                for b, saved in buffers:
-                    b.copy_(saved)
+            restore_buffers(buffers)
         return clean
