@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("transformers")
 from transformers import TrainingArguments  # noqa: E402
 
-from advnlp import FGM  # noqa: E402
+from advnlp import FGM, SMART, VAT  # noqa: E402
 from advnlp.integrations.transformers import AdversarialTrainer  # noqa: E402
 from tinymodels import PAD, batch, tiny_bert  # noqa: E402
 
@@ -96,3 +96,67 @@ def test_trainer_without_adversary_is_plain_trainer(tmp_path):
 def test_adversary_on_another_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="same model"):
         trainer_for(tiny_bert(), tmp_path, FGM(tiny_bert()), per_device_train_batch_size=4)
+
+
+def _seeded(cls, model, **kw):
+    return cls(model, generator=torch.Generator().manual_seed(7), **kw)
+
+
+@pytest.mark.parametrize("cls,kw", [(VAT, {"epsilon": 5.0, "alpha": 10.0}),
+                                    (SMART, {"radius": 0.5, "steps": 1, "alpha": 50.0})],
+                         ids=["vat", "smart"])
+def test_consistency_methods_get_the_models_loss_and_logits(tmp_path, cls, kw):
+    """SMART and VAT compare logits: the Trainer hands them (loss, logits), and the
+    result is the hand-written loop whose closure returns the model output."""
+    model = tiny_bert()
+    ids, y = batch(n=4)
+    ref = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    adv = _seeded(cls, ref, **kw)
+    mask = (ids != PAD).long()
+    for _ in range(2):
+        adv.backward(lambda: ref(input_ids=ids, attention_mask=mask, labels=y))
+        opt.step()
+        opt.zero_grad()
+    plain = tiny_bert()
+    trainer_for(plain, tmp_path / "plain", None, per_device_train_batch_size=4).train()
+    # In order: the random directions are drawn per row, so a shuffled batch would differ.
+    trainer = trainer_for(model, tmp_path, _seeded(cls, model, **kw), per_device_train_batch_size=4,
+                          train_sampling_strategy="sequential")
+    trainer.train()
+    regulariser_effect = 0.0
+    for (n, p), q, p0 in zip(model.named_parameters(), ref.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+        regulariser_effect = max(regulariser_effect, (q - p0).abs().max().item())
+    assert regulariser_effect > 1e-3  # 100x the tolerance: a missing regulariser would show
+    logged = [h for h in trainer.state.log_history if "adv_loss" in h]
+    assert logged and all(h["adv_loss"] > 0 for h in logged)
+
+
+def test_trainer_bf16_autocast_matches_the_manual_loop_under_autocast(tmp_path):
+    """bf16=True: the Trainer's autocast covers every adversarial pass (CPU autocast here)."""
+    model = tiny_bert()
+    ids, y = batch(n=4)
+    ref = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    adv = FGM(ref, epsilon=0.5)
+    mask = (ids != PAD).long()
+    dtypes = []
+    hook = ref.bert.encoder.layer[0].intermediate.dense.register_forward_hook(
+        lambda m, i, o: dtypes.append(o.dtype))
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            adv.backward(lambda: ref(input_ids=ids, attention_mask=mask, labels=y))
+        opt.step()
+        opt.zero_grad()
+    hook.remove()
+    assert set(dtypes) == {torch.bfloat16}  # the reference really ran in bf16
+    trainer = trainer_for(model, tmp_path, FGM(model, epsilon=0.5), per_device_train_batch_size=4,
+                          bf16=True)
+    seen = []
+    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype))
+    trainer.train()
+    assert len(seen) == 4 and set(seen) == {torch.bfloat16}  # clean and adversarial passes
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=2e-3, rtol=2e-2, msg=lambda m: f"{n}: {m}")

@@ -29,6 +29,16 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from .._base import Adversary
 from .._perturb import unwrap
+from ..methods._consistency import _Consistency
+
+
+def _logits(outputs) -> torch.Tensor:
+    if isinstance(outputs, dict) and "logits" in outputs:  # ModelOutput is a dict too
+        return outputs["logits"]
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0]
+    raise TypeError(f"compute_loss returned {type(outputs).__name__} outputs without logits; "
+                    "SMART and VAT need the model's logits")
 
 
 class AdversarialTrainer(Trainer):
@@ -36,7 +46,9 @@ class AdversarialTrainer(Trainer):
 
     Args:
         adversary: an advnlp method built on the same model (e.g. ``FGM(model)``).
-            ``None`` trains exactly like ``Trainer``.
+            ``None`` trains exactly like ``Trainer``. SMART and VAT get the model's own
+            loss (from ``labels`` in the batch) as their task loss and its logits for
+            the divergence.
         *args, **kwargs: passed to ``Trainer``.
     """
 
@@ -51,7 +63,7 @@ class AdversarialTrainer(Trainer):
                     "build it with the same model object: FGM(model)"
                 )
         self.adversary = adversary
-        self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0}
+        self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0, "n_adv": 0}
 
     def training_step(self, model: nn.Module, inputs: Dict[str, Any],
                       num_items_in_batch=None) -> torch.Tensor:
@@ -72,10 +84,15 @@ class AdversarialTrainer(Trainer):
                         self.args.gradient_accumulation_steps)
         divisor = 1 if scaled_by_trainer else steps
 
+        # SMART and VAT compare logits, so their closure returns (loss, logits).
+        wants_logits = isinstance(self.adversary, _Consistency)
+
         def closure():
             with self.compute_loss_context_manager():
-                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            return loss.mean() if self.args.n_gpu > 1 else loss
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=num_items_in_batch)
+            loss = loss.mean() if self.args.n_gpu > 1 else loss
+            return (loss, _logits(outputs)) if wants_logits else loss
 
         def backward_fn(loss):
             self.accelerator.backward(loss / divisor if divisor != 1 else loss)
@@ -83,15 +100,17 @@ class AdversarialTrainer(Trainer):
         clean = self.adversary.backward(closure, backward_fn)
         sums = self._adv_sums
         sums["clean_loss"] += float(clean)
-        if self.adversary.last_adv_loss is not None:
+        if self.adversary.last_adv_loss is not None:  # None: a skipped (non-finite) step
             sums["adv_loss"] += float(self.adversary.last_adv_loss)
+            sums["n_adv"] += 1
         sums["n"] += 1
         return clean / divisor
 
     def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
         n = self._adv_sums["n"]
         if n and "loss" in logs:
-            logs["clean_loss"] = round(self._adv_sums["clean_loss"] / n, 4)
-            logs["adv_loss"] = round(self._adv_sums["adv_loss"] / n, 4)
-            self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0}
+            logs["clean_loss"] = self._adv_sums["clean_loss"] / n
+            if self._adv_sums["n_adv"]:
+                logs["adv_loss"] = self._adv_sums["adv_loss"] / self._adv_sums["n_adv"]
+            self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0, "n_adv": 0}
         super().log(logs, *args, **kwargs)
