@@ -14,6 +14,9 @@ on every process: the model is wrapped in DistributedDataParallel, the adversary
 is built on the wrapper (so its extra passes run under ``no_sync()``), each rank
 trains on its DistributedSampler-style shard of the epoch order, and rank 0 alone
 evaluates and writes the run directory.
+
+``--engine trainer`` keeps everything above but the loop itself, which becomes
+Hugging Face's Trainer (``trainer_engine.py``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import inspect
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -61,7 +65,10 @@ METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}}
 
 DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
 CHECKPOINT = "checkpoint.pt"
-RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, "eval.json", "compare.json")
+CHECKPOINTS = "checkpoints"  # --engine trainer: the Trainer's checkpoint folders
+RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, CHECKPOINTS, "eval.json",
+             "compare.json")
+ENGINES = ("loop", "trainer")
 
 
 class Interrupted(Exception):
@@ -145,6 +152,7 @@ class TrainConfig:
     augment_every: int = 1  # epochs between augmentation rounds
     augment_samples: int = 64  # training examples attacked per round
     world_size: int = 1  # processes (torchrun); batch_size is per process
+    engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -183,6 +191,19 @@ class TrainConfig:
             raise InputError("--augment-every and --augment-samples must be >= 1")
         if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
             raise InputError("--max-train-samples must be >= 1")
+        if cfg.engine not in ENGINES:
+            raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
+        if cfg.engine == "trainer":
+            if scratch:
+                raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
+                                 "trains with the default --engine loop")
+            if cfg.augment_with_attack is not None:
+                raise InputError("--augment-with-attack grows the training set between epochs, "
+                                 "which only --engine loop does; drop one of the two")
+            if cfg.device.startswith("cuda:"):
+                raise InputError(f"--engine trainer picks the GPU itself: instead of --device "
+                                 f"{cfg.device}, run with CUDA_VISIBLE_DEVICES={cfg.device[5:]} "
+                                 "and --device cuda")
         if cfg.output_dir is None:
             cfg.output_dir = default_run_dir(cfg.method)
         return cfg
@@ -256,7 +277,10 @@ def prepare_run_dir(path: str, overwrite: bool) -> None:
         raise InputError(f"--output-dir {path} holds a previous run ({old[0]}); "
                          "pass --overwrite to replace it or --resume to continue it")
     for f in old:
-        os.remove(os.path.join(path, f))
+        if os.path.isdir(os.path.join(path, f)):
+            shutil.rmtree(os.path.join(path, f))
+        else:
+            os.remove(os.path.join(path, f))
     os.makedirs(path, exist_ok=True)
 
 
@@ -340,7 +364,7 @@ class Trainer:
         # What the training step calls: the model itself, or its DDP wrapper (the adversary
         # is built on the wrapper so that every pass but the last skips the all-reduce).
         self.train_clf = self.clf
-        if dist_info is not None:
+        if dist_info is not None and cfg.engine == "loop":  # the Trainer wraps it itself
             ddp = nn.parallel.DistributedDataParallel(
                 self.clf.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.train_clf = copy.copy(self.clf)
@@ -521,6 +545,30 @@ class Trainer:
         logits = predict(self.clf, texts, self.cfg.batch_size * 2, self.device)
         return metrics(logits, self.targets[split], self.cfg.data.multi_label)
 
+    def close_epoch(self) -> dict:
+        """The finished epoch's history entry, with validation (on rank 0; the others
+        wait at the barrier), logged. Both engines call it at the end of every epoch."""
+        steps = self.steps_per_epoch()
+        entry = {
+            "epoch": self.epoch + 1,
+            "train_loss": sum(self._partial["losses"]) / steps,
+            "step_losses": self._partial["losses"],
+            "steps": steps,
+            "train_examples": len(self.train_set),
+            "train_seconds": self._partial["seconds"],
+            "validation": self.evaluate("validation") if self.is_main else {},
+        }
+        self._barrier()
+        self.history.append(entry)
+        if self.is_main:
+            self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+                     f"validation accuracy {entry['validation']['accuracy']:.4f}")
+        return entry
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step = self.epoch + 1, 0
+        self._partial = {"losses": [], "seconds": 0.0}
+
     def fit(self) -> dict:
         previous = None
         try:
@@ -528,37 +576,29 @@ class Trainer:
         except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
             pass
         try:
-            while self.epoch < self.cfg.epochs:
-                self._run_epoch()
-                steps = self.steps_per_epoch()
-                entry = {
-                    "epoch": self.epoch + 1,
-                    "train_loss": sum(self._partial["losses"]) / steps,
-                    "step_losses": self._partial["losses"],
-                    "steps": steps,
-                    "train_examples": len(self.train_set),
-                    "train_seconds": self._partial["seconds"],
-                    # Evaluation runs on rank 0 alone; the others wait at the barrier.
-                    "validation": self.evaluate("validation") if self.is_main else {},
-                }
-                self._barrier()
-                self.history.append(entry)
-                if self.is_main:
-                    self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
-                             f"validation accuracy {entry['validation']['accuracy']:.4f}")
-                every = self.cfg.augment_every
-                if (self.cfg.augment_with_attack and self.epoch + 1 < self.cfg.epochs
-                        and (self.epoch + 1) % every == 0):
-                    entry["augmentation"] = self._augment()
-                self.epoch, self.step = self.epoch + 1, 0
-                self._partial = {"losses": [], "seconds": 0.0}
-                self.save_checkpoint()
-                if self._stop:  # Ctrl-C during validation
-                    raise Interrupted(self.run_dir)
+            if self.cfg.engine == "trainer":
+                from .trainer_engine import fit_with_trainer
+
+                fit_with_trainer(self)
+            else:
+                self._fit_loop()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         return self.finish()
+
+    def _fit_loop(self) -> None:
+        while self.epoch < self.cfg.epochs:
+            self._run_epoch()
+            entry = self.close_epoch()
+            every = self.cfg.augment_every
+            if (self.cfg.augment_with_attack and self.epoch + 1 < self.cfg.epochs
+                    and (self.epoch + 1) % every == 0):
+                entry["augmentation"] = self._augment()
+            self.next_epoch()
+            self.save_checkpoint()
+            if self._stop:  # Ctrl-C during validation
+                raise Interrupted(self.run_dir)
 
     def _barrier(self) -> None:
         if self.dist is not None:
@@ -585,7 +625,9 @@ class Trainer:
         if self.adv is not None:
             self.adv.remove()  # the model leaves training without advnlp's hook
         # The final weights are in model/; the optimizer state is no longer needed.
-        os.remove(self._checkpoint_path())
+        if os.path.exists(self._checkpoint_path()):
+            os.remove(self._checkpoint_path())
+        shutil.rmtree(os.path.join(self.run_dir, CHECKPOINTS), ignore_errors=True)
         plot(self.run_dir, self.history, self.log)
         self._barrier()
         return result
@@ -715,10 +757,16 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
     """Continue an interrupted run from its checkpoint, to the same end as an uninterrupted one."""
     cfg = read_config(run_dir)
     cfg.output_dir = run_dir  # the directory may have moved since
-    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+    if cfg.engine == "trainer":
+        from .trainer_engine import latest_checkpoint
+
+        found, what = latest_checkpoint(run_dir) is not None, f"{CHECKPOINTS}/checkpoint-*"
+    else:
+        found, what = os.path.exists(os.path.join(run_dir, CHECKPOINT)), CHECKPOINT
+    if not found:
         done = os.path.exists(os.path.join(run_dir, "metrics.json"))
         raise InputError(f"{run_dir}: " + ("the run already finished" if done else
-                                           f"no {CHECKPOINT} to resume from"))
+                                           f"no {what} to resume from"))
     world = dist_info.world_size if dist_info else 1
     if cfg.world_size != world:  # another world size would change the batches and step counts
         how = (f"torchrun --nproc_per_node {cfg.world_size} -m advnlp.cli train --resume {run_dir}"
@@ -726,6 +774,12 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
         raise InputError(f"{run_dir} was trained with {cfg.world_size} process(es), not {world}; "
                          f"resume it with: {how}")
     trainer = Trainer(cfg, progress, log, dist_info)
+    if cfg.engine == "trainer":
+        from .trainer_engine import load_run_state
+
+        load_run_state(trainer)  # the Trainer itself reloads weights, optimizer and RNG
+        log(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
+        return trainer.fit()
     trainer.load_checkpoint()
     if dist_info is not None and dist_info.rank > 0:
         # The checkpoint holds rank 0's random state; the others draw fresh dropout noise.

@@ -129,3 +129,28 @@ def test_resume_needs_the_world_size_the_run_had(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "2 process(es), not 1" in err and "--nproc_per_node 2" in err and "\n" not in err
 
+
+
+def test_trainer_engine_under_torchrun_trains_the_weights_of_one_process(setup):
+    """--engine trainer: the Trainer's own DDP, with accelerate splitting each global batch,
+    gives the weights of the one-process --engine loop run with the double batch; the
+    44 examples end with a short global batch of 4 (2 per rank, nothing topped up)."""
+    d = setup["dir"]
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "advnlp.cli", "train", *setup["common"], "--batch-size", "4", "--engine", "trainer",
+           "--output-dir", str(d / "ddp-trainer")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("done: ") == 1
+    got = load_file(str(d / "ddp-trainer" / "model" / "model.safetensors"))
+    want = load_file(str(d / "single" / "model" / "model.safetensors"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+    ddp, single = read_json(d / "ddp-trainer", "metrics.json"), read_json(d / "single", "metrics.json")
+    for a, b in zip(ddp["epochs"], single["epochs"], strict=True):
+        assert a["steps"] == b["steps"] == 6
+        assert a["step_losses"] == pytest.approx(b["step_losses"], rel=1e-4, abs=1e-5)
+    assert read_json(d / "ddp-trainer", "config.json")["engine"] == "trainer"
+    assert not (d / "ddp-trainer" / "checkpoints").exists()

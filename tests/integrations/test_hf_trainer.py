@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("transformers")
 from transformers import TrainingArguments  # noqa: E402
 
-from advnlp import FGM, SMART, VAT  # noqa: E402
+from advnlp import AWP, FGM, SMART, VAT  # noqa: E402
 from advnlp.integrations.transformers import AdversarialTrainer  # noqa: E402
 from tinymodels import PAD, batch, tiny_bert  # noqa: E402
 
@@ -160,3 +160,28 @@ def test_trainer_bf16_autocast_matches_the_manual_loop_under_autocast(tmp_path):
     assert len(seen) == 4 and set(seen) == {torch.bfloat16}  # clean and adversarial passes
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, atol=2e-3, rtol=2e-2, msg=lambda m: f"{n}: {m}")
+
+
+def test_awp_in_the_trainer_matches_the_manual_loop(tmp_path):
+    """AWP perturbs weights, not embeddings; the Trainer takes it all the same."""
+    model = tiny_bert()
+    ids, y = batch(n=4)
+    ref = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    adv = AWP(ref, adv_lr=1.0, adv_eps=0.05)
+    mask = (ids != PAD).long()
+    for _ in range(2):
+        adv.backward(lambda: ref(input_ids=ids, attention_mask=mask, labels=y))
+        opt.step()
+        opt.zero_grad()
+    plain = tiny_bert()
+    trainer_for(plain, tmp_path / "plain", None, per_device_train_batch_size=4).train()
+    trainer = trainer_for(model, tmp_path, AWP(model, adv_lr=1.0, adv_eps=0.05),
+                          per_device_train_batch_size=4)
+    trainer.train()
+    effect = 0.0
+    for (n, p), q, p0 in zip(model.named_parameters(), ref.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+        effect = max(effect, (q - p0).abs().max().item())
+    assert effect > 1e-3
+    assert all(h["adv_loss"] > 0 for h in trainer.state.log_history if "clean_loss" in h)

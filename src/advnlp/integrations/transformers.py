@@ -15,7 +15,7 @@ the last log are logged as ``clean_loss`` and ``adv_loss``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from .._base import Adversary
 from .._perturb import unwrap
 from ..methods._consistency import _Consistency
+from ..methods.awp import AWP
 
 
 def _logits(outputs) -> torch.Tensor:
@@ -45,17 +46,18 @@ class AdversarialTrainer(Trainer):
     """A ``transformers.Trainer`` whose training step runs ``adversary.backward``.
 
     Args:
-        adversary: an advnlp method built on the same model (e.g. ``FGM(model)``).
+        adversary: an advnlp method built on the same model (e.g. ``FGM(model)``,
+            ``AWP(model)``).
             ``None`` trains exactly like ``Trainer``. SMART and VAT get the model's own
             loss (from ``labels`` in the batch) as their task loss and its logits for
             the divergence.
         *args, **kwargs: passed to ``Trainer``.
     """
 
-    def __init__(self, *args, adversary: Optional[Adversary] = None, **kwargs):
+    def __init__(self, *args, adversary: Optional[Union[Adversary, AWP]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if adversary is not None:
-            if not isinstance(adversary, Adversary):
+            if not isinstance(adversary, (Adversary, AWP)):
                 raise TypeError("adversary must be an advnlp method such as FGM(model)")
             if unwrap(adversary.model) is not unwrap(self.model):
                 raise ValueError(

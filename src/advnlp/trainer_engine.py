@@ -1,0 +1,258 @@
+"""``advnlp train --engine trainer``: the same run, stepped by Hugging Face's Trainer.
+
+Everything but the loop is the default engine's (``train.py``): data and splits,
+model, AdamW with its linear warm-up and decay, gradient clipping at 1.0, the
+batch order (a shuffle that depends on (seed, epoch) alone), validation after
+every epoch, and the run directory with its files. The loop is
+:class:`advnlp.integrations.transformers.AdversarialTrainer`, the class Trainer
+users call, so the CLI exercises the same adversarial step, and the Trainer's
+device placement and DDP (under torchrun) apply. On a model without dropout both
+engines reach the same weights (tested); dropout and random starts (FreeLB,
+VAT, SMART) draw different noise, since the Trainer seeds the generator itself.
+
+Checkpoints are the Trainer's own (``checkpoints/checkpoint-<step>/``: weights,
+optimizer, scheduler, RNG states, ``trainer_state.json``) plus
+``advnlp_state.json`` with the run's history. Each is written into a staging
+folder and renamed into place, so a crash mid-write leaves the previous one
+intact. They are written at the end of each epoch but the last and on Ctrl-C;
+``advnlp train --resume RUN_DIR`` continues from the newest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from typing import TYPE_CHECKING, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from .data import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import Trainer as Run
+
+try:
+    from transformers import TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .integrations.transformers import AdversarialTrainer
+except ImportError:  # pragma: no cover - exercised only without the extra
+    AdversarialTrainer = None
+    TrainerCallback = object
+
+STATE_FILE = "advnlp_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    """The newest complete checkpoint folder of a ``--engine trainer`` run, or None."""
+    from .train import CHECKPOINTS
+
+    root = os.path.join(run_dir, CHECKPOINTS)
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return None
+    steps = [int(m.group(1)) for m in map(_NAME.match, names)
+             if m and os.path.isfile(os.path.join(root, m.group(0), STATE_FILE))]
+    return os.path.join(root, f"checkpoint-{max(steps)}") if steps else None
+
+
+def load_run_state(run: "Run") -> None:
+    """The run's own state (epoch, history) from its newest checkpoint, for ``--resume``."""
+    path = latest_checkpoint(run.run_dir)
+    try:
+        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+        run.epoch, run.step = state["epoch"], state["step"]
+        run.history, run._partial = state["history"], state["partial"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: unreadable checkpoint ({e})") from None
+    run.resume_from = path
+
+
+class _Examples(torch.utils.data.Dataset):
+    """Item i is training example i; the collator tokenizes a batch at once."""
+
+    def __init__(self, run: "Run"):
+        self.run = run
+
+    def __len__(self) -> int:
+        return len(self.run.train_set)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _RankOrder(torch.utils.data.Sampler):
+    """This rank's share of the default engine's shuffle for the run's current epoch
+    (all of it in one process). It reads the epoch from the run, which the callback
+    advances, so the order is right on resume too."""
+
+    def __init__(self, run: "Run"):
+        self.run = run
+
+    def __len__(self) -> int:
+        return self.run._shard_size()
+
+    def __iter__(self):
+        return iter(self.run._rank_order())
+
+
+class _Collate:
+    def __init__(self, run: "Run"):
+        self.run = run
+        self.texts = [t for t, _ in run.train_set]
+
+    def __call__(self, idx: List[int]) -> dict:
+        batch = dict(self.run.clf.encode([self.texts[i] for i in idx]))
+        batch["labels"] = self.run.targets["train"][idx]  # float multi-hot for multi-label
+        return batch
+
+
+class _RunTrainer(AdversarialTrainer):
+    """AdversarialTrainer that reports each step's loss to the run and writes
+    checkpoints atomically, with the run's state beside the Trainer's."""
+
+    def __init__(self, run: "Run", **kwargs):
+        self.run = run
+        self._staging: Optional[str] = None
+        super().__init__(**kwargs)
+        # A sequence classifier's loss is the batch mean whatever num_items_in_batch says, but
+        # transformers' Trainer sees forward(**kwargs) and treats it as a sum over items: it
+        # would skip the division by accumulation steps and, under DDP, multiply the loss by
+        # the world size (measured: twice the loss and other weights with 2 ranks).
+        self.model_accepts_loss_kwargs = False
+
+    def get_train_dataloader(self):
+        # Each rank gets the default engine's batches of its shard, so both engines see the
+        # same global batches. (Left to accelerate, the sharding would top a short last
+        # global batch up with examples from the start of the epoch.)
+        run = self.run
+        return torch.utils.data.DataLoader(
+            _Examples(run), batch_size=run.cfg.batch_size, sampler=_RankOrder(run),
+            collate_fn=_Collate(run), pin_memory=self.args.dataloader_pin_memory)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        run = self.run
+        value, stop = loss.detach().float(), float(run._stop)
+        if run.dist is not None:
+            # The global batch's loss, and a Ctrl-C on any rank stops all of them.
+            t = torch.stack([value, torch.tensor(stop, device=value.device)])
+            dist.all_reduce(t)
+            value, stop = t[0] / run.world, float(t[1].item())
+            run._stop = stop > 0
+        run._partial["losses"].append(value.item())
+        return loss
+
+    def _get_output_dir(self, trial):
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        final = self.args.output_dir
+        name = f"checkpoint-{self.state.global_step}"
+        self._staging = os.path.join(final, ".staging")
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        staged = os.path.join(final, ".staging", name)
+        if self.args.should_save:
+            run = self.run
+            state = {"epoch": run.epoch, "step": run.step, "history": run.history,
+                     "partial": run._partial}
+            with open(os.path.join(staged, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(state, f)
+        self.accelerator.wait_for_everyone()  # every rank wrote its RNG state
+        if self.args.should_save:
+            older = [n for n in os.listdir(final) if _NAME.match(n)]
+            # Each step is saved at most once (the callback sees to it), so the name is new.
+            os.replace(staged, os.path.join(final, name))
+            shutil.rmtree(os.path.join(final, ".staging"), ignore_errors=True)
+            for n in older:
+                shutil.rmtree(os.path.join(final, n), ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+
+class _RunCallback(TrainerCallback):
+    """Step timing, progress bar, Ctrl-C, and the run's epoch bookkeeping."""
+
+    def __init__(self, run: "Run"):
+        self.run = run
+        self.bar = None
+        self.started = 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        from .train import _progress_bar
+
+        run = self.run
+        self.bar = _progress_bar(run.progress, total=run.steps_per_epoch(), initial=run.step,
+                                 desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        run = self.run
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        run._partial["seconds"] += time.perf_counter() - self.started
+        run.step += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{run._partial['losses'][-1]:.4f}")
+        if run._stop:
+            control.should_training_stop = True
+            # At an epoch's last step the epoch closes first (on_epoch_end) and saves then.
+            control.should_save = run.step < run.steps_per_epoch()
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        run = self.run
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if run.step < run.steps_per_epoch():  # stopped by Ctrl-C mid-epoch
+            return control
+        run.close_epoch()
+        run.next_epoch()
+        control.should_save = run.epoch < run.cfg.epochs or run._stop
+        if run._stop:  # Ctrl-C during validation
+            control.should_training_stop = True
+        return control
+
+
+def fit_with_trainer(run: "Run") -> None:
+    """Train ``run`` (a ``train.Trainer``) to its last epoch with the HF Trainer;
+    raises ``Interrupted`` after saving a checkpoint on Ctrl-C."""
+    from .train import CHECKPOINTS, Interrupted
+
+    if AdversarialTrainer is None:
+        raise InputError("--engine trainer needs transformers: pip install 'advnlp[hf]'")
+    if run.epoch >= run.cfg.epochs:
+        return
+    cpu = run.device.type == "cpu"
+    args = TrainingArguments(
+        output_dir=os.path.join(run.run_dir, CHECKPOINTS),
+        per_device_train_batch_size=run.cfg.batch_size,
+        num_train_epochs=run.cfg.epochs,
+        max_grad_norm=1.0,
+        seed=run.cfg.seed,
+        use_cpu=cpu,
+        # The run's callback decides when to save and evaluate; nothing is reported out.
+        save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
+        disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=not cpu,
+        ddp_find_unused_parameters=False,
+    )
+    hf = _RunTrainer(run, model=run.clf.model, args=args, train_dataset=_Examples(run),
+                     data_collator=_Collate(run), optimizers=(run.optimizer, run.scheduler),
+                     adversary=run.adv, callbacks=[_RunCallback(run)])
+    hf.remove_callback(PrinterCallback)  # it prints the Trainer's dicts to stdout
+    hf.remove_callback(ProgressCallback)  # the run's own bar, as with --engine loop
+    hf.train(resume_from_checkpoint=getattr(run, "resume_from", None))
+    if run._stop:
+        raise Interrupted(run.run_dir)

@@ -1,0 +1,209 @@
+"""advnlp train --engine trainer: the same run with Hugging Face's Trainer as the loop."""
+import os
+import signal
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from safetensors.torch import load_file  # noqa: E402
+
+import advnlp.trainer_engine as E  # noqa: E402
+from cli_helpers import read_json, run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bert_without_dropout(tmp_path_factory):
+    """The CLI tests' tiny BERT with dropout off: both engines then compute the same thing."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from conftest import FILLER, NEG, POS
+
+    d = tmp_path_factory.mktemp("bert_no_dropout")
+    words = sorted(set(POS + NEG + FILLER))
+    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)
+                                 + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(str(d))
+    config = BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(d))
+    return str(d)
+
+
+def weights(run_dir):
+    return load_file(os.path.join(run_dir, "model", "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], msg=lambda m: f"{k}: {m}")
+
+
+def train_args(model, data, out, *extra):
+    return ["train", "--model", model, "--train", data, "--epochs", 2, "--lr", 0.01,
+            "--batch-size", 16, "--output-dir", out, "--quiet", *extra]
+
+
+@pytest.mark.parametrize("method", ["none", "fgm", "pgd", "awp"])
+def test_both_engines_train_the_same_weights(tmp_path, sentiment_csv, bert_without_dropout, method):
+    """Same data order, optimizer, schedule, clipping and adversarial step: the same run."""
+    loop, hf = tmp_path / "loop", tmp_path / "trainer"
+    assert run(*train_args(bert_without_dropout, sentiment_csv, loop, "--method", method)) == 0
+    assert run(*train_args(bert_without_dropout, sentiment_csv, hf, "--method", method,
+                           "--engine", "trainer")) == 0
+    assert_same_weights(loop, hf)
+    a, b = read_json(loop, "metrics.json"), read_json(hf, "metrics.json")
+    for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
+        assert eb["steps"] == ea["steps"] == len(eb["step_losses"]) == 6  # 96 examples / 16
+        torch.testing.assert_close(eb["step_losses"], ea["step_losses"])
+        assert eb["validation"] == ea["validation"]
+    assert b["final"] == a["final"]
+    assert read_json(hf, "config.json")["engine"] == "trainer"
+    assert not os.path.exists(hf / "checkpoints")  # removed once model/ is written
+    # A trained model really moved (the equality above is not of two untouched models).
+    init = load_file(os.path.join(bert_without_dropout, "model.safetensors"))
+    moved = weights(hf)["bert.encoder.layer.0.output.dense.weight"]
+    assert (moved - init["encoder.layer.0.output.dense.weight"]).abs().max() > 1e-3
+
+
+def test_methods_differ_under_the_trainer_engine(tmp_path, sentiment_csv, bert_without_dropout):
+    """The adversary is really in the Trainer's step: fgm's weights are not none's."""
+    for m in ("none", "fgm"):
+        assert run(*train_args(bert_without_dropout, sentiment_csv, tmp_path / m, "--method", m,
+                               "--engine", "trainer", "--epochs", 1)) == 0
+    a, b = weights(tmp_path / "none"), weights(tmp_path / "fgm")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-4
+
+
+@pytest.mark.parametrize("method", ["vat", "smart", "freelb"])
+def test_trainer_engine_multi_label(tmp_path, multilabel_jsonl, tiny_bert, method):
+    """Consistency methods get the model's BCE loss and logits; the run evaluates and saves."""
+    out = tmp_path / "run"
+    assert run("train", "--model", tiny_bert, "--train", multilabel_jsonl, "--label-column", "tags",
+               "--multi-label", "--method", method, "--engine", "trainer", "--epochs", 1,
+               "--output-dir", out, "--quiet") == 0
+    metrics = read_json(out, "metrics.json")
+    assert "micro_f1" in metrics["final"]["test"]
+    losses = metrics["epochs"][0]["step_losses"]
+    assert len(losses) == metrics["epochs"][0]["steps"] and all(l > 0 for l in losses)
+    assert run("eval", out, "--attack-samples", 8) == 0
+
+
+def interrupt_after(monkeypatch, n):
+    """A real SIGINT to this process during the n-th Trainer step."""
+    calls = {"n": 0}
+    step = E._RunTrainer.training_step
+
+    def step_then_sigint(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(E._RunTrainer, "training_step", step_then_sigint)
+
+
+@pytest.mark.parametrize("stop_at", [4, 6], ids=["mid-epoch", "last-step-of-epoch"])
+def test_ctrl_c_then_resume_reaches_the_uninterrupted_weights(tmp_path, monkeypatch, sentiment_csv,
+                                                              tiny_bert, capsys, stop_at):
+    """With dropout on: the Trainer's checkpoint restores the RNG, the skip and the schedule."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = ["--method", "fgm", "--engine", "trainer"]
+    assert run(*train_args(tiny_bert, sentiment_csv, whole, *args)) == 0
+    with monkeypatch.context() as m:
+        interrupt_after(m, stop_at)
+        assert run(*train_args(tiny_bert, sentiment_csv, cut, *args)) == 130
+    err = capsys.readouterr().err
+    assert f"--resume {cut}" in err
+    saved = E.latest_checkpoint(str(cut))
+    assert saved is not None and saved.endswith(f"checkpoint-{stop_at}")
+    assert os.listdir(os.path.dirname(saved)) == [f"checkpoint-{stop_at}"]
+    state = read_json(saved, E.STATE_FILE)
+    if stop_at == 6:  # the epoch closed (validated) before the checkpoint
+        assert (state["epoch"], state["step"], len(state["history"])) == (1, 0, 1)
+    else:
+        assert (state["epoch"], state["step"], len(state["partial"]["losses"])) == (0, 4, 4)
+    assert run("train", "--resume", cut, "--quiet") == 0
+    assert_same_weights(whole, cut)
+    a, b = read_json(whole, "metrics.json"), read_json(cut, "metrics.json")
+    assert [e["step_losses"] for e in a["epochs"]] == [e["step_losses"] for e in b["epochs"]]
+    assert b["final"] == a["final"]
+
+
+def test_an_unfinished_checkpoint_is_not_resumed_from(tmp_path, monkeypatch, sentiment_csv, tiny_bert):
+    """A crash mid-write leaves a folder without advnlp_state.json: the previous one is used."""
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        assert run(*train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")) == 130
+    partial = cut / "checkpoints" / "checkpoint-5"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert E.latest_checkpoint(str(cut)).endswith("checkpoint-3")
+    assert run("train", "--resume", cut, "--quiet") == 0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "textcnn"], "--engine trainer trains Hugging Face models"),
+    (["--augment-with-attack", "char"], "only --engine loop does"),
+    (["--device", "cuda:1"], "CUDA_VISIBLE_DEVICES=1"),
+])
+def test_trainer_engine_refusals(tmp_path, sentiment_csv, tiny_bert, capsys, extra, message):
+    argv = ["train", "--model", tiny_bert, "--train", sentiment_csv, "--engine", "trainer",
+            "--output-dir", tmp_path / "r", "--quiet", *extra]
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "r" / "config.json")
+
+
+def test_resume_refuses_a_different_engine_flag(tmp_path, monkeypatch, sentiment_csv, tiny_bert, capsys):
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        assert run(*train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")) == 130
+    assert run("train", "--resume", cut, "--engine", "trainer") == 2
+    assert "drop --engine" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_the_last_validation_then_resume_finishes(tmp_path, monkeypatch, sentiment_csv,
+                                                                tiny_bert):
+    """The last epoch closed and was saved; --resume only writes the results."""
+    import advnlp.train as T
+
+    cut = tmp_path / "cut"
+    evaluate = T.Trainer.evaluate
+    calls = {"n": 0}
+
+    def evaluate_then_sigint(self, split):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's validation
+            signal.raise_signal(signal.SIGINT)
+        return evaluate(self, split)
+
+    with monkeypatch.context() as m:
+        m.setattr(T.Trainer, "evaluate", evaluate_then_sigint)
+        assert run(*train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")) == 130
+    state = read_json(E.latest_checkpoint(str(cut)), E.STATE_FILE)
+    assert (state["epoch"], len(state["history"])) == (2, 2)
+    assert run("train", "--resume", cut, "--quiet") == 0
+    assert len(read_json(cut, "metrics.json")["epochs"]) == 2
+
+
+def test_compare_with_the_trainer_engine(tmp_path, sentiment_csv, bert_without_dropout):
+    """compare trains each method through the Trainer; its fgm row is the loop engine's run."""
+    out = tmp_path / "cmp"
+    assert run("compare", "--model", bert_without_dropout, "--train", sentiment_csv, "--methods",
+               "none,fgm", "--epochs", 2, "--lr", 0.01, "--batch-size", 16, "--engine", "trainer",
+               "--attack-samples", 8, "--output-dir", out, "--quiet") == 0
+    rows = {r["method"]: r for r in read_json(out, "compare.json")["methods"]}
+    assert set(rows) == {"none", "fgm"}
+    assert all(read_json(out / m, "config.json")["engine"] == "trainer" for m in rows)
+    loop = tmp_path / "loop"
+    assert run(*train_args(bert_without_dropout, sentiment_csv, loop, "--method", "fgm")) == 0
+    assert_same_weights(loop, out / "fgm")
