@@ -298,23 +298,39 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
         raise InputError(f"--method {cfg.method}: {e}") from None
 
 
-class _NoBar:
-    def update(self, n):
+class _ProgressLines:
+    """Where no bar can be drawn (a log file, a pipe, CI): a line at every tenth of the
+    epoch, so a long epoch shows it is alive. ``log`` is a no-op under --quiet."""
+
+    def __init__(self, log: Callable[[str], None], total: int, initial: int = 0, desc: str = ""):
+        self.log, self.total, self.n, self.desc = log, total, initial, desc
+        self.every = max(1, -(-total // 10))
+        self.loss = ""
+        self.started, self.first = time.perf_counter(), initial
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            per_step = (time.perf_counter() - self.started) / max(1, self.n - self.first)
+            self.log(f"{self.desc}: step {self.n}/{self.total}{self.loss}, {per_step:.2f} s/step")
+
+    def set_postfix(self, loss: str = "") -> None:
+        self.loss = f", loss {loss}" if loss else ""
+
+    def close(self) -> None:
         pass
 
-    def set_postfix(self, **kw):
-        pass
 
-    def close(self):
-        pass
+def _progress_bar(enabled: bool, log: Callable[[str], None], **kwargs):
+    """A tqdm bar on a terminal (``enabled``), progress lines through ``log`` otherwise."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
 
-
-def _progress_bar(enabled: bool, **kwargs):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress bars are a nicety, not a requirement
-        return _NoBar()
-    return tqdm(disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True, **kwargs)
+            return tqdm(file=sys.stderr, leave=False, dynamic_ncols=True, **kwargs)
+        except ImportError:  # progress bars are a nicety, not a requirement
+            pass
+    return _ProgressLines(log, kwargs["total"], kwargs.get("initial", 0), kwargs.get("desc", ""))
 
 
 def _train_step(clf: Classifier, adv, criterion, batch, y) -> torch.Tensor:
@@ -507,7 +523,7 @@ class Trainer:
         texts = [t for t, _ in self.train_set]
         order = self._rank_order()
         spans = batches(len(order), self.cfg.batch_size)
-        bar = _progress_bar(self.progress, total=len(spans), initial=self.step,
+        bar = _progress_bar(self.progress, self.log, total=len(spans), initial=self.step,
                             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
         self.clf.model.train()
         try:

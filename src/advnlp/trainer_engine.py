@@ -190,7 +190,7 @@ class _RunCallback(TrainerCallback):
         from .train import _progress_bar
 
         run = self.run
-        self.bar = _progress_bar(run.progress, total=run.steps_per_epoch(), initial=run.step,
+        self.bar = _progress_bar(run.progress, run.log, total=run.steps_per_epoch(), initial=run.step,
                                  desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}")
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -110,3 +110,17 @@ def test_vat_on_multi_label_data(multilabel_jsonl, tmp_path):
                "--multi-label", "--method", "vat", "--epochs", "1", "--output-dir", out,
                "--quiet") == 0
     assert read_json(out, "config.json")["method"] == "vat"
+
+
+@pytest.mark.parametrize("engine", ["loop", "trainer"])
+def test_progress_lines_without_a_terminal(sentiment_csv, tiny_bert, tmp_path, capsys, engine):
+    """stderr is not a terminal here: a line at every tenth of the epoch instead of a bar
+    (96 examples / batch 8 = 12 steps: a line every 2 steps), none with --quiet."""
+    argv = ["train", "--model", tiny_bert, "--train", sentiment_csv, "--epochs", "1",
+            "--batch-size", "8", "--engine", engine]
+    assert run(*argv, "--output-dir", tmp_path / "a") == 0
+    lines = [l for l in capsys.readouterr().err.splitlines() if ": step " in l]
+    assert [l.split(",")[0] for l in lines] == [f"epoch 1/1: step {n}/12" for n in range(2, 13, 2)]
+    assert all(", loss 0." in l and l.endswith(" s/step") for l in lines)
+    assert run(*argv, "--output-dir", tmp_path / "b", "--quiet") == 0
+    assert capsys.readouterr().err == ""
