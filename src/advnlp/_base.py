@@ -307,7 +307,8 @@ class _Step:
                     f"{type(self.adv).__name__} takes inner gradients w.r.t. the perturbation only "
                     "(torch.autograd.grad), which reentrant activation checkpointing does not "
                     "support. Use non-reentrant checkpointing, e.g. model.gradient_checkpointing_"
-                    "enable(gradient_checkpointing_kwargs={'use_reentrant': False}), or FGM/FreeLB, "
+                    "enable(gradient_checkpointing_kwargs={'use_reentrant': False}) (transformers "
+                    "5: activation_checkpointing_enable, non-reentrant by default), or FGM/FreeLB, "
                     "which need no inner gradient."
                 ) from e
         finally:

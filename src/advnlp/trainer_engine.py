@@ -152,12 +152,12 @@ class _RunTrainer(AdversarialTrainer):
     def _get_output_dir(self, trial):
         return self._staging or super()._get_output_dir(trial)
 
-    def _save_checkpoint(self, model, trial) -> None:
+    def _save_checkpoint(self, model, trial, *args, **kwargs) -> None:
         final = self.args.output_dir
         name = f"checkpoint-{self.state.global_step}"
         self._staging = os.path.join(final, ".staging")
         try:
-            super()._save_checkpoint(model, trial)
+            super()._save_checkpoint(model, trial, *args, **kwargs)
         finally:
             self._staging = None
         staged = os.path.join(final, ".staging", name)

@@ -6,6 +6,10 @@ clean logits with the logits at a perturbed embedding. The task loss comes from
 the output's ``.loss`` / tuple loss, or from ``loss_fn(logits, labels)`` when
 ``backward(..., labels=...)`` is given.
 
+Per-token logits (batch, tokens, classes) of a model with one embedding call are
+averaged over the real tokens only: padding rows (``padding_idx`` of the
+embedding) do not enter the divergence.
+
 All forward passes but the last run under DDP ``no_sync``; one backward of
 ``task + alpha * regulariser`` runs at the end (both graphs are alive then, so
 memory is about two forward passes' activations).
@@ -18,8 +22,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from .._base import Adversary, _check_choice, _check_positive, _Step
-from ._common import (default_task_loss, divergence, offsets, sample, snapshot_buffers,
-                      split_output)
+from ._common import (default_task_loss, divergence, offsets, row_weights, sample,
+                      snapshot_buffers, split_output)
 
 OUTPUT_TYPES = {"softmax": "kl", "sigmoid": "bce", "regression": "mse"}
 
@@ -33,6 +37,7 @@ class _Consistency(Adversary):
         self.kind = OUTPUT_TYPES[output_type]
         self.alpha = _check_positive("alpha", alpha, allow_zero=True)
         self.generator = generator
+        self._weights: Optional[torch.Tensor] = None  # row weights of the current step
 
     def _task(self, out, labels) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         loss, logits = split_output(out)
@@ -52,7 +57,8 @@ class _Consistency(Adversary):
         return loss, logits
 
     def _clean(self, step: _Step, labels, fn=None):
-        """Clean forward (no backward yet): task loss, logits, per-call zeros and masks."""
+        """Clean forward (no backward yet): task loss, logits, per-call zeros and masks.
+        Sets ``self._weights``: per-token logits count their real tokens only."""
         space = step.space
         space.begin_clean()
         try:
@@ -62,6 +68,7 @@ class _Consistency(Adversary):
         finally:
             space.end_pass()
         snapshot_buffers(step)
+        self._weights = row_weights(space.masks, logits)
         return task, logits, zeros
 
     def _ascent_grad(self, step: _Step, delta: List[torch.Tensor], clean_logits):
@@ -71,7 +78,7 @@ class _Consistency(Adversary):
         try:
             with step._local():
                 _, logits = split_output(step.closure())
-                d = divergence(clean_logits, logits, self.kind)
+                d = divergence(clean_logits, logits, self.kind, self._weights)
             grads = space.grads_of(d, leaves)
         finally:
             space.end_pass()

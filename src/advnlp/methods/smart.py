@@ -166,7 +166,8 @@ class SMART(_Consistency):
             total = task
             if self.bregman > 0:
                 self._update_teacher()
-                prox = proximal_divergence(self._teacher_logits(step), clean, self.kind)
+                prox = proximal_divergence(self._teacher_logits(step), clean, self.kind,
+                                           self._weights)
                 self.last_bregman_loss = prox.detach()
                 total = total + self.bregman * prox
             try:
@@ -175,7 +176,8 @@ class SMART(_Consistency):
                     g = self._ascent_grad(step, delta, clean)
                     delta = self._mask(step, [self._normalise(d + self.step_size * gi)
                                               for d, gi in zip(delta, g)])
-                reg = symmetric_divergence(clean, self._logits_at(step, delta), self.kind)
+                reg = symmetric_divergence(clean, self._logits_at(step, delta), self.kind,
+                                           self._weights)
                 self.last_adv_loss = reg.detach()
                 total = total + self.alpha * reg
             except _Skip:

@@ -105,7 +105,7 @@ class VAT(_Consistency):
                     probe = [self.xi * s * di for s, di in zip(scales, d)]
                     d = self._direction(self._ascent_grad(step, probe, clean))
                 r_adv = [self.epsilon * di for di in d]
-                lds = divergence(clean, self._logits_at(step, r_adv), self.kind)
+                lds = divergence(clean, self._logits_at(step, r_adv), self.kind, self._weights)
                 self.last_adv_loss = lds.detach()
                 total = lds * self.alpha if task is None else task + self.alpha * lds
             except _Skip:
