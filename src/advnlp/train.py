@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import inspect
 import json
 import os
@@ -194,6 +195,10 @@ class TrainConfig:
         if cfg.engine not in ENGINES:
             raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
         if cfg.engine == "trainer":
+            try:
+                importlib.import_module("advnlp.integrations.transformers")
+            except ImportError as e:
+                raise InputError(f"--engine trainer: {e}") from None
             if scratch:
                 raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
                                  "trains with the default --engine loop")

@@ -28,20 +28,15 @@ from typing import TYPE_CHECKING, List, Optional
 
 import torch
 import torch.distributed as dist
+# ``TrainConfig.resolved`` has checked that these import (a one-line error otherwise).
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .data import InputError
+from .integrations.transformers import AdversarialTrainer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .train import Trainer as Run
-
-try:
-    from transformers import TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from .integrations.transformers import AdversarialTrainer
-except ImportError:  # pragma: no cover - exercised only without the extra
-    AdversarialTrainer = None
-    TrainerCallback = object
 
 STATE_FILE = "advnlp_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -231,8 +226,6 @@ def fit_with_trainer(run: "Run") -> None:
     raises ``Interrupted`` after saving a checkpoint on Ctrl-C."""
     from .train import CHECKPOINTS, Interrupted
 
-    if AdversarialTrainer is None:
-        raise InputError("--engine trainer needs transformers: pip install 'advnlp[hf]'")
     if run.epoch >= run.cfg.epochs:
         return
     cpu = run.device.type == "cpu"

@@ -207,3 +207,23 @@ def test_compare_with_the_trainer_engine(tmp_path, sentiment_csv, bert_without_d
     loop = tmp_path / "loop"
     assert run(*train_args(bert_without_dropout, sentiment_csv, loop, "--method", "fgm")) == 0
     assert_same_weights(loop, out / "fgm")
+
+
+def test_an_old_transformers_is_a_one_line_error(tmp_path, sentiment_csv, tiny_bert, capsys,
+                                                 monkeypatch):
+    """The Trainer's loss normalisation changed within 4.x: below 5.0 the integration refuses
+    to import, and --engine trainer says so before writing anything."""
+    import importlib
+    import sys
+
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.46.3")
+    monkeypatch.delitem(sys.modules, "advnlp.integrations.transformers")
+    with pytest.raises(ImportError, match=r"transformers>=5.0 \(found 4.46.3\)"):
+        importlib.import_module("advnlp.integrations.transformers")
+    assert run("train", "--model", tiny_bert, "--train", sentiment_csv, "--engine", "trainer",
+               "--output-dir", tmp_path / "r", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "--engine trainer: advnlp.integrations.transformers needs transformers>=5.0" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()

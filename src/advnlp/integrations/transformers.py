@@ -21,11 +21,32 @@ import torch
 from torch import nn
 
 try:
+    import transformers
     from transformers import Trainer
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "advnlp.integrations.transformers needs transformers: pip install 'advnlp[hf]'"
     ) from e
+
+MIN_TRANSFORMERS = (5, 0)
+
+
+def _version(text: str) -> tuple:
+    parts = []
+    for p in text.split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+# The Trainer's loss normalisation (gradient accumulation, DDP) changed within 4.x; the
+# step below mirrors transformers 5. Under 4.46 it was measured to divide twice.
+if _version(transformers.__version__) < MIN_TRANSFORMERS:
+    raise ImportError(
+        f"advnlp.integrations.transformers needs transformers>={'.'.join(map(str, MIN_TRANSFORMERS))}"
+        f" (found {transformers.__version__}): pip install -U 'advnlp[hf]'. The rest of advnlp, "
+        "including advnlp train's default loop, works with transformers 4.46 and later."
+    )
 
 from .._base import Adversary
 from .._perturb import unwrap
