@@ -102,17 +102,15 @@ def _seeded(cls, model, **kw):
     return cls(model, generator=torch.Generator().manual_seed(7), **kw)
 
 
-@pytest.mark.parametrize("cls,kw", [(VAT, {"epsilon": 5.0, "alpha": 10.0}),
-                                    (SMART, {"radius": 0.5, "steps": 1, "alpha": 50.0})],
-                         ids=["vat", "smart"])
-def test_consistency_methods_get_the_models_loss_and_logits(tmp_path, cls, kw):
-    """SMART and VAT compare logits: the Trainer hands them (loss, logits), and the
-    result is the hand-written loop whose closure returns the model output."""
+def against_manual_loop(tmp_path, make_adversary, **args):
+    """Train tiny_bert 2 steps with the Trainer and by hand (SGD, the same adversary),
+    check they agree, and return the Trainer and how far the adversary moved the
+    weights from plain training (so the agreement is not that of two plain runs)."""
     model = tiny_bert()
     ids, y = batch(n=4)
     ref = copy.deepcopy(model).train()
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    adv = _seeded(cls, ref, **kw)
+    adv = make_adversary(ref)
     mask = (ids != PAD).long()
     for _ in range(2):
         adv.backward(lambda: ref(input_ids=ids, attention_mask=mask, labels=y))
@@ -120,15 +118,26 @@ def test_consistency_methods_get_the_models_loss_and_logits(tmp_path, cls, kw):
         opt.zero_grad()
     plain = tiny_bert()
     trainer_for(plain, tmp_path / "plain", None, per_device_train_batch_size=4).train()
-    # In order: the random directions are drawn per row, so a shuffled batch would differ.
-    trainer = trainer_for(model, tmp_path, _seeded(cls, model, **kw), per_device_train_batch_size=4,
-                          train_sampling_strategy="sequential")
+    trainer = trainer_for(model, tmp_path, make_adversary(model), per_device_train_batch_size=4,
+                          **args)
     trainer.train()
-    regulariser_effect = 0.0
+    effect = 0.0
     for (n, p), q, p0 in zip(model.named_parameters(), ref.parameters(), plain.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
-        regulariser_effect = max(regulariser_effect, (q - p0).abs().max().item())
-    assert regulariser_effect > 1e-3  # 100x the tolerance: a missing regulariser would show
+        effect = max(effect, (q - p0).abs().max().item())
+    return trainer, effect
+
+
+@pytest.mark.parametrize("cls,kw", [(VAT, {"epsilon": 5.0, "alpha": 10.0}),
+                                    (SMART, {"radius": 0.5, "steps": 1, "alpha": 50.0})],
+                         ids=["vat", "smart"])
+def test_consistency_methods_get_the_models_loss_and_logits(tmp_path, cls, kw):
+    """SMART and VAT compare logits: the Trainer hands them (loss, logits), and the
+    result is the hand-written loop whose closure returns the model output."""
+    # In order: the random directions are drawn per row, so a shuffled batch would differ.
+    trainer, effect = against_manual_loop(tmp_path, lambda m: _seeded(cls, m, **kw),
+                                          train_sampling_strategy="sequential")
+    assert effect > 1e-3  # 100x the tolerance: a missing regulariser would show
     logged = [h for h in trainer.state.log_history if "adv_loss" in h]
     assert logged and all(h["adv_loss"] > 0 for h in logged)
 
@@ -164,24 +173,6 @@ def test_trainer_bf16_autocast_matches_the_manual_loop_under_autocast(tmp_path):
 
 def test_awp_in_the_trainer_matches_the_manual_loop(tmp_path):
     """AWP perturbs weights, not embeddings; the Trainer takes it all the same."""
-    model = tiny_bert()
-    ids, y = batch(n=4)
-    ref = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    adv = AWP(ref, adv_lr=1.0, adv_eps=0.05)
-    mask = (ids != PAD).long()
-    for _ in range(2):
-        adv.backward(lambda: ref(input_ids=ids, attention_mask=mask, labels=y))
-        opt.step()
-        opt.zero_grad()
-    plain = tiny_bert()
-    trainer_for(plain, tmp_path / "plain", None, per_device_train_batch_size=4).train()
-    trainer = trainer_for(model, tmp_path, AWP(model, adv_lr=1.0, adv_eps=0.05),
-                          per_device_train_batch_size=4)
-    trainer.train()
-    effect = 0.0
-    for (n, p), q, p0 in zip(model.named_parameters(), ref.parameters(), plain.parameters()):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
-        effect = max(effect, (q - p0).abs().max().item())
+    trainer, effect = against_manual_loop(tmp_path, lambda m: AWP(m, adv_lr=1.0, adv_eps=0.05))
     assert effect > 1e-3
     assert all(h["adv_loss"] > 0 for h in trainer.state.log_history if "clean_loss" in h)
