@@ -7,7 +7,7 @@ use :func:`normalize`, :func:`project` and :func:`random_like` on them.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -260,6 +260,9 @@ class EmbeddingHook:
         self.masks: List[torch.Tensor] = []
         self.ids: List[Optional[torch.Tensor]] = []
         self.last_ids: Optional[torch.Tensor] = None
+        # record mode: an extra offset(i, ids, out) added to call i (None adds nothing);
+        # FreeLB's random start and FreeAT's carried perturbation (methods/_common.offsets).
+        self.offset: Optional[Callable] = None
         self._i = 0
         self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
 
@@ -307,7 +310,9 @@ class EmbeddingHook:
             self.deltas.append(delta)
             self.masks.append(mask)
             self.ids.append(ids if isinstance(ids, torch.Tensor) else None)
-            return out + delta.to(out.dtype)
+            off = self.offset(i, ids, out) if self.offset is not None else None
+            out_delta = out + delta.to(out.dtype)
+            return out_delta if off is None else out_delta + off.to(out.dtype)
         # apply
         if i >= len(self.deltas):
             raise RuntimeError(

@@ -111,3 +111,23 @@ def test_single_process_ddp_gradients_equal_the_unwrapped_model(tmp_path):
             assert_grads_close(grads(plain), got, atol=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name,make,kind", [m for m in METHODS if m[0] != "AWP"],
+                         ids=[n for n in IDS if n != "AWP"])
+def test_one_forward_hook_on_the_embedding_in_every_pass(name, make, kind):
+    """Random starts and carried perturbations ride on advnlp's one hook: no hook is added
+    and removed per pass (each would be a new graph for torch.compile)."""
+    model = MeanPoolClassifier()
+    ids, y = batch()
+    adv = make(model)
+    seen = []
+
+    def forward():
+        seen.append(len(model.emb._forward_hooks))
+        return model(ids)
+
+    run(adv, kind, forward, y)
+    assert seen and set(seen) == {1}
+    adv.remove()
+    assert len(model.emb._forward_hooks) == 0

@@ -4,10 +4,10 @@ Kept out of ``_base.py`` on purpose: nothing here changes how FGM/FGSM/PGD run.
 
 * :func:`offsets` / :func:`record_pass`: a pass in the base hook's *record* mode
   (a fresh zero leaf per embedding call, so ``d loss / d delta`` comes out of the
-  same backward that fills parameter gradients) with an extra offset added to the
-  embedding output by a second, temporary forward hook. FreeLB uses it for its
-  random start (whose shape is only known inside the forward), FreeAT for a
-  perturbation that persists across calls.
+  same backward that fills parameter gradients) with an extra offset that the same
+  hook adds to the embedding output. FreeLB uses it for its random start (whose
+  shape is only known inside the forward), FreeAT for a perturbation that persists
+  across calls.
 * :func:`split_output`, :func:`divergence`, :func:`symmetric_divergence`: turn a
   closure's model output into ``(task_loss or None, logits)`` and compare two sets
   of logits (softmax KL, sigmoid/Bernoulli KL or squared error), in float32.
@@ -52,23 +52,15 @@ def require_output_target(target: str, method: str) -> None:
 
 @contextlib.contextmanager
 def offsets(adv: Adversary, fn: OffsetFn):
-    """While active, embedding call ``i`` returns ``out + fn(i, ids, out)`` (float32 offset,
-    cast to the output dtype; ``None`` adds nothing). Runs after the base hook."""
-    count = [0]
-
-    def hook(module, args, out):
-        if not isinstance(out, torch.Tensor):
-            return None
-        i, count[0] = count[0], count[0] + 1
-        off = fn(i, args[0] if args else None, out)
-        return None if off is None else out + off.to(out.dtype)
-
-    handles = [m.register_forward_hook(hook) for m in adv._hook.modules]
+    """While active, in the base hook's record mode, embedding call ``i`` returns
+    ``out + delta + fn(i, ids, out)`` (float32 offset cast to the output dtype; ``None``
+    adds nothing)."""
+    hook = adv._hook
+    hook.offset = fn
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        hook.offset = None
 
 
 def sample(kind: str, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
