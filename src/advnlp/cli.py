@@ -47,6 +47,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-dir", help="default runs/<timestamp>-<method>")
     g.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 (default); bf16 or fp16: autocast mixed precision "
+                        "(fp16 with dynamic loss scaling)")
     g.add_argument("--engine", default="loop", choices=("loop", "trainer"),
                    help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
                         "(AdversarialTrainer), Hugging Face models only")
@@ -148,7 +151,8 @@ def _config(args) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
         device=args.device, output_dir=args.output_dir,
         augment_with_attack=args.augment_with_attack, augment_every=args.augment_every,
-        augment_samples=args.augment_samples, engine=args.engine, data=data)
+        augment_samples=args.augment_samples, engine=args.engine,
+        precision=args.precision, data=data)
 
 
 def _fmt(x) -> str:

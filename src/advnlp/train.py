@@ -20,6 +20,7 @@ Hugging Face's Trainer (``trainer_engine.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib
@@ -70,6 +71,7 @@ CHECKPOINTS = "checkpoints"  # --engine trainer: the Trainer's checkpoint folder
 RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, CHECKPOINTS, "eval.json",
              "compare.json")
 ENGINES = ("loop", "trainer")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Interrupted(Exception):
@@ -154,6 +156,7 @@ class TrainConfig:
     augment_samples: int = 64  # training examples attacked per round
     world_size: int = 1  # processes (torchrun); batch_size is per process
     engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
+    precision: str = "fp32"  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -192,6 +195,17 @@ class TrainConfig:
             raise InputError("--augment-every and --augment-samples must be >= 1")
         if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
             raise InputError("--max-train-samples must be >= 1")
+        if cfg.precision not in PRECISIONS:
+            raise InputError(f"--precision takes {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+        if cfg.precision != "fp32":
+            kind = device_of(cfg.device).type
+            if kind == "cuda" and cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
+                raise InputError("--precision bf16: this GPU has no bfloat16; use --precision fp16")
+            if kind == "cpu" and cfg.precision == "fp16" and cfg.engine == "trainer":
+                # accelerate turns fp16 off on CPU without a word: the run would be fp32.
+                raise InputError("--precision fp16 with --engine trainer needs a GPU (on CPU "
+                                 "the Trainer silently trains in fp32); use --precision bf16, "
+                                 "or --engine loop")
         if cfg.engine not in ENGINES:
             raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
         if cfg.engine == "trainer":
@@ -295,7 +309,9 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
         return None
     kwargs = {arg: getattr(cfg, k) for k, arg in takes.items() if getattr(cfg, k) is not None}
     if cfg.method in CONSISTENCY:
-        kwargs.update(loss_fn=loss_fn(cfg.data.multi_label),
+        crit = loss_fn(cfg.data.multi_label)
+        # In float32 whatever dtype autocast gave the logits (--precision).
+        kwargs.update(loss_fn=lambda logits, y: crit(logits.float(), y),
                       output_type="sigmoid" if cfg.data.multi_label else "softmax")
     try:
         return cls(model, **kwargs)
@@ -338,16 +354,22 @@ def _progress_bar(enabled: bool, log: Callable[[str], None], **kwargs):
     return _ProgressLines(log, kwargs["total"], kwargs.get("initial", 0), kwargs.get("desc", ""))
 
 
-def _train_step(clf: Classifier, adv, criterion, batch, y) -> torch.Tensor:
-    """One step's gradients: clean only, or clean + adversarial through ``adv.backward``."""
+def _train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nullcontext,
+                backward_fn=None) -> torch.Tensor:
+    """One step's gradients: clean only, or clean + adversarial through ``adv.backward``.
+    ``autocast`` wraps every forward pass (--precision); ``backward_fn`` scales for fp16."""
+    def logits():
+        with autocast():
+            return clf(batch)
+
     if isinstance(adv, (VAT, SMART)):  # these compare logits: the closure returns them
-        return adv.backward(lambda: clf(batch), labels=y)
-    closure = lambda: criterion(clf(batch), y)  # noqa: E731 (the closure is the API)
+        return adv.backward(logits, backward_fn, labels=y)
+    closure = lambda: criterion(logits().float(), y)  # noqa: E731 (the closure is the API)
     if adv is None:
         loss = closure()
-        loss.backward()
+        (backward_fn or torch.Tensor.backward)(loss)
         return loss.detach()
-    return adv.backward(closure)
+    return adv.backward(closure, backward_fn)
 
 
 class Trainer:
@@ -402,6 +424,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
         self._partial = {"losses": [], "seconds": 0.0}
         self._stop = False
+        dtype = PRECISIONS[cfg.precision]
+        self.autocast = (contextlib.nullcontext if dtype is None else
+                         lambda: torch.autocast(self.device.type, dtype=dtype))
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.backward_fn = (None if self.scaler is None else
+                            lambda loss: self.scaler.scale(loss).backward())
 
     # -- the training set, which --augment-with-attack grows ----------------------------
     @property
@@ -468,6 +496,7 @@ class Trainer:
             "model": self.clf.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch, "step": self.step,
             "history": self.history, "partial": self._partial,
             "extra": [[list(t), lab] for t, lab in self.extra],
@@ -488,6 +517,8 @@ class Trainer:
         self.clf.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self._partial = state["history"], state["partial"]
         self._set_extra([(tuple(t), lab) for t, lab in state.get("extra", [])])
@@ -537,10 +568,20 @@ class Trainer:
                 batch = self._batch(texts, idx)
                 y = self.targets["train"][idx].to(self.device)
                 start = time.perf_counter()
-                loss = _train_step(self.train_clf, self.adv, self.criterion, batch, y)
-                torch.nn.utils.clip_grad_norm_(self.clf.model.parameters(), 1.0)
-                self.optimizer.step()
-                self.scheduler.step()
+                loss = _train_step(self.train_clf, self.adv, self.criterion, batch, y,
+                                   self.autocast, self.backward_fn)
+                if self.scaler is None:
+                    torch.nn.utils.clip_grad_norm_(self.clf.model.parameters(), 1.0)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                else:  # fp16: clip the true gradients; an overflowing step is skipped
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.clf.model.parameters(), 1.0)
+                    scale = self.scaler.get_scale()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    if self.scaler.get_scale() >= scale:  # not skipped: the schedule moves on
+                        self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()

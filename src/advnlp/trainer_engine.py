@@ -234,6 +234,7 @@ def fit_with_trainer(run: "Run") -> None:
         per_device_train_batch_size=run.cfg.batch_size,
         num_train_epochs=run.cfg.epochs,
         max_grad_norm=1.0,
+        bf16=run.cfg.precision == "bf16", fp16=run.cfg.precision == "fp16",
         seed=run.cfg.seed,
         use_cpu=cpu,
         # The run's callback decides when to save and evaluate; nothing is reported out.

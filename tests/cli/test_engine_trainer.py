@@ -48,13 +48,15 @@ def train_args(model, data, out, *extra):
             "--batch-size", 16, "--output-dir", out, "--quiet", *extra]
 
 
-@pytest.mark.parametrize("method", ["none", "fgm", "pgd", "awp"])
-def test_both_engines_train_the_same_weights(tmp_path, sentiment_csv, bert_without_dropout, method):
-    """Same data order, optimizer, schedule, clipping and adversarial step: the same run."""
+@pytest.mark.parametrize("method,precision", [("none", "fp32"), ("fgm", "fp32"), ("pgd", "fp32"),
+                                              ("awp", "fp32"), ("pgd", "bf16")])
+def test_both_engines_train_the_same_weights(tmp_path, sentiment_csv, bert_without_dropout, method,
+                                             precision):
+    """Same data order, optimizer, schedule, clipping, autocast and adversarial step: the same run."""
     loop, hf = tmp_path / "loop", tmp_path / "trainer"
-    assert run(*train_args(bert_without_dropout, sentiment_csv, loop, "--method", method)) == 0
-    assert run(*train_args(bert_without_dropout, sentiment_csv, hf, "--method", method,
-                           "--engine", "trainer")) == 0
+    extra = ["--method", method, "--precision", precision]
+    assert run(*train_args(bert_without_dropout, sentiment_csv, loop, *extra)) == 0
+    assert run(*train_args(bert_without_dropout, sentiment_csv, hf, *extra, "--engine", "trainer")) == 0
     assert_same_weights(loop, hf)
     a, b = read_json(loop, "metrics.json"), read_json(hf, "metrics.json")
     for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
