@@ -211,8 +211,12 @@ class TrainConfig:
         if cfg.engine == "trainer":
             try:
                 importlib.import_module("advnlp.integrations.transformers")
+                from transformers.utils import is_accelerate_available
             except ImportError as e:
                 raise InputError(f"--engine trainer: {e}") from None
+            if not is_accelerate_available():
+                raise InputError("--engine trainer needs accelerate, as transformers' Trainer "
+                                 "does: pip install 'advnlp[hf]'")
             if scratch:
                 raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
                                  "trains with the default --engine loop")
@@ -223,6 +227,12 @@ class TrainConfig:
                 raise InputError(f"--engine trainer picks the GPU itself: instead of --device "
                                  f"{cfg.device}, run with CUDA_VISIBLE_DEVICES={cfg.device[5:]} "
                                  "and --device cuda")
+            if (device_of(cfg.device).type == "cuda" and torch.cuda.device_count() > 1
+                    and not distributed_requested(False)):
+                raise InputError(f"{torch.cuda.device_count()} GPUs are visible: --engine trainer "
+                                 "uses one per process (the Trainer would fall back to "
+                                 "DataParallel); launch with torchrun --nproc_per_node N, or "
+                                 "pick one with CUDA_VISIBLE_DEVICES=0")
         if cfg.output_dir is None:
             cfg.output_dir = default_run_dir(cfg.method)
         return cfg
@@ -586,17 +596,12 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self._partial["seconds"] += time.perf_counter() - start
-                if self.dist is not None:
-                    # The logged loss is the global batch's (equal shards: the mean of the
-                    # ranks' means); a Ctrl-C on any rank stops all of them after this step.
-                    t = torch.tensor([loss.item(), float(self._stop)], device=self.device)
-                    dist.all_reduce(t)
-                    loss, self._stop = t[0] / self.world, bool(t[1].item() > 0)
-                self._partial["losses"].append(loss.item())
+                loss, stop = self.agree(loss)
+                self._partial["losses"].append(loss)
                 self.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if self._stop:
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if stop:
                     self.save_checkpoint()
                     raise Interrupted(self.run_dir)
         finally:
@@ -659,8 +664,21 @@ class Trainer:
                 entry["augmentation"] = self._augment()
             self.next_epoch()
             self.save_checkpoint()
-            if self._stop:  # Ctrl-C during validation
+            if self.agree()[1]:  # Ctrl-C during validation
                 raise Interrupted(self.run_dir)
+
+    def agree(self, loss: Optional[torch.Tensor] = None) -> Tuple[Optional[float], bool]:
+        """The global batch's loss (equal shards: the mean of the ranks' means) and whether
+        any rank has seen Ctrl-C. Under torchrun every rank calls it at the same point and
+        decides on the reduced flag alone, so no rank stops while another goes on; a Ctrl-C
+        arriving after the reduction is kept for the next one."""
+        value = float("nan") if loss is None else loss.item()
+        stop = self._stop
+        if self.dist is not None:
+            t = torch.tensor([value, float(stop)], device=self.device)
+            dist.all_reduce(t)
+            value, stop = t[0].item() / self.world, t[1].item() > 0
+        return (None if loss is None else value), stop
 
     def _barrier(self) -> None:
         if self.dist is not None:

@@ -15,7 +15,9 @@ optimizer, scheduler, RNG states, ``trainer_state.json``) plus
 ``advnlp_state.json`` with the run's history. Each is written into a staging
 folder and renamed into place, so a crash mid-write leaves the previous one
 intact. They are written at the end of each epoch but the last and on Ctrl-C;
-``advnlp train --resume RUN_DIR`` continues from the newest.
+``advnlp train --resume RUN_DIR`` continues from the newest. A Ctrl-C during the
+last epoch's last step or validation lets the run finish instead. Under torchrun
+every rank decides on the same all-reduced Ctrl-C flag, once per step.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import time
 from typing import TYPE_CHECKING, List, Optional
 
 import torch
-import torch.distributed as dist
 # ``TrainConfig.resolved`` has checked that these import (a one-line error otherwise).
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -133,15 +134,7 @@ class _RunTrainer(AdversarialTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        run = self.run
-        value, stop = loss.detach().float(), float(run._stop)
-        if run.dist is not None:
-            # The global batch's loss, and a Ctrl-C on any rank stops all of them.
-            t = torch.stack([value, torch.tensor(stop, device=value.device)])
-            dist.all_reduce(t)
-            value, stop = t[0] / run.world, float(t[1].item())
-            run._stop = stop > 0
-        run._partial["losses"].append(value.item())
+        self.run_loss = loss.detach().float()  # reduced over the ranks in on_step_end
         return loss
 
     def _get_output_dir(self, trial):
@@ -151,6 +144,9 @@ class _RunTrainer(AdversarialTrainer):
         final = self.args.output_dir
         name = f"checkpoint-{self.state.global_step}"
         self._staging = os.path.join(final, ".staging")
+        if self.args.should_save:  # what a crash mid-write left there
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         try:
             super()._save_checkpoint(model, trial, *args, **kwargs)
         finally:
@@ -176,10 +172,11 @@ class _RunTrainer(AdversarialTrainer):
 class _RunCallback(TrainerCallback):
     """Step timing, progress bar, Ctrl-C, and the run's epoch bookkeeping."""
 
-    def __init__(self, run: "Run"):
-        self.run = run
+    def __init__(self, run: "Run", trainer: "_RunTrainer"):
+        self.run, self.trainer = run, trainer
         self.bar = None
         self.started = 0.0
+        self.stopping = False  # Ctrl-C, agreed by every rank
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         from .train import _progress_bar
@@ -196,11 +193,13 @@ class _RunCallback(TrainerCallback):
         if run.device.type == "cuda":
             torch.cuda.synchronize()
         run._partial["seconds"] += time.perf_counter() - self.started
+        loss, self.stopping = run.agree(self.trainer.run_loss)
+        run._partial["losses"].append(loss)
         run.step += 1
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{run._partial['losses'][-1]:.4f}")
-        if run._stop:
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        if self.stopping:
             control.should_training_stop = True
             # At an epoch's last step the epoch closes first (on_epoch_end) and saves then.
             control.should_save = run.step < run.steps_per_epoch()
@@ -215,15 +214,18 @@ class _RunCallback(TrainerCallback):
             return control
         run.close_epoch()
         run.next_epoch()
-        control.should_save = run.epoch < run.cfg.epochs or run._stop
-        if run._stop:  # Ctrl-C during validation
+        self.stopping = run.agree()[1]  # Ctrl-C during validation too
+        # After the last epoch nothing is saved: the run finishes (model/, metrics.json)
+        # even if Ctrl-C came during its last step or validation.
+        control.should_save = run.epoch < run.cfg.epochs
+        if self.stopping:
             control.should_training_stop = True
         return control
 
 
 def fit_with_trainer(run: "Run") -> None:
     """Train ``run`` (a ``train.Trainer``) to its last epoch with the HF Trainer;
-    raises ``Interrupted`` after saving a checkpoint on Ctrl-C."""
+    raises ``Interrupted`` after saving a checkpoint on Ctrl-C before the last epoch ended."""
     from .train import CHECKPOINTS, Interrupted
 
     if run.epoch >= run.cfg.epochs:
@@ -244,9 +246,17 @@ def fit_with_trainer(run: "Run") -> None:
     )
     hf = _RunTrainer(run, model=run.clf.model, args=args, train_dataset=_Examples(run),
                      data_collator=_Collate(run), optimizers=(run.optimizer, run.scheduler),
-                     adversary=run.adv, callbacks=[_RunCallback(run)])
+                     adversary=run.adv)
+    # TrainConfig.resolved refused several GPUs without torchrun (DataParallel otherwise).
+    assert hf.args.n_gpu <= 1, hf.args.n_gpu
+    callback = _RunCallback(run, hf)
+    hf.add_callback(callback)
     hf.remove_callback(PrinterCallback)  # it prints the Trainer's dicts to stdout
     hf.remove_callback(ProgressCallback)  # the run's own bar, as with --engine loop
+    if run.rank > 0:  # the Trainer seeded every rank alike: own dropout noise per rank
+        torch.manual_seed(run.cfg.seed + 1_000_003 * run.rank)
     hf.train(resume_from_checkpoint=getattr(run, "resume_from", None))
-    if run._stop:
+    if callback.stopping and run.epoch < run.cfg.epochs:
         raise Interrupted(run.run_dir)
+    if run._stop:
+        run.log("Ctrl-C after the last epoch: finishing the run")

@@ -132,9 +132,10 @@ def test_resume_needs_the_world_size_the_run_had(setup, tmp_path, capsys):
 
 
 def test_trainer_engine_under_torchrun_trains_the_weights_of_one_process(setup):
-    """--engine trainer: the Trainer's own DDP, with accelerate splitting each global batch,
-    gives the weights of the one-process --engine loop run with the double batch; the
-    44 examples end with a short global batch of 4 (2 per rank, nothing topped up)."""
+    """--engine trainer: the Trainer's own DDP, fed each rank's shard of the epoch order
+    by the engine (not by accelerate, which would top a short last batch up), gives the
+    weights of the one-process --engine loop run with the double batch; the 44 examples
+    end with a short global batch of 4 (2 per rank)."""
     d = setup["dir"]
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))

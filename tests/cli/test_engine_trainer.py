@@ -137,17 +137,34 @@ def test_ctrl_c_then_resume_reaches_the_uninterrupted_weights(tmp_path, monkeypa
     assert b["final"] == a["final"]
 
 
-def test_an_unfinished_checkpoint_is_not_resumed_from(tmp_path, monkeypatch, sentiment_csv, tiny_bert):
-    """A crash mid-write leaves a folder without advnlp_state.json: the previous one is used."""
-    cut = tmp_path / "cut"
+def test_a_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch, sentiment_csv,
+                                                         tiny_bert):
+    """A crash while the Trainer writes leaves only the staging folder: --resume uses the
+    newest complete checkpoint, the leftovers are cleared at the next save, and the run
+    still ends with the uninterrupted weights."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run(*train_args(tiny_bert, sentiment_csv, whole, "--engine", "trainer")) == 0
     with monkeypatch.context() as m:
         interrupt_after(m, 3)
         assert run(*train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")) == 130
-    partial = cut / "checkpoints" / "checkpoint-5"
-    partial.mkdir()
-    (partial / "model.safetensors").write_bytes(b"half")
+    half = cut / "checkpoints" / ".staging" / "checkpoint-5"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"half")
+    (half / "rng_state_7.pth").write_bytes(b"stale")
     assert E.latest_checkpoint(str(cut)).endswith("checkpoint-3")
-    assert run("train", "--resume", cut, "--quiet") == 0
+    saved = []
+    save = E._RunTrainer._save_checkpoint
+
+    def save_and_look(self, *a, **kw):
+        save(self, *a, **kw)
+        saved.append(sorted(os.listdir(cut / "checkpoints")))
+        saved.append(sorted(os.listdir(cut / "checkpoints" / f"checkpoint-{self.state.global_step}")))
+
+    with monkeypatch.context() as m:
+        m.setattr(E._RunTrainer, "_save_checkpoint", save_and_look)
+        assert run("train", "--resume", cut, "--quiet") == 0
+    assert saved[0] == ["checkpoint-6"] and "rng_state_7.pth" not in saved[1]
+    assert_same_weights(whole, cut)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -173,28 +190,58 @@ def test_resume_refuses_a_different_engine_flag(tmp_path, monkeypatch, sentiment
     assert "drop --engine" in capsys.readouterr().err
 
 
-def test_ctrl_c_during_the_last_validation_then_resume_finishes(tmp_path, monkeypatch, sentiment_csv,
-                                                                tiny_bert):
-    """The last epoch closed and was saved; --resume only writes the results."""
+@pytest.mark.parametrize("when", ["last-step", "last-validation"])
+def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentiment_csv, tiny_bert,
+                                                 capsys, when):
+    """Ctrl-C during the last epoch's last step or validation: the training is done, so the
+    run finishes (exit 0) with the uninterrupted weights instead of leaving a checkpoint."""
     import advnlp.train as T
 
-    cut = tmp_path / "cut"
-    evaluate = T.Trainer.evaluate
-    calls = {"n": 0}
-
-    def evaluate_then_sigint(self, split):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the second epoch's validation
-            signal.raise_signal(signal.SIGINT)
-        return evaluate(self, split)
-
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run(*train_args(tiny_bert, sentiment_csv, whole, "--engine", "trainer")) == 0
     with monkeypatch.context() as m:
-        m.setattr(T.Trainer, "evaluate", evaluate_then_sigint)
-        assert run(*train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")) == 130
-    state = read_json(E.latest_checkpoint(str(cut)), E.STATE_FILE)
-    assert (state["epoch"], len(state["history"])) == (2, 2)
-    assert run("train", "--resume", cut, "--quiet") == 0
-    assert len(read_json(cut, "metrics.json")["epochs"]) == 2
+        if when == "last-step":
+            interrupt_after(m, 12)  # 2 epochs x 6 steps
+        else:
+            evaluate, calls = T.Trainer.evaluate, {"n": 0}
+
+            def evaluate_then_sigint(self, split):
+                calls["n"] += 1
+                if calls["n"] == 2:  # the second epoch's validation
+                    signal.raise_signal(signal.SIGINT)
+                return evaluate(self, split)
+
+            m.setattr(T.Trainer, "evaluate", evaluate_then_sigint)
+        loud = [a for a in train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")
+                if a != "--quiet"]
+        assert run(*loud) == 0
+    assert "Ctrl-C after the last epoch: finishing the run" in capsys.readouterr().err
+    assert_same_weights(whole, cut)
+    assert read_json(cut, "metrics.json")["final"] == read_json(whole, "metrics.json")["final"]
+    assert not (cut / "checkpoints").exists()
+
+
+def test_trainer_engine_needs_accelerate(tmp_path, sentiment_csv, tiny_bert, capsys, monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: False)
+    assert run(*train_args(tiny_bert, sentiment_csv, tmp_path / "r", "--engine", "trainer")) == 2
+    err = capsys.readouterr().err
+    assert "needs accelerate" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_several_gpus_without_torchrun_are_refused(tmp_path, sentiment_csv, tiny_bert, capsys,
+                                                   monkeypatch):
+    """The Trainer would wrap the model in DataParallel, whose threads share one hook."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert run(*train_args(tiny_bert, sentiment_csv, tmp_path / "r", "--engine", "trainer",
+                           "--device", "cuda")) == 2
+    err = capsys.readouterr().err
+    assert "2 GPUs are visible" in err and "torchrun --nproc_per_node" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_compare_with_the_trainer_engine(tmp_path, sentiment_csv, bert_without_dropout):
