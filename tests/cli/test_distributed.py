@@ -131,27 +131,63 @@ def test_resume_needs_the_world_size_the_run_had(setup, tmp_path, capsys):
 
 
 
-def test_trainer_engine_under_torchrun_trains_the_weights_of_one_process(setup):
+def torchrun(setup, *argv, sigint=None):
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
+    if sigint:
+        env["ADVNLP_TEST_SIGINT"] = sigint
+    worker = os.path.join(os.path.dirname(__file__), "sigint_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           worker, "train", *argv]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ddp_trainer(setup):
+    out = setup["dir"] / "ddp-trainer"
+    proc = torchrun(setup, *setup["common"], "--batch-size", "4", "--engine", "trainer",
+                    "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("done: ") == 1
+    return out
+
+
+def test_trainer_engine_under_torchrun_trains_the_weights_of_one_process(setup, ddp_trainer):
     """--engine trainer: the Trainer's own DDP, fed each rank's shard of the epoch order
     by the engine (not by accelerate, which would top a short last batch up), gives the
     weights of the one-process --engine loop run with the double batch; the 44 examples
     end with a short global batch of 4 (2 per rank)."""
     d = setup["dir"]
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "advnlp.cli", "train", *setup["common"], "--batch-size", "4", "--engine", "trainer",
-           "--output-dir", str(d / "ddp-trainer")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("done: ") == 1
-    got = load_file(str(d / "ddp-trainer" / "model" / "model.safetensors"))
+    got = load_file(str(ddp_trainer / "model" / "model.safetensors"))
     want = load_file(str(d / "single" / "model" / "model.safetensors"))
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
-    ddp, single = read_json(d / "ddp-trainer", "metrics.json"), read_json(d / "single", "metrics.json")
+    ddp, single = read_json(ddp_trainer, "metrics.json"), read_json(d / "single", "metrics.json")
     for a, b in zip(ddp["epochs"], single["epochs"], strict=True):
         assert a["steps"] == b["steps"] == 6
         assert a["step_losses"] == pytest.approx(b["step_losses"], rel=1e-4, abs=1e-5)
-    assert read_json(d / "ddp-trainer", "config.json")["engine"] == "trainer"
-    assert not (d / "ddp-trainer" / "checkpoints").exists()
+    assert read_json(ddp_trainer, "config.json")["engine"] == "trainer"
+    assert not (ddp_trainer / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("engine", ["loop", "trainer"])
+def test_ctrl_c_on_one_rank_stops_both_and_resumes_exactly(setup, ddp_trainer, tmp_path, engine):
+    """SIGINT reaches rank 1 alone, after its 3rd step: both ranks agree to stop after the
+    same step (no hang), rank 0 saves, and a torchrun --resume reaches the weights of the
+    uninterrupted 2-process run."""
+    cut = tmp_path / "cut"
+    proc = torchrun(setup, *setup["common"], "--batch-size", "4", "--engine", engine,
+                    "--output-dir", str(cut), sigint="1,3")
+    assert proc.returncode != 0 and "interrupted; checkpoint saved" in proc.stderr, proc.stderr[-3000:]
+    assert f"--nproc_per_node 2 -m advnlp.cli train --resume {cut}" in proc.stderr
+    assert not (cut / "model").exists()
+    proc = torchrun(setup, "--resume", str(cut), "--quiet")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    whole = setup["dir"] / "ddp" if engine == "loop" else ddp_trainer
+    got = load_file(str(cut / "model" / "model.safetensors"))
+    want = load_file(str(whole / "model" / "model.safetensors"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=lambda m: f"{k}: {m}")
+    losses = [x for e in read_json(cut, "metrics.json")["epochs"] for x in e["step_losses"]]
+    want_losses = [x for e in read_json(whole, "metrics.json")["epochs"] for x in e["step_losses"]]
+    assert losses == pytest.approx(want_losses, rel=1e-5, abs=1e-6)

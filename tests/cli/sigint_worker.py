@@ -1,0 +1,31 @@
+"""torchrun entry point for the tests: advnlp's CLI, with a real SIGINT delivered to one
+rank after its n-th training step when ADVNLP_TEST_SIGINT="rank,step" is set."""
+import os
+import signal
+import sys
+
+import advnlp.train as T
+import advnlp.trainer_engine as E
+from advnlp.cli import main
+
+
+def _after(step, at):
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        out = step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == at:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    return wrapped
+
+
+if os.environ.get("ADVNLP_TEST_SIGINT"):
+    rank, at = map(int, os.environ["ADVNLP_TEST_SIGINT"].split(","))
+    if int(os.environ["RANK"]) == rank:
+        T._train_step = _after(T._train_step, at)
+        E._RunTrainer.training_step = _after(E._RunTrainer.training_step, at)
+
+sys.exit(main(sys.argv[1:]))
