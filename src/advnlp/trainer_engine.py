@@ -110,8 +110,8 @@ class _Collate:
 
 
 class _RunTrainer(AdversarialTrainer):
-    """AdversarialTrainer that reports each step's loss to the run and writes
-    checkpoints atomically, with the run's state beside the Trainer's."""
+    """AdversarialTrainer fed the run's batches, keeping each step's loss for the run,
+    and writing checkpoints atomically with the run's state beside the Trainer's."""
 
     def __init__(self, run: "Run", **kwargs):
         self.run = run
