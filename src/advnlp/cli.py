@@ -326,6 +326,9 @@ def _dispatch(args, progress: bool, log) -> int:
         if _dist_initialized():
             import torch.distributed as dist
 
+            # Every rank stopped on the same agreed flag; wait for rank 0's checkpoint, or
+            # torchrun would kill it mid-save as soon as another rank exits.
+            dist.barrier()
             if dist.get_rank() != 0:  # rank 0 saved the checkpoint and says so
                 return 130
             how = f"torchrun --nproc_per_node {dist.get_world_size()} -m advnlp.cli train"

@@ -197,42 +197,16 @@ class TrainConfig:
             raise InputError("--max-train-samples must be >= 1")
         if cfg.precision not in PRECISIONS:
             raise InputError(f"--precision takes {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-        if cfg.precision != "fp32":
-            kind = device_of(cfg.device).type
-            if kind == "cuda" and cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
-                raise InputError("--precision bf16: this GPU has no bfloat16; use --precision fp16")
-            if kind == "cpu" and cfg.precision == "fp16" and cfg.engine == "trainer":
-                # accelerate turns fp16 off on CPU without a word: the run would be fp32.
-                raise InputError("--precision fp16 with --engine trainer needs a GPU (on CPU "
-                                 "the Trainer silently trains in fp32); use --precision bf16, "
-                                 "or --engine loop")
         if cfg.engine not in ENGINES:
             raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
         if cfg.engine == "trainer":
-            try:
-                importlib.import_module("advnlp.integrations.transformers")
-                from transformers.utils import is_accelerate_available
-            except ImportError as e:
-                raise InputError(f"--engine trainer: {e}") from None
-            if not is_accelerate_available():
-                raise InputError("--engine trainer needs accelerate, as transformers' Trainer "
-                                 "does: pip install 'advnlp[hf]'")
             if scratch:
                 raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
                                  "trains with the default --engine loop")
             if cfg.augment_with_attack is not None:
                 raise InputError("--augment-with-attack grows the training set between epochs, "
                                  "which only --engine loop does; drop one of the two")
-            if cfg.device.startswith("cuda:"):
-                raise InputError(f"--engine trainer picks the GPU itself: instead of --device "
-                                 f"{cfg.device}, run with CUDA_VISIBLE_DEVICES={cfg.device[5:]} "
-                                 "and --device cuda")
-            if (device_of(cfg.device).type == "cuda" and torch.cuda.device_count() > 1
-                    and not distributed_requested(False)):
-                raise InputError(f"{torch.cuda.device_count()} GPUs are visible: --engine trainer "
-                                 "uses one per process (the Trainer would fall back to "
-                                 "DataParallel); launch with torchrun --nproc_per_node N, or "
-                                 "pick one with CUDA_VISIBLE_DEVICES=0")
+        check_environment(cfg)
         if cfg.output_dir is None:
             cfg.output_dir = default_run_dir(cfg.method)
         return cfg
@@ -246,6 +220,40 @@ class TrainConfig:
         data = dict(d.pop("data"))
         data["text_columns"] = tuple(data["text_columns"])
         return cls(**d, data=DataSpec(**data))
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What this machine must offer the run: checked on a new run and again on --resume
+    (the machine may have changed since), before any file is written."""
+    if cfg.precision != "fp32":
+        kind = device_of(cfg.device).type
+        if kind == "cuda" and cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise InputError("--precision bf16: this GPU has no bfloat16; use --precision fp16")
+        if kind == "cpu" and cfg.precision == "fp16" and cfg.engine == "trainer":
+            # accelerate turns fp16 off on CPU without a word: the run would be fp32.
+            raise InputError("--precision fp16 with --engine trainer needs a GPU (on CPU "
+                             "the Trainer silently trains in fp32); use --precision bf16, "
+                             "or --engine loop")
+    if cfg.engine != "trainer":
+        return
+    try:
+        importlib.import_module("advnlp.integrations.transformers")
+        from transformers.utils import is_accelerate_available
+    except ImportError as e:
+        raise InputError(f"--engine trainer: {e}") from None
+    if not is_accelerate_available():
+        raise InputError("--engine trainer needs accelerate, as transformers' Trainer "
+                         "does: pip install 'advnlp[hf]'")
+    if cfg.device.startswith("cuda:"):
+        raise InputError(f"--engine trainer picks the GPU itself: instead of --device "
+                         f"{cfg.device}, run with CUDA_VISIBLE_DEVICES={cfg.device[5:]} "
+                         "and --device cuda")
+    if (device_of(cfg.device).type == "cuda" and torch.cuda.device_count() > 1
+            and "LOCAL_RANK" not in os.environ):  # torchrun sets it, even for one process
+        raise InputError(f"{torch.cuda.device_count()} GPUs are visible: --engine trainer "
+                         "uses one per process (the Trainer would fall back to "
+                         "DataParallel); launch with torchrun --nproc_per_node N, or "
+                         "pick one with CUDA_VISIBLE_DEVICES=0")
 
 
 def _method_default(method: str, name: str):
@@ -782,6 +790,9 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
         raise InputError(f"unknown method {', '.join(map(repr, unknown)) or '(none)'}; "
                          f"choose from {', '.join(METHODS)}")
     out_dir = cfg.output_dir or default_run_dir("compare")
+    # Everything that does not depend on the method, checked before the folder exists.
+    dataclasses.replace(cfg, method="none", epsilon=None, alpha=None, steps=None,
+                        adv_weight=None, output_dir=out_dir).resolved()
     prepare_run_dir(out_dir, overwrite)
     rows = []
     for m in methods:
@@ -853,6 +864,7 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
                if cfg.world_size > 1 else f"advnlp train --resume {run_dir} (one process)")
         raise InputError(f"{run_dir} was trained with {cfg.world_size} process(es), not {world}; "
                          f"resume it with: {how}")
+    check_environment(cfg)
     trainer = Trainer(cfg, progress, log, dist_info)
     if cfg.engine == "trainer":
         from .trainer_engine import load_run_state

@@ -247,8 +247,8 @@ def fit_with_trainer(run: "Run") -> None:
     hf = _RunTrainer(run, model=run.clf.model, args=args, train_dataset=_Examples(run),
                      data_collator=_Collate(run), optimizers=(run.optimizer, run.scheduler),
                      adversary=run.adv)
-    # TrainConfig.resolved refused several GPUs without torchrun (DataParallel otherwise).
-    assert hf.args.n_gpu <= 1, hf.args.n_gpu
+    if hf.args.n_gpu > 1:  # check_environment refuses this first; DataParallel otherwise
+        raise InputError(f"{hf.args.n_gpu} GPUs in one process: launch with torchrun")
     callback = _RunCallback(run, hf)
     hf.add_callback(callback)
     hf.remove_callback(PrinterCallback)  # it prints the Trainer's dicts to stdout
@@ -258,5 +258,5 @@ def fit_with_trainer(run: "Run") -> None:
     hf.train(resume_from_checkpoint=getattr(run, "resume_from", None))
     if callback.stopping and run.epoch < run.cfg.epochs:
         raise Interrupted(run.run_dir)
-    if run._stop:
-        run.log("Ctrl-C after the last epoch: finishing the run")
+    if callback.stopping:
+        run.log("Ctrl-C during the last epoch's last step or validation: finishing the run")

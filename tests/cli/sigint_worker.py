@@ -1,8 +1,11 @@
 """torchrun entry point for the tests: advnlp's CLI, with a real SIGINT delivered to one
-rank after its n-th training step when ADVNLP_TEST_SIGINT="rank,step" is set."""
+rank after its n-th training step when ADVNLP_TEST_SIGINT="rank,step" is set, and every
+checkpoint save slowed by ADVNLP_TEST_SLOW_SAVE seconds (a real model's save takes time;
+the other ranks must wait for it)."""
 import os
 import signal
 import sys
+import time
 
 import advnlp.train as T
 import advnlp.trainer_engine as E
@@ -27,5 +30,19 @@ if os.environ.get("ADVNLP_TEST_SIGINT"):
     if int(os.environ["RANK"]) == rank:
         T._train_step = _after(T._train_step, at)
         E._RunTrainer.training_step = _after(E._RunTrainer.training_step, at)
+
+
+def _slow(save, seconds):
+    def wrapped(*args, **kwargs):
+        time.sleep(seconds)
+        return save(*args, **kwargs)
+
+    return wrapped
+
+
+if os.environ.get("ADVNLP_TEST_SLOW_SAVE"):
+    delay = float(os.environ["ADVNLP_TEST_SLOW_SAVE"])
+    T.Trainer.save_checkpoint = _slow(T.Trainer.save_checkpoint, delay)
+    E._RunTrainer._save_checkpoint = _slow(E._RunTrainer._save_checkpoint, delay)
 
 sys.exit(main(sys.argv[1:]))

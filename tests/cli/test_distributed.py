@@ -135,7 +135,7 @@ def torchrun(setup, *argv, sigint=None):
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
     if sigint:
-        env["ADVNLP_TEST_SIGINT"] = sigint
+        env.update(ADVNLP_TEST_SIGINT=sigint, ADVNLP_TEST_SLOW_SAVE="2")
     worker = os.path.join(os.path.dirname(__file__), "sigint_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            worker, "train", *argv]
@@ -173,7 +173,8 @@ def test_trainer_engine_under_torchrun_trains_the_weights_of_one_process(setup, 
 @pytest.mark.parametrize("engine", ["loop", "trainer"])
 def test_ctrl_c_on_one_rank_stops_both_and_resumes_exactly(setup, ddp_trainer, tmp_path, engine):
     """SIGINT reaches rank 1 alone, after its 3rd step: both ranks agree to stop after the
-    same step (no hang), rank 0 saves, and a torchrun --resume reaches the weights of the
+    same step (no hang), rank 0's save (slowed by 2 s, as a real model's) completes
+    before the job ends, and a torchrun --resume reaches the weights of the
     uninterrupted 2-process run."""
     cut = tmp_path / "cut"
     proc = torchrun(setup, *setup["common"], "--batch-size", "4", "--engine", engine,

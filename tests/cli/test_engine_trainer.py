@@ -215,7 +215,8 @@ def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentimen
         loud = [a for a in train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")
                 if a != "--quiet"]
         assert run(*loud) == 0
-    assert "Ctrl-C after the last epoch: finishing the run" in capsys.readouterr().err
+    assert "Ctrl-C during the last epoch's last step or validation: finishing the run" in \
+        capsys.readouterr().err
     assert_same_weights(whole, cut)
     assert read_json(cut, "metrics.json")["final"] == read_json(whole, "metrics.json")["final"]
     assert not (cut / "checkpoints").exists()
@@ -276,3 +277,43 @@ def test_an_old_transformers_is_a_one_line_error(tmp_path, sentiment_csv, tiny_b
     err = capsys.readouterr().err
     assert "--engine trainer: advnlp.integrations.transformers needs transformers>=5.0" in err
     assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_resume_checks_the_machine_again(tmp_path, monkeypatch, sentiment_csv, tiny_bert, capsys):
+    """The machine may have changed since the run started: --resume refuses as a new run would."""
+    import transformers.utils
+
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        assert run(*train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")) == 130
+    capsys.readouterr()
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: False)
+    assert run("train", "--resume", cut) == 2
+    err = capsys.readouterr().err
+    assert "needs accelerate" in err and "Traceback" not in err
+
+
+def test_compare_checks_before_creating_its_folder(tmp_path, sentiment_csv, tiny_bert, capsys,
+                                                   monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: False)
+    assert run("compare", "--model", tiny_bert, "--train", sentiment_csv, "--engine", "trainer",
+               "--output-dir", tmp_path / "cmp", "--quiet") == 2
+    assert "needs accelerate" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_one_process_torchrun_with_several_gpus_is_allowed(monkeypatch):
+    """torchrun sets LOCAL_RANK even for --nproc_per_node 1: the Trainer then uses one GPU."""
+    from advnlp.train import TrainConfig, check_environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = TrainConfig(engine="trainer", device="cuda")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    check_environment(cfg)  # no error
+    monkeypatch.delenv("LOCAL_RANK")
+    with pytest.raises(Exception, match="2 GPUs are visible"):
+        check_environment(cfg)
