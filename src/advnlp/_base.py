@@ -83,6 +83,17 @@ def _check_choice(name: str, value, choices) -> str:
     return value
 
 
+def skip_adversarial(adv, what: str, then: str, note: str = "", stacklevel: int = 3) -> None:
+    """A NaN/inf gradient: count the skipped adversarial part (``adv.skipped_steps``), say
+    so once per step with a RuntimeWarning, and clear ``adv.last_adv_loss``. Every method
+    reports a skip through here."""
+    adv.skipped_steps += 1
+    adv.last_adv_loss = None
+    warnings.warn(f"{type(adv).__name__}: non-finite (NaN/inf) {what}; {then} "
+                  f"({adv.skipped_steps} so far).{' ' + note if note else ''}",
+                  RuntimeWarning, stacklevel=stacklevel)
+
+
 def _default_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
@@ -435,15 +446,10 @@ class Adversary:
             delta = self.perturb(step, grads)
             self.last_adv_loss = step.final(delta, self.adv_weight)
         except _Skip:
-            self.skipped_steps += 1
-            warnings.warn(
-                f"{type(self).__name__}: non-finite (NaN/inf) gradient w.r.t. the embedding; "
-                f"adversarial part of this step skipped ({self.skipped_steps} so far). "
-                "With fp16 this is usually a loss-scale overflow that the GradScaler also skips.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.last_adv_loss = None
+            skip_adversarial(self, "gradient w.r.t. the embedding",
+                             "adversarial part of this step skipped",
+                             "With fp16 this is usually a loss-scale overflow that the GradScaler "
+                             "also skips.")
         finally:
             step.restore()
         return step.clean_loss

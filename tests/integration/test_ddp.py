@@ -1,6 +1,5 @@
 """DDP with 2 CPU processes (gloo): same weights as one process on the whole
 batch, and exactly as many gradient all-reduces per step as plain training."""
-import copy
 import json
 import os
 import subprocess

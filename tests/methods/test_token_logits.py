@@ -1,6 +1,4 @@
 """SMART and VAT with per-token logits: padding positions are not part of the divergence."""
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F

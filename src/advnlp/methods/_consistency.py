@@ -16,12 +16,11 @@ memory is about two forward passes' activations).
 """
 from __future__ import annotations
 
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
 
-from .._base import Adversary, _check_choice, _check_positive, _Step
+from .._base import Adversary, _check_choice, _check_positive, _Step, skip_adversarial
 from ._common import (default_task_loss, divergence, offsets, row_weights, sample,
                       snapshot_buffers, split_output)
 
@@ -93,12 +92,8 @@ class _Consistency(Adversary):
         return logits
 
     def _warn_skip(self) -> None:
-        self.skipped_steps += 1
-        warnings.warn(
-            f"{type(self).__name__}: non-finite (NaN/inf) gradient w.r.t. the embedding; the "
-            f"regulariser of this step was skipped ({self.skipped_steps} so far).",
-            RuntimeWarning, stacklevel=3)
-        self.last_adv_loss = None
+        skip_adversarial(self, "gradient w.r.t. the embedding",
+                         "the regulariser of this step was skipped", stacklevel=4)
 
     def _mask(self, step: _Step, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
         return step.space.mask(tensors)

@@ -34,7 +34,6 @@ Example::
 """
 from __future__ import annotations
 
-import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -42,7 +41,7 @@ from torch import nn
 
 from .. import _perturb as P
 from .._base import (_check_positive, _default_backward, as_loss, local_grads, restore_buffers,
-                     snapshot_buffers)
+                     skip_adversarial, snapshot_buffers)
 from ._common import check_int
 
 
@@ -205,12 +204,8 @@ class AWP:
             backward_fn(adv_loss * self.adv_weight if self.adv_weight != 1.0 else adv_loss)
             self.last_adv_loss = adv_loss.detach()
         except FloatingPointError:
-            self.skipped_steps += 1
-            warnings.warn(
-                f"AWP: non-finite (NaN/inf) clean gradient of the perturbed weights; adversarial "
-                f"part of this step skipped ({self.skipped_steps} so far).",
-                RuntimeWarning, stacklevel=2)
-            self.last_adv_loss = None
+            skip_adversarial(self, "clean gradient of the perturbed weights",
+                             "adversarial part of this step skipped")
         finally:
             with torch.no_grad():
                 for p, saved in backup:

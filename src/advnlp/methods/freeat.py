@@ -37,13 +37,12 @@ Example::
 """
 from __future__ import annotations
 
-import warnings
 from typing import List, Optional
 
 import torch
 
 from .. import _perturb as P
-from .._base import Adversary, _check_positive, _default_backward, _Step
+from .._base import Adversary, _check_positive, _default_backward, _Step, skip_adversarial
 from ._common import check_int, record_pass, require_output_target, unhook_on_error
 
 
@@ -112,15 +111,14 @@ class FreeAT(Adversary):
             delta = None
             self.calls_on_batch = 0
         self.calls_on_batch += 1
-        self.last_adv_loss = loss
         if not P.all_finite(grads):
-            self.skipped_steps += 1
-            warnings.warn(
-                f"FreeAT: non-finite (NaN/inf) gradient w.r.t. the embedding; delta reset to 0 "
-                f"({self.skipped_steps} so far). The parameter gradients of this call are "
-                "non-finite too: a GradScaler skips the step.", RuntimeWarning, stacklevel=2)
+            skip_adversarial(self, "gradient w.r.t. the embedding", "delta reset to 0",
+                             "The parameter gradients of this call are non-finite too: a "
+                             "GradScaler skips the step.")
+            self.last_adv_loss = loss  # FreeAT's one pass is also its adversarial pass
             self.delta = None
             return loss
+        self.last_adv_loss = loss
         if delta is None:
             delta = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
         moved = [d + self.step_size * u for d, u in zip(delta, self._direction(grads))]

@@ -38,13 +38,13 @@ Example::
 """
 from __future__ import annotations
 
-import warnings
 from typing import List, Optional
 
 import torch
 
 from .. import _perturb as P
-from .._base import Adversary, _check_positive, _default_backward, _Skip, _Step
+from .._base import (Adversary, _check_positive, _default_backward, _Skip, _Step,
+                     skip_adversarial)
 from ._common import (apply_offsets, check_int, example_mask, record_pass, sample, snapshot_buffers,
                       unhook_on_error)
 
@@ -130,13 +130,10 @@ class FreeLB(Adversary):
                     moved = self._project(moved, self.max_norm)
                 delta = step.space.mask(moved)
         except _Skip:
-            self.skipped_steps += 1
-            warnings.warn(
-                f"FreeLB: non-finite (NaN/inf) gradient w.r.t. the embedding; the remaining "
-                f"ascent passes of this step were skipped ({self.skipped_steps} so far). The "
-                "parameter gradients hold the passes already run (non-finite, so a GradScaler "
-                "skips the step).", RuntimeWarning, stacklevel=2)
-            self.last_adv_loss = None
+            skip_adversarial(self, "gradient w.r.t. the embedding",
+                             "the remaining ascent passes of this step were skipped",
+                             "The parameter gradients hold the passes already run (non-finite, "
+                             "so a GradScaler skips the step).")
         finally:
             step.restore()
         return first
