@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import AWP, FGM, FGSM, PGD, SMART, VAT, FreeLB
+from .methods._consistency import _Consistency
 from .data import DataSpec, Example, InputError, Labels, Splits, load_splits
 from .evaluate import (batches, check_single_segment, discrete_attack, loss_fn, metrics, predict,
                        robust_accuracy)
@@ -57,9 +58,6 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
                       "adv_weight": "alpha"}),
 }
-# Output-consistency methods: the closure returns logits, the task loss comes from
-# ``backward(closure, labels=y)`` with the CLI's loss (BCE for multi-label).
-CONSISTENCY = ("vat", "smart")
 AUGMENT_ATTACKS = ("char", "word")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
@@ -326,7 +324,7 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
     if cls is None:
         return None
     kwargs = {arg: getattr(cfg, k) for k, arg in takes.items() if getattr(cfg, k) is not None}
-    if cfg.method in CONSISTENCY:
+    if issubclass(cls, _Consistency):  # SMART, VAT: the task loss comes from labels=y
         crit = loss_fn(cfg.data.multi_label)
         # In float32 whatever dtype autocast gave the logits (--precision).
         kwargs.update(loss_fn=lambda logits, y: crit(logits.float(), y),
@@ -380,7 +378,7 @@ def _train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.n
         with autocast():
             return clf(batch)
 
-    if isinstance(adv, (VAT, SMART)):  # these compare logits: the closure returns them
+    if isinstance(adv, _Consistency):  # SMART, VAT compare logits: the closure returns them
         return adv.backward(logits, backward_fn, labels=y)
     closure = lambda: criterion(logits().float(), y)  # noqa: E731 (the closure is the API)
     if adv is None:

@@ -176,3 +176,17 @@ def test_awp_in_the_trainer_matches_the_manual_loop(tmp_path):
     trainer, effect = against_manual_loop(tmp_path, lambda m: AWP(m, adv_lr=1.0, adv_eps=0.05))
     assert effect > 1e-3
     assert all(h["adv_loss"] > 0 for h in trainer.state.log_history if "clean_loss" in h)
+
+
+def test_tuple_outputs_give_the_consistency_methods_the_logits(tmp_path):
+    """return_dict=False: the Trainer's outputs are (loss, logits); VAT must get the logits
+    (not the loss) and train exactly as with dict outputs."""
+    runs = []
+    for return_dict in (True, False):
+        model = tiny_bert()
+        model.config.return_dict = return_dict
+        trainer_for(model, tmp_path / str(return_dict), _seeded(VAT, model, epsilon=5.0, alpha=10.0),
+                    per_device_train_batch_size=4, train_sampling_strategy="sequential").train()
+        runs.append(model)
+    for (n, p), q in zip(runs[0].named_parameters(), runs[1].parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=lambda m: f"{n}: {m}")

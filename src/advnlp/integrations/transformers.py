@@ -50,17 +50,9 @@ if _version(transformers.__version__) < MIN_TRANSFORMERS:
 
 from .._base import Adversary
 from .._perturb import unwrap
+from ..methods._common import split_output
 from ..methods._consistency import _Consistency
 from ..methods.awp import AWP
-
-
-def _logits(outputs) -> torch.Tensor:
-    if isinstance(outputs, dict) and "logits" in outputs:  # ModelOutput is a dict too
-        return outputs["logits"]
-    if isinstance(outputs, (tuple, list)):
-        return outputs[0]
-    raise TypeError(f"compute_loss returned {type(outputs).__name__} outputs without logits; "
-                    "SMART and VAT need the model's logits")
 
 
 class AdversarialTrainer(Trainer):
@@ -115,7 +107,9 @@ class AdversarialTrainer(Trainer):
                 loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
                                                   num_items_in_batch=num_items_in_batch)
             loss = loss.mean() if self.args.n_gpu > 1 else loss
-            return (loss, _logits(outputs)) if wants_logits else loss
+            # The Trainer's loss (scaled, smoothed...) with the output's logits; a tuple output
+            # (return_dict=False) starts with its own loss, which split_output skips.
+            return (loss, split_output(outputs, check_loss=False)[1]) if wants_logits else loss
 
         def backward_fn(loss):
             self.accelerator.backward(loss / divisor if divisor != 1 else loss)
