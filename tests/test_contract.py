@@ -9,7 +9,8 @@ from torch import nn
 
 from advnlp import FGM, FGSM, PGD
 from tinymodels import (PAD, LSTMClassifier, MeanPoolClassifier, assert_grads_close,
-                      assert_state_equal, batch, grads, snapshot, tiny_bert, tiny_gpt2)
+                      assert_state_equal, batch, grads, interrupted_on_call, snapshot, tiny_bert,
+                      tiny_gpt2)
 
 ce = nn.CrossEntropyLoss()
 
@@ -248,17 +249,9 @@ def test_restored_when_the_closure_raises(target):
     model = MeanPoolClassifier()
     ids, y = batch()
     before = snapshot(model)
-    calls = []
-
-    def closure():
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return ce(model(ids), y)
-
     adv = PGD(model, target=target)
     with pytest.raises(KeyboardInterrupt):
-        adv.backward(closure)
+        adv.backward(interrupted_on_call(3, lambda: ce(model(ids), y)))
     assert_state_equal(model, before)
     ref = copy.deepcopy(model)
     torch.testing.assert_close(model(ids), ref(ids), atol=0, rtol=0)

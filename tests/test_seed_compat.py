@@ -88,24 +88,15 @@ def run_pgd_loop(model, pgd, ids, y, K=3):
     pgd.restore()
 
 
-def test_fgm_loop_matches_the_seed_class():
+@pytest.mark.parametrize("loop,seed_class,ours", [(run_fgm_loop, SeedFGM, FGM),
+                                                  (run_pgd_loop, SeedPGD, PGD)], ids=["fgm", "pgd"])
+def test_loop_matches_the_seed_class(loop, seed_class, ours):
     model = tiny_bert()
     ids, y = batch()
     ref = copy.deepcopy(model)
-    run_fgm_loop(ref, SeedFGM(ref), ids, y)
+    loop(ref, seed_class(ref), ids, y)
     before = snapshot(model)
-    run_fgm_loop(model, FGM(model), ids, y)
-    assert_grads_close(grads(model), grads(ref), atol=1e-6, rtol=1e-5)
-    assert_state_equal(model, before)
-
-
-def test_pgd_loop_matches_the_seed_class():
-    model = tiny_bert()
-    ids, y = batch()
-    ref = copy.deepcopy(model)
-    run_pgd_loop(ref, SeedPGD(ref), ids, y)
-    before = snapshot(model)
-    run_pgd_loop(model, PGD(model), ids, y)
+    loop(model, ours(model), ids, y)
     assert_grads_close(grads(model), grads(ref), atol=1e-6, rtol=1e-5)
     assert_state_equal(model, before)
 

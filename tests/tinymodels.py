@@ -74,6 +74,19 @@ def batch(n=4, length=7, seed=1, pad_tail=2):
     return ids, labels
 
 
+def interrupted_on_call(n, fn):
+    """A closure running ``fn``, except that its n-th call raises KeyboardInterrupt."""
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return fn()
+
+    return closure
+
+
 def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
 

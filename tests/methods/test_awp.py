@@ -7,7 +7,7 @@ from torch import nn
 
 from advnlp import AWP
 from tinymodels import (PAD, MeanPoolClassifier, assert_grads_close, assert_state_equal, batch,
-                      grads, snapshot, tiny_bert)
+                      grads, interrupted_on_call, snapshot, tiny_bert)
 
 ce = nn.CrossEntropyLoss()
 
@@ -137,16 +137,8 @@ def test_restored_when_the_adversarial_closure_raises():
     model = MeanPoolClassifier()
     ids, y = batch()
     before = snapshot(model)
-    calls = []
-
-    def closure():
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return ce(model(ids), y)
-
     with pytest.raises(KeyboardInterrupt):
-        AWP(model).backward(closure)
+        AWP(model).backward(interrupted_on_call(2, lambda: ce(model(ids), y)))
     assert_state_equal(model, before)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from advnlp import AWP, SMART, VAT, FreeAT, FreeLB
 from tinymodels import (PAD, LSTMClassifier, MeanPoolClassifier, assert_grads_close,
-                      assert_state_equal, batch, grads, snapshot)
+                      assert_state_equal, batch, grads, interrupted_on_call, snapshot)
 
 ce = nn.CrossEntropyLoss()
 gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
@@ -58,14 +58,7 @@ def test_restored_when_the_closure_raises_midway(name, make, kind):
     adv = make(model)
     if name == "FreeAT":  # one pass per call: fail on the second replay
         run(adv, kind, lambda: model(ids), y)
-    calls, fail_at = [], 1 if name == "FreeAT" else 2
-
-    def forward():
-        calls.append(1)
-        if len(calls) == fail_at:
-            raise KeyboardInterrupt
-        return model(ids)
-
+    forward = interrupted_on_call(1 if name == "FreeAT" else 2, lambda: model(ids))
     with pytest.raises(KeyboardInterrupt):
         run(adv, kind, forward, y)
     assert_state_equal(model, before)
