@@ -7,6 +7,7 @@ use :func:`normalize`, :func:`project` and :func:`random_like` on them.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -290,6 +291,15 @@ class EmbeddingHook:
     def stop(self) -> None:
         self.mode = "off"
         self._i = 0
+
+    @contextlib.contextmanager
+    def running(self, mode: str, deltas: Optional[List[torch.Tensor]] = None):
+        """``start(mode, deltas)`` for the forward passes inside, ``stop()`` after, also on errors."""
+        self.start(mode, deltas)
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def clear(self) -> None:
         self.stop()

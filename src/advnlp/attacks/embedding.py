@@ -133,12 +133,8 @@ def _attack_batch(hook: P.EmbeddingHook, model_fn, inputs, y, eps_list, norm, st
                   random_start, multi_label, gen):
     # A recording pass with no graph: the clean prediction, and the shape and
     # padding mask of every embedding call the forward makes.
-    hook.start("record")
-    try:
-        with torch.no_grad():
-            logits = model_fn(inputs)
-    finally:
-        hook.stop()
+    with hook.running("record"), torch.no_grad():
+        logits = model_fn(inputs)
     masks, shapes = hook.masks, [d.shape for d in hook.deltas]
     hook.clear()
     if not shapes:
@@ -155,25 +151,17 @@ def _attack_batch(hook: P.EmbeddingHook, model_fn, inputs, y, eps_list, norm, st
             delta = [torch.zeros(s, device=m.device) for s, m in zip(shapes, masks)]
         for _ in range(steps):
             leaves = [d.detach().requires_grad_(True) for d in delta]
-            hook.start("apply", leaves)
-            try:
-                with torch.enable_grad():
-                    logits = model_fn(inputs)
-                    loss = _loss(logits, y, multi_label)
-            finally:
-                hook.stop()
+            with hook.running("apply", leaves), torch.enable_grad():
+                logits = model_fn(inputs)
+                loss = _loss(logits, y, multi_label)
             still &= _correct(logits.detach(), y, multi_label)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             delta = [P.project(d.detach() + alpha * eps * P.normalize(
                          (torch.zeros_like(d) if g is None else g) * m, norm, "example"),
                          eps, norm, "example") * m
                      for d, g, m in zip(delta, grads, masks)]
-        hook.start("apply", delta)
-        try:
-            with torch.no_grad():
-                logits = model_fn(inputs)
-        finally:
-            hook.stop()
+        with hook.running("apply", delta), torch.no_grad():
+            logits = model_fn(inputs)
         still &= _correct(logits, y, multi_label)
         out[eps] = still.clone()
     hook.clear()
