@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import torch
 # ``TrainConfig.resolved`` has checked that these import (a one-line error otherwise).
@@ -35,9 +35,9 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .data import InputError
 from .integrations.transformers import AdversarialTrainer
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .train import Trainer as Run
+# train.py imports this module only inside functions, so it is complete by now.
+from .train import CHECKPOINTS, Interrupted, _progress_bar
+from .train import Trainer as Run
 
 STATE_FILE = "advnlp_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -45,8 +45,6 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
     """The newest complete checkpoint folder of a ``--engine trainer`` run, or None."""
-    from .train import CHECKPOINTS
-
     root = os.path.join(run_dir, CHECKPOINTS)
     try:
         names = os.listdir(root)
@@ -57,7 +55,7 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
     return os.path.join(root, f"checkpoint-{max(steps)}") if steps else None
 
 
-def load_run_state(run: "Run") -> None:
+def load_run_state(run: Run) -> None:
     """The run's own state (epoch, history) from its newest checkpoint, for ``--resume``."""
     path = latest_checkpoint(run.run_dir)
     try:
@@ -73,7 +71,7 @@ def load_run_state(run: "Run") -> None:
 class _Examples(torch.utils.data.Dataset):
     """Item i is training example i; the collator tokenizes a batch at once."""
 
-    def __init__(self, run: "Run"):
+    def __init__(self, run: Run):
         self.run = run
 
     def __len__(self) -> int:
@@ -88,7 +86,7 @@ class _RankOrder(torch.utils.data.Sampler):
     (all of it in one process). It reads the epoch from the run, which the callback
     advances, so the order is right on resume too."""
 
-    def __init__(self, run: "Run"):
+    def __init__(self, run: Run):
         self.run = run
 
     def __len__(self) -> int:
@@ -99,7 +97,7 @@ class _RankOrder(torch.utils.data.Sampler):
 
 
 class _Collate:
-    def __init__(self, run: "Run"):
+    def __init__(self, run: Run):
         self.run = run
         self.texts = [t for t, _ in run.train_set]
 
@@ -113,7 +111,7 @@ class _RunTrainer(AdversarialTrainer):
     """AdversarialTrainer fed the run's batches, keeping each step's loss for the run,
     and writing checkpoints atomically with the run's state beside the Trainer's."""
 
-    def __init__(self, run: "Run", **kwargs):
+    def __init__(self, run: Run, **kwargs):
         self.run = run
         self._staging: Optional[str] = None
         super().__init__(**kwargs)
@@ -172,15 +170,13 @@ class _RunTrainer(AdversarialTrainer):
 class _RunCallback(TrainerCallback):
     """Step timing, progress bar, Ctrl-C, and the run's epoch bookkeeping."""
 
-    def __init__(self, run: "Run", trainer: "_RunTrainer"):
+    def __init__(self, run: Run, trainer: "_RunTrainer"):
         self.run, self.trainer = run, trainer
         self.bar = None
         self.started = 0.0
         self.stopping = False  # Ctrl-C, agreed by every rank
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        from .train import _progress_bar
-
         run = self.run
         self.bar = _progress_bar(run.progress, run.log, total=run.steps_per_epoch(), initial=run.step,
                                  desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}")
@@ -223,11 +219,9 @@ class _RunCallback(TrainerCallback):
         return control
 
 
-def fit_with_trainer(run: "Run") -> None:
+def fit_with_trainer(run: Run) -> None:
     """Train ``run`` (a ``train.Trainer``) to its last epoch with the HF Trainer;
     raises ``Interrupted`` after saving a checkpoint on Ctrl-C before the last epoch ended."""
-    from .train import CHECKPOINTS, Interrupted
-
     if run.epoch >= run.cfg.epochs:
         return
     cpu = run.device.type == "cpu"
