@@ -29,8 +29,9 @@ import time
 
 import torch
 
-from advnlp.data import DataSpec
-from advnlp.train import TrainConfig, train
+from advnlp.cli.commands import train
+from advnlp.cli.config import TrainConfig
+from advnlp.cli.data import DataSpec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -4,8 +4,10 @@
     adv = PGD(model, epsilon=1.0, alpha=0.3, steps=3)
     loss = adv.backward(lambda: criterion(model(**batch).logits, batch["labels"]))
 """
-from ._base import Adversary, as_loss
+from ._base import Adversary, EmbeddingAdversary, GradientAdversary
 from .methods import AWP, FGM, FGSM, PGD, SMART, VAT, FreeAT, FreeLB
+from .outputs import as_loss, split_output
 
 __version__ = "0.1.0"
-__all__ = ["AWP", "Adversary", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT", "as_loss", "__version__"]
+__all__ = ["AWP", "Adversary", "EmbeddingAdversary", "FGM", "FGSM", "FreeAT", "FreeLB",
+           "GradientAdversary", "PGD", "SMART", "VAT", "as_loss", "split_output", "__version__"]

@@ -224,6 +224,16 @@ def random_like(
     return d * r * epsilon
 
 
+def sample(kind: str, like: torch.Tensor, generator=None) -> torch.Tensor:
+    """``torch.rand`` (``kind="rand"``) or ``torch.randn`` shaped like ``like`` (float32, on
+    its device). A generator on another device (a CPU generator, a CUDA model) draws on
+    its own device, so a seeded CPU generator gives the same numbers whatever the model's
+    device."""
+    fn = torch.rand if kind == "rand" else torch.randn
+    device = like.device if generator is None else generator.device
+    return fn(like.shape, device=device, dtype=torch.float32, generator=generator).to(like.device)
+
+
 def all_finite(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
     """True when no tensor holds NaN/inf: one max-abs reduction per tensor (NaN and inf
     propagate, finite values cannot overflow) and a single host sync, instead of an
@@ -262,7 +272,7 @@ class EmbeddingHook:
         self.ids: List[Optional[torch.Tensor]] = []
         self.last_ids: Optional[torch.Tensor] = None
         # record mode: an extra offset(i, ids, out) added to call i (None adds nothing);
-        # FreeLB's random start and FreeAT's carried perturbation (methods/_common.offsets).
+        # FreeLB's random start and FreeAT's carried perturbation (see offsetting()).
         self.offset: Optional[Callable] = None
         self._i = 0
         self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
@@ -271,7 +281,8 @@ class EmbeddingHook:
         for h in self._handles:
             h.remove()
 
-    def _mask(self, ids, out: torch.Tensor) -> torch.Tensor:
+    def mask(self, ids, out: torch.Tensor) -> torch.Tensor:
+        """Float32 mask (..., 1) of the real (non-padding) positions of one embedding call."""
         if (
             self.padding_idx is not None
             and isinstance(ids, torch.Tensor)
@@ -301,6 +312,15 @@ class EmbeddingHook:
         finally:
             self.stop()
 
+    @contextlib.contextmanager
+    def offsetting(self, fn: Optional[Callable]):
+        """In record mode, call ``i`` also adds ``fn(i, ids, out)`` while inside."""
+        self.offset = fn
+        try:
+            yield self
+        finally:
+            self.offset = None
+
     def clear(self) -> None:
         self.stop()
         self.deltas, self.masks, self.ids = [], [], []
@@ -314,7 +334,7 @@ class EmbeddingHook:
             return None
         i, self._i = self._i, self._i + 1
         if self.mode == "record":
-            mask = self._mask(ids, out)
+            mask = self.mask(ids, out)
             delta = torch.zeros(out.shape, device=out.device, dtype=torch.float32)
             delta.requires_grad_(True)
             self.deltas.append(delta)

@@ -7,7 +7,7 @@ torch.set_num_threads(1)
 
 
 def test_advnlp_scratch_classifier():
-    from advnlp.models import Classifier, TextCNN, Vocab
+    from advnlp.cli.models import Classifier, TextCNN, Vocab
 
     vocab = Vocab.build([("good movie great film",), ("bad movie awful film",), ("今天天气很好",)])
     torch.manual_seed(0)

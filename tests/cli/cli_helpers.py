@@ -4,7 +4,7 @@ import json
 import os
 import signal
 
-import advnlp.train as T
+from advnlp.cli.tasks import classify as T
 from advnlp.cli import main
 
 
@@ -29,7 +29,7 @@ def write_csv(path, header, rows, delimiter=","):
 def ctrl_c_after(monkeypatch, n):
     """Deliver a real SIGINT to this process after the n-th training step."""
     calls = {"n": 0}
-    step = T._train_step
+    step = T.train_step
 
     def step_then_sigint(*args):
         loss = step(*args)
@@ -38,4 +38,4 @@ def ctrl_c_after(monkeypatch, n):
             signal.raise_signal(signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(T, "_train_step", step_then_sigint)
+    monkeypatch.setattr(T, "train_step", step_then_sigint)

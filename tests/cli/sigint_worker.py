@@ -7,8 +7,9 @@ import signal
 import sys
 import time
 
-import advnlp.train as T
-import advnlp.trainer_engine as E
+import advnlp.cli.engines.hf_trainer as E
+import advnlp.cli.engines.loop as L
+from advnlp.cli.tasks import classify as T
 from advnlp.cli import main
 
 
@@ -28,7 +29,7 @@ def _after(step, at):
 if os.environ.get("ADVNLP_TEST_SIGINT"):
     rank, at = map(int, os.environ["ADVNLP_TEST_SIGINT"].split(","))
     if int(os.environ["RANK"]) == rank:
-        T._train_step = _after(T._train_step, at)
+        T.train_step = _after(T.train_step, at)
         E._RunTrainer.training_step = _after(E._RunTrainer.training_step, at)
 
 
@@ -42,7 +43,7 @@ def _slow(save, seconds):
 
 if os.environ.get("ADVNLP_TEST_SLOW_SAVE"):
     delay = float(os.environ["ADVNLP_TEST_SLOW_SAVE"])
-    T.Trainer.save_checkpoint = _slow(T.Trainer.save_checkpoint, delay)
+    L.save_checkpoint = _slow(L.save_checkpoint, delay)
     E._RunTrainer._save_checkpoint = _slow(E._RunTrainer._save_checkpoint, delay)
 
 sys.exit(main(sys.argv[1:]))

@@ -42,8 +42,8 @@ def test_eval_writes_a_robustness_curve(sentiment_csv, tmp_path, capsys):
 def test_eval_uses_the_attack_library_and_leaves_gradients_alone(sentiment_csv, tmp_path):
     import torch
 
-    from advnlp.evaluate import embedding_robustness
-    from advnlp.train import load_run
+    from advnlp.cli.robustness import embedding_robustness
+    from advnlp.cli.rundir import load_run
 
     out = tmp_path / "run"
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", "none",

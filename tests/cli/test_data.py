@@ -1,7 +1,7 @@
 """Data loading details the end-to-end tests do not pin down."""
 from collections import Counter
 
-from advnlp.data import DataSpec, read_file, split, subset, tokenize
+from advnlp.cli.data import DataSpec, read_file, split, subset, tokenize
 
 
 def test_csv_fields_may_hold_line_breaks_and_json_label_lists(tmp_path):

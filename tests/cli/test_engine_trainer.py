@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
-import advnlp.trainer_engine as E  # noqa: E402
+import advnlp.cli.engines.hf_trainer as E  # noqa: E402
 from cli_helpers import read_json, run  # noqa: E402
 
 
@@ -195,7 +195,7 @@ def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentimen
                                                  capsys, when):
     """Ctrl-C during the last epoch's last step or validation: the training is done, so the
     run finishes (exit 0) with the uninterrupted weights instead of leaving a checkpoint."""
-    import advnlp.train as T
+    import advnlp.cli.run as T
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert run(*train_args(tiny_bert, sentiment_csv, whole, "--engine", "trainer")) == 0
@@ -203,7 +203,7 @@ def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentimen
         if when == "last-step":
             interrupt_after(m, 12)  # 2 epochs x 6 steps
         else:
-            evaluate, calls = T.Trainer.evaluate, {"n": 0}
+            evaluate, calls = T.Run.evaluate, {"n": 0}
 
             def evaluate_then_sigint(self, split):
                 calls["n"] += 1
@@ -211,7 +211,7 @@ def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentimen
                     signal.raise_signal(signal.SIGINT)
                 return evaluate(self, split)
 
-            m.setattr(T.Trainer, "evaluate", evaluate_then_sigint)
+            m.setattr(T.Run, "evaluate", evaluate_then_sigint)
         loud = [a for a in train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")
                 if a != "--quiet"]
         assert run(*loud) == 0
@@ -307,7 +307,7 @@ def test_compare_checks_before_creating_its_folder(tmp_path, sentiment_csv, tiny
 
 def test_one_process_torchrun_with_several_gpus_is_allowed(monkeypatch):
     """torchrun sets LOCAL_RANK even for --nproc_per_node 1: the Trainer then uses one GPU."""
-    from advnlp.train import TrainConfig, check_environment
+    from advnlp.cli.config import TrainConfig, check_environment
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import advnlp.train as T
+import advnlp.cli.run as T
 from cli_helpers import ctrl_c_after, read_json, run
 
 
@@ -69,14 +69,14 @@ def test_fp16_overflow_skips_the_step_and_the_schedule(tmp_path, sentiment_csv, 
     """An inf gradient: the scaler skips the optimizer step, halves its scale, and the
     learning-rate schedule does not advance for that step."""
     scalers = []
-    init = T.Trainer.__init__
+    init = T.Run.__init__
 
     def keep(self, *a, **kw):
         init(self, *a, **kw)
         self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)  # overflows at once
         scalers.append(self)
 
-    monkeypatch.setattr(T.Trainer, "__init__", keep)
+    monkeypatch.setattr(T.Run, "__init__", keep)
     out = tmp_path / "r"
     assert run(*args(tiny_bert, sentiment_csv, out, "--precision", "fp16", "--method", "none",
                      "--epochs", 1)) == 0

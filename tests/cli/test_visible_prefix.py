@@ -1,8 +1,8 @@
 """Discrete attacks edit only the part of a text the model reads."""
 import pytest
 
-from advnlp.data import tokenize
-from advnlp.models import Classifier, Vocab
+from advnlp.cli.data import tokenize
+from advnlp.cli.models import Classifier, Vocab
 
 
 def test_scratch_prefix_holds_exactly_max_length_tokens():

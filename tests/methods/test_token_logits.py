@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advnlp import SMART, VAT
-from advnlp.methods._common import divergence, row_weights
+from advnlp.methods._divergence import divergence, row_weights
 from tinymodels import PAD, VOCAB, batch
 
 

@@ -7,15 +7,9 @@ rest of the text.
 """
 from __future__ import annotations
 
-import re
 from typing import Dict, FrozenSet, List, Sequence
 
-# Same ranges as advnlp.data.tokenize (kana, CJK ideographs + extension A,
-# Hangul syllables, compatibility ideographs): the scratch models tokenise
-# these as single characters, so the attack edits them as single characters.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_UNIT = re.compile(rf"([{_CJK}])|([^\W{_CJK}]+)|([^\w\s])")
-_HAS_CJK = re.compile(rf"[{_CJK}]")
+from ..text import UNIT
 
 CJK, WORD, PUNCT = "cjk", "word", "punct"
 
@@ -44,10 +38,6 @@ KEYBOARD: Dict[str, str] = {
 }
 
 
-def has_cjk(text: str) -> bool:
-    return bool(_HAS_CJK.search(text))
-
-
 class Segmented:
     """``text`` as units and the whitespace gaps around them (``len(gaps) == len(units) + 1``)."""
 
@@ -57,7 +47,7 @@ class Segmented:
         self.kinds: List[str] = []
         self.gaps: List[str] = []
         pos = 0
-        for m in _UNIT.finditer(text):
+        for m in UNIT.finditer(text):
             self.gaps.append(text[pos:m.start()])
             self.units.append(m.group(0))
             self.kinds.append(CJK if m.group(1) else WORD if m.group(2) else PUNCT)

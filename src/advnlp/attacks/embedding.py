@@ -23,7 +23,6 @@ predictions, so an attack succeeds when any label flips.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from .. import _perturb as P
+from .. import _validate as V
 
 
 def _correct(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -55,8 +55,10 @@ def _check_epsilons(epsilons) -> List[float]:
     if not eps:
         raise ValueError("epsilons is empty: give at least one radius")
     for e in eps:
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not (0 < e < math.inf):
-            raise ValueError(f"every epsilon must be a finite number > 0, got {e!r}")
+        try:
+            V.positive("epsilon", e)
+        except (TypeError, ValueError):
+            raise ValueError(f"every epsilon must be a finite number > 0, got {e!r}") from None
     return sorted({float(e) for e in eps})
 
 
@@ -88,14 +90,11 @@ def embedding_attack(model: nn.Module, model_fn: Callable[[object], torch.Tensor
     ``examples``, ``seconds_per_example`` and the settings.
     """
     eps_list = _check_epsilons(epsilons)
-    if norm not in P.NORMS:
-        raise ValueError(f"unknown norm={norm!r}; choose one of {', '.join(P.NORMS)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    V.choice("norm", norm, P.NORMS)
+    steps = V.integer("steps", steps)
     if alpha is None:
         alpha = 1.0 if steps == 1 else 2.5 / steps
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < alpha < math.inf):
-        raise ValueError(f"alpha (a multiple of epsilon) must be a finite number > 0, got {alpha!r}")
+    alpha = V.positive("alpha (a multiple of epsilon)", alpha)
     _, module = P.find_embedding(model, embedding)
     hook = P.EmbeddingHook(P.embedding_modules(model, module))
     gen = torch.Generator().manual_seed(seed)

@@ -29,6 +29,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
 import torch
 
+from .. import _validate as V
 from . import _text as T
 from .classifier import TextClassifier, as_classifier
 
@@ -106,18 +107,6 @@ class AttackResult:
 # ---------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------
-def _check_fraction(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1):
-        raise ValueError(f"{name} must be a fraction in (0, 1], got {v!r}")
-    return float(v)
-
-
-def _check_count(name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
 def check_names(kind: str, names: Sequence[str], known: Sequence[str]) -> List[str]:
     if isinstance(names, str):
         names = [names]
@@ -194,9 +183,9 @@ def greedy_attack(classifier: TextClassifier, texts: Sequence[str], labels, prop
         raise ValueError("texts is empty: give at least one text to attack")
     if not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be strings (attack one segment; fix the other of a pair)")
-    max_change = _check_fraction("max_change", max_change)
-    query_budget = _check_count("query_budget", query_budget)
-    max_candidates = _check_count("max_candidates", max_candidates)
+    max_change = V.fraction("max_change", max_change)
+    query_budget = V.integer("query_budget", query_budget)
+    max_candidates = V.integer("max_candidates", max_candidates)
     labels = _labels(labels, len(texts), classifier.multi_label)
     result = AttackResult(attack, dict(params or {}, max_change=max_change,
                                        query_budget=query_budget, max_candidates=max_candidates,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import FrozenSet, List, Optional, Sequence, Set
 
+from .. import _validate as V
 from . import _text as T
 from .classifier import as_classifier
 from .search import AttackResult, Edit, check_names, greedy_attack
@@ -62,11 +63,8 @@ def word_attack(classifier, texts: Sequence[str], labels, *,
     arguments as :func:`advnlp.attacks.char_attack`.
     """
     clf = as_classifier(classifier, multi_label)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-            or not -1 <= threshold <= 1:
-        raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    V.in_range("threshold", threshold, -1, 1, "a cosine similarity")
+    V.integer("k", k)
     neighbours = neighbours if neighbours is not None else clf.neighbours
     if transformations is None:
         transformations = WORD_TRANSFORMATIONS if neighbours is not None else ("delete", "duplicate")

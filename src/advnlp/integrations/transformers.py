@@ -15,7 +15,7 @@ the last log are logged as ``clean_loss`` and ``adv_loss``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -28,31 +28,20 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "advnlp.integrations.transformers needs transformers: pip install 'advnlp[hf]'"
     ) from e
 
-MIN_TRANSFORMERS = (5, 0)
+from packaging.version import Version
 
-
-def _version(text: str) -> tuple:
-    parts = []
-    for p in text.split(".")[:2]:
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
+MIN_TRANSFORMERS = "5.0"
 
 # The Trainer's loss normalisation (gradient accumulation, DDP) changed within 4.x; the
 # step below mirrors transformers 5. Under 4.46 it was measured to divide twice.
-if _version(transformers.__version__) < MIN_TRANSFORMERS:
+if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release:
     raise ImportError(
-        f"advnlp.integrations.transformers needs transformers>={'.'.join(map(str, MIN_TRANSFORMERS))}"
+        f"advnlp.integrations.transformers needs transformers>={MIN_TRANSFORMERS}"
         f" (found {transformers.__version__}): pip install -U 'advnlp[hf]'. The rest of advnlp, "
         "including advnlp train's default loop, works with transformers 4.46 and later."
     )
 
-from .._base import Adversary
-from .._perturb import unwrap
-from ..methods._common import split_output
-from ..methods._consistency import _Consistency
-from ..methods.awp import AWP
+from .. import Adversary, split_output  # noqa: E402 (after the version check)
 
 
 class AdversarialTrainer(Trainer):
@@ -67,12 +56,12 @@ class AdversarialTrainer(Trainer):
         *args, **kwargs: passed to ``Trainer``.
     """
 
-    def __init__(self, *args, adversary: Optional[Union[Adversary, AWP]] = None, **kwargs):
+    def __init__(self, *args, adversary: Optional[Adversary] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if adversary is not None:
-            if not isinstance(adversary, (Adversary, AWP)):
+            if not isinstance(adversary, Adversary):
                 raise TypeError("adversary must be an advnlp method such as FGM(model)")
-            if unwrap(adversary.model) is not unwrap(self.model):
+            if not adversary.built_on(self.model):
                 raise ValueError(
                     "the adversary was built on a different model than the Trainer's; "
                     "build it with the same model object: FGM(model)"
@@ -100,7 +89,7 @@ class AdversarialTrainer(Trainer):
         divisor = 1 if scaled_by_trainer else steps
 
         # SMART and VAT compare logits, so their closure returns (loss, logits).
-        wants_logits = isinstance(self.adversary, _Consistency)
+        wants_logits = self.adversary.needs_logits
 
         def closure():
             with self.compute_loss_context_manager():

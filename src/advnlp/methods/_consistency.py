@@ -1,10 +1,10 @@
-"""Shared plumbing of the output-consistency methods (SMART, VAT).
+"""The shared base of the output-consistency methods (SMART, VAT).
 
 Their closure returns the model *output* (logits, an object with ``.logits`` and
-maybe ``.loss``, or ``(loss, logits)``), not a loss: the regulariser compares the
-clean logits with the logits at a perturbed embedding. The task loss comes from
-the output's ``.loss`` / tuple loss, or from ``loss_fn(logits, labels)`` when
-``backward(..., labels=...)`` is given.
+maybe ``.loss``, or ``(loss, logits)``), not a loss (``needs_logits = True``): the
+regulariser compares the clean logits with the logits at a perturbed embedding.
+The task loss comes from the output's ``.loss`` / tuple loss, or from
+``loss_fn(logits, labels)`` when ``backward(..., labels=...)`` is given.
 
 Per-token logits (batch, tokens, classes) of a model with one embedding call are
 averaged over the real tokens only: padding rows (``padding_idx`` of the
@@ -16,28 +16,52 @@ memory is about two forward passes' activations).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from .._base import Adversary, _check_choice, _check_positive, _Step, skip_adversarial
-from ._common import (default_task_loss, divergence, offsets, row_weights, sample,
-                      snapshot_buffers, split_output)
+from .. import _perturb as P
+from .. import _validate as V
+from .._base import EmbeddingAdversary, EmbeddingStep
+from ..outputs import split_output
+from ._divergence import default_task_loss, divergence, row_weights
 
 OUTPUT_TYPES = {"softmax": "kl", "sigmoid": "bce", "regression": "mse"}
 
 
-class _Consistency(Adversary):
-    def _setup(self, loss_fn, output_type, alpha, generator) -> None:
+class ConsistencyAdversary(EmbeddingAdversary):
+    """Arguments shared by SMART and VAT (checked here, before the hook exists):
+
+    loss_fn: ``loss_fn(logits, labels)`` used when ``backward(..., labels=)`` is given.
+    alpha: weight of the regulariser in the loss (>= 0).
+    output_type: ``"softmax"`` (KL), ``"sigmoid"`` (Bernoulli KL per logit) or
+        ``"regression"`` (squared error).
+    generator: ``torch.Generator`` for the random start.
+    """
+
+    needs_logits = True
+    skip_then = "the regulariser of this step was skipped"
+
+    def __init__(self, model, *, loss_fn: Optional[Callable] = None, alpha: float = 1.0,
+                 output_type: str = "softmax", generator: Optional[torch.Generator] = None,
+                 **kwargs):
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError("loss_fn must be a callable loss_fn(logits, labels)")
         self.loss_fn = loss_fn
-        self.output_type = _check_choice("output_type", output_type, tuple(OUTPUT_TYPES))
+        self.output_type = V.choice("output_type", output_type, tuple(OUTPUT_TYPES))
         self.kind = OUTPUT_TYPES[output_type]
-        self.alpha = _check_positive("alpha", alpha, allow_zero=True)
+        self.alpha = V.positive("alpha", alpha, allow_zero=True)
         self.generator = generator
         self._weights: Optional[torch.Tensor] = None  # row weights of the current step
+        super().__init__(model, **kwargs)
 
+    def backward(self, closure: Callable[[], object], backward_fn=None, *,
+                 labels=None) -> torch.Tensor:
+        """Task loss (if any) + alpha * regulariser, one backward. ``labels=`` gives the task
+        loss as ``loss_fn(logits, labels)``. Returns the task loss (detached)."""
+        return self._run(closure, backward_fn, labels=labels)
+
+    # -- the passes -------------------------------------------------------------------
     def _task(self, out, labels) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         loss, logits = split_output(out)
         if labels is not None:
@@ -46,8 +70,7 @@ class _Consistency(Adversary):
                     "the closure's output already carries a loss and labels= was given too; "
                     "either let the model compute the loss (no labels=) or return logits only."
                 )
-            fn = self.loss_fn or (lambda lg, y: default_task_loss(lg, y, self.kind))
-            loss = fn(logits, labels)
+            loss = (self.loss_fn or self._default_loss)(logits, labels)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError("loss_fn(logits, labels) must return a scalar tensor")
             loss = loss.reshape(())
@@ -55,35 +78,38 @@ class _Consistency(Adversary):
             raise ValueError(f"{type(self).__name__} has a loss_fn: pass labels= to backward()")
         return loss, logits
 
-    def _clean(self, step: _Step, labels, fn=None):
-        """Clean forward (no backward yet): task loss, logits, per-call zeros and masks.
-        Sets ``self._weights``: per-token logits count their real tokens only."""
+    def _default_loss(self, logits: torch.Tensor, labels) -> torch.Tensor:
+        return default_task_loss(logits, labels, self.kind)
+
+    def _clean(self, step: EmbeddingStep, labels, offset=None):
+        """Clean forward (no backward yet): task loss, logits, per-call zeros. Sets
+        ``self._weights``: per-token logits count their real tokens only."""
         space = step.space
         space.begin_clean()
         try:
-            with step._local(), offsets(self, fn or (lambda i, ids, out: None)):
+            with step.local(), space.hook.offsetting(offset):
                 task, logits = self._task(step.closure(), labels)
             zeros = space.end_clean()  # no backward ran: these are zeros of the right shapes
         finally:
             space.end_pass()
-        snapshot_buffers(step)
+        step.snapshot_buffers()
         self._weights = row_weights(space.masks, logits)
         return task, logits, zeros
 
-    def _ascent_grad(self, step: _Step, delta: List[torch.Tensor], clean_logits):
+    def _ascent_grad(self, step: EmbeddingStep, delta: List[torch.Tensor], clean_logits):
         """d D(f(x) || f(x + delta)) / d delta (clean side constant), masked; params untouched."""
         space = step.space
         leaves = space.leaves(delta)
         try:
-            with step._local():
+            with step.local():
                 _, logits = split_output(step.closure())
                 d = divergence(clean_logits, logits, self.kind, self._weights)
             grads = space.grads_of(d, leaves)
         finally:
             space.end_pass()
-        return step._finite(grads)
+        return step.check_finite(grads)
 
-    def _logits_at(self, step: _Step, delta: List[torch.Tensor]) -> torch.Tensor:
+    def _logits_at(self, step: EmbeddingStep, delta: List[torch.Tensor]) -> torch.Tensor:
         step.space.apply(delta)
         try:
             _, logits = split_output(step.closure())
@@ -91,12 +117,5 @@ class _Consistency(Adversary):
             step.space.end_pass()
         return logits
 
-    def _warn_skip(self) -> None:
-        skip_adversarial(self, "gradient w.r.t. the embedding",
-                         "the regulariser of this step was skipped", stacklevel=4)
-
-    def _mask(self, step: _Step, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
-        return step.space.mask(tensors)
-
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
-        return sample("randn", like, self.generator)
+        return P.sample("randn", like, self.generator)

@@ -7,7 +7,11 @@ Perturbs the input-embedding output by one normalised gradient step::
     r = epsilon * g / ||g||_2           (per example by default; padding gets 0)
     grad += grad L(x) + adv_weight * grad L(x + r)
 
-Cost: 2 forward + 2 backward passes. Defaults: epsilon=1.0, L2, per-example norm.
+Arguments (defaults): ``epsilon=1.0`` (radius, embedding units), ``norm="l2"``,
+``scope="example"``, ``target="output"``, ``adv_weight=1.0``, ``adv_only=False``,
+``embedding=None`` (found with ``get_input_embeddings()``).
+
+Cost: 2 forward + 2 backward passes.
 
 Example::
 
@@ -21,18 +25,18 @@ from typing import List
 
 import torch
 
-from .._base import Adversary, _Step
+from .._base import EmbeddingStep, GradientAdversary
 
 
-class FGM(Adversary):
+class FGM(GradientAdversary):
     """Fast Gradient Method: ``r = epsilon * g / ||g||``.
 
-    Args: see :class:`advnlp.Adversary` (``epsilon=1.0``, ``norm="l2"``,
+    Args: see :class:`advnlp.GradientAdversary` (``epsilon=1.0``, ``norm="l2"``,
     ``scope="example"``, ``target="output"``, ``adv_weight=1.0``). With
     ``norm="linf"`` the step is ``epsilon * sign(g)`` (that is FGSM).
     """
 
     default_norm = "l2"
 
-    def perturb(self, step: _Step, grads: List[torch.Tensor]) -> List[torch.Tensor]:
+    def perturb(self, step: EmbeddingStep, grads: List[torch.Tensor]) -> List[torch.Tensor]:
         return [self.epsilon * d for d in self._direction(grads)]

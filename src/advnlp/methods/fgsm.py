@@ -9,10 +9,15 @@ Perturbs the input-embedding output with an L-infinity step::
                                                              (random_start=True)
     grad += grad L(x) + adv_weight * grad L(x + r)
 
-Padding positions get no perturbation. Cost: 2 forward + 2 backward passes; the
-random start adds one forward and one input-only backward. Defaults:
-epsilon=1.0 (note: per coordinate, so much stronger than an L2 epsilon of 1),
-alpha=1.25 * epsilon (Wong et al.).
+Padding positions get no perturbation.
+
+Arguments (defaults): ``epsilon=1.0`` (per coordinate, so much stronger than an L2
+epsilon of 1), ``random_start=False``, ``alpha=1.25 * epsilon`` (Wong et al.),
+``generator=None``; ``scope``, ``target``, ``adv_weight``, ``adv_only``,
+``embedding`` as for FGM.
+
+Cost: 2 forward + 2 backward passes; the random start adds one forward and one
+input-only backward.
 
 Example::
 
@@ -27,15 +32,16 @@ from typing import List, Optional
 import torch
 
 from .. import _perturb as P
-from .._base import Adversary, _Step, _check_positive
+from .. import _validate as V
+from .._base import EmbeddingStep, GradientAdversary
 
 
-class FGSM(Adversary):
+class FGSM(GradientAdversary):
     """Fast Gradient Sign Method: ``r = epsilon * sign(g)``, optionally from a random start.
 
     Args:
         model, epsilon, scope, target, adv_weight, adv_only, embedding: see
-            :class:`advnlp.Adversary`. The norm is always L-infinity.
+            :class:`advnlp.GradientAdversary`. The norm is always L-infinity.
         random_start: start from ``U(-epsilon, epsilon)`` and take one step of
             size ``alpha`` from there (fast FGSM). Default False.
         alpha: step size with ``random_start``. Default ``1.25 * epsilon``.
@@ -46,16 +52,16 @@ class FGSM(Adversary):
 
     def __init__(self, model, epsilon: float = 1.0, *, random_start: bool = False,
                  alpha: Optional[float] = None, generator: Optional[torch.Generator] = None,
-                 **kwargs):
-        if kwargs.get("norm", "linf") != "linf":
+                 norm: str = "linf", **kwargs):
+        if norm != "linf":
             raise ValueError("FGSM is the L-infinity (sign) method; for L2 use FGM")
-        kwargs.pop("norm", None)
-        super().__init__(model, epsilon, norm="linf", **kwargs)
         self.random_start = bool(random_start)
-        self.alpha = 1.25 * self.epsilon if alpha is None else _check_positive("alpha", alpha)
+        self.alpha = (1.25 * V.positive("epsilon", epsilon) if alpha is None
+                      else V.positive("alpha", alpha))
         self.generator = generator
+        super().__init__(model, epsilon, norm="linf", **kwargs)
 
-    def perturb(self, step: _Step, grads: List[torch.Tensor]) -> List[torch.Tensor]:
+    def perturb(self, step: EmbeddingStep, grads: List[torch.Tensor]) -> List[torch.Tensor]:
         if not self.random_start:
             return [self.epsilon * torch.sign(g.float()) for g in grads]
         start = step.space.mask(

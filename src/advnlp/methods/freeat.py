@@ -42,15 +42,15 @@ from typing import List, Optional
 import torch
 
 from .. import _perturb as P
-from .._base import Adversary, _check_positive, _default_backward, _Step, skip_adversarial
-from ._common import check_int, record_pass, require_output_target, unhook_on_error
+from .. import _validate as V
+from .._base import EmbeddingAdversary, EmbeddingStep, Offsets
 
 
-class FreeAT(Adversary):
+class FreeAT(EmbeddingAdversary):
     """Free adversarial training: one pass per replay updates both the model and delta.
 
     Args:
-        model, scope, embedding: see :class:`advnlp.Adversary`.
+        model, scope, embedding: see :class:`advnlp.EmbeddingAdversary`.
         epsilon: radius of delta (per example for L2, per coordinate for L-inf). Default 0.6.
         replays: m, how many times the caller replays each batch (delta resets after
             that many calls). Default 2.
@@ -58,69 +58,48 @@ class FreeAT(Adversary):
         norm: ``"l2"`` (default, per-example g/||g|| step) or ``"linf"`` (sign step).
     """
 
+    skip_then = "delta reset to 0"
+    skip_note = ("The parameter gradients of this call are non-finite too: a GradScaler "
+                 "skips the step.")
+
     def __init__(self, model, epsilon: float = 0.6, replays: int = 2, *,
                  step_size: Optional[float] = None, norm: str = "l2", **kwargs):
-        if kwargs.get("adv_only") or kwargs.get("adv_weight", 1.0) != 1.0:
+        if kwargs.pop("adv_only", False) or kwargs.pop("adv_weight", 1.0) != 1.0:
             raise ValueError("FreeAT trains on the perturbed loss only, once per call; "
                              "adv_weight/adv_only do not apply")
-        require_output_target(kwargs.get("target", "output"), "FreeAT")
-        super().__init__(model, epsilon, norm=norm, **kwargs)
-        with unhook_on_error(self):
-            self.replays = check_int("replays", replays)
-            if step_size is None:
-                step_size = self.epsilon if self.norm == "linf" else self.epsilon / 6
-            self.step_size = _check_positive("step_size", step_size)
+        V.output_target(kwargs.get("target", "output"), "FreeAT")
+        self.epsilon = V.positive("epsilon", epsilon)
+        self.replays = V.integer("replays", replays)
+        if step_size is None:
+            step_size = self.epsilon if norm == "linf" else self.epsilon / 6
+        self.step_size = V.positive("step_size", step_size)
         self.delta: Optional[List[torch.Tensor]] = None
         self.calls_on_batch = 0
+        super().__init__(model, norm=norm, **kwargs)
 
     def new_batch(self) -> None:
         """Forget delta: the next call starts a new batch at delta = 0."""
         self.delta, self.calls_on_batch = None, 0
 
+    def _step(self, step: EmbeddingStep) -> torch.Tensor:
+        """One forward/backward at the current delta; updates delta. Returns that loss."""
+        if self.calls_on_batch >= self.replays:
+            self.new_batch()
+        carried = None if self.delta is None else Offsets(self.delta, restart_on_new_shape=True)
+        loss, grads = step.record(carried)
+        if carried is not None and carried.restarted:  # another shape: a new batch at delta = 0
+            self.new_batch()
+        self.calls_on_batch += 1
+        step.adv_loss = loss  # FreeAT's one pass is also its adversarial pass
+        if not P.all_finite(grads):
+            step.skipped = True
+            self.delta = None
+            return loss
+        delta = self.delta or [torch.zeros_like(g, dtype=torch.float32) for g in grads]
+        moved = [d + self.step_size * u for d, u in zip(delta, self._direction(grads))]
+        self.delta = step.space.mask(self._project(moved, self.epsilon))
+        return loss
+
     def __repr__(self) -> str:
         return (f"FreeAT(epsilon={self.epsilon}, replays={self.replays}, step_size={self.step_size}, "
                 f"norm={self.norm!r}, embedding={self.embedding_name!r})")
-
-    def backward(self, closure, backward_fn=None) -> torch.Tensor:
-        """One forward/backward at the current delta; updates delta. Returns that loss."""
-        if not callable(closure):
-            raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the loss")
-        if self.calls_on_batch >= self.replays:
-            self.new_batch()
-        step = _Step(self, closure, backward_fn or _default_backward)
-        delta = self.delta
-        used = [False]
-
-        def fn(i, ids, out):
-            if delta is None:
-                return None
-            if i >= len(delta) or delta[i].shape != out.shape:
-                if i == 0:  # a new batch (another shape): start it at delta = 0
-                    return None
-                raise RuntimeError("the embedding calls of this closure differ from the previous "
-                                   "replay's; call adv.new_batch() between batches")
-            used[0] = True
-            return delta[i]
-
-        try:
-            loss, grads = record_pass(step, fn, 1.0, sync=True)
-            masks = list(step.space.masks)
-        finally:
-            step.restore()
-        if delta is not None and not used[0]:
-            delta = None
-            self.calls_on_batch = 0
-        self.calls_on_batch += 1
-        if not P.all_finite(grads):
-            skip_adversarial(self, "gradient w.r.t. the embedding", "delta reset to 0",
-                             "The parameter gradients of this call are non-finite too: a "
-                             "GradScaler skips the step.")
-            self.last_adv_loss = loss  # FreeAT's one pass is also its adversarial pass
-            self.delta = None
-            return loss
-        self.last_adv_loss = loss
-        if delta is None:
-            delta = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
-        moved = [d + self.step_size * u for d, u in zip(delta, self._direction(grads))]
-        self.delta = [d * m for d, m in zip(self._project(moved, self.epsilon), masks)]
-        return loss

@@ -43,17 +43,15 @@ from typing import List, Optional
 import torch
 
 from .. import _perturb as P
-from .._base import (Adversary, _check_positive, _default_backward, _Skip, _Step,
-                     skip_adversarial)
-from ._common import (apply_offsets, check_int, example_mask, record_pass, sample, snapshot_buffers,
-                      unhook_on_error)
+from .. import _validate as V
+from .._base import EmbeddingAdversary, EmbeddingStep, Offsets
 
 
-class FreeLB(Adversary):
+class FreeLB(EmbeddingAdversary):
     """K ascent steps on a per-example embedding perturbation; gradients averaged over all K.
 
     Args (names as in the paper's code):
-        model: the model (wrappers are fine), ``embedding``: see :class:`advnlp.Adversary`.
+        model: the model (wrappers are fine), ``embedding``: see :class:`advnlp.EmbeddingAdversary`.
         adv_steps: K, number of perturbed forward/backward passes (>= 1). Default 2.
         adv_lr: ascent step size (embedding units). Default 0.1.
         init_mag: magnitude of the random start (0 = start at the clean input). Default 1.0.
@@ -66,33 +64,53 @@ class FreeLB(Adversary):
         generator: ``torch.Generator`` for the random start (reproducibility).
     """
 
+    skip_then = "the remaining ascent passes of this step were skipped"
+    skip_note = ("The parameter gradients hold the passes already run (non-finite, so a "
+                 "GradScaler skips the step).")
+
     def __init__(self, model, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 1.0,
                  max_norm: float = 0.6, *, norm: str = "l2",
                  generator: Optional[torch.Generator] = None, embedding=None):
-        super().__init__(model, 1.0, norm=norm, embedding=embedding)
-        with unhook_on_error(self):
-            self.adv_steps = check_int("adv_steps", adv_steps)
-            self.adv_lr = _check_positive("adv_lr", adv_lr)
-            self.init_mag = _check_positive("init_mag", init_mag, allow_zero=True)
-            self.max_norm = _check_positive("max_norm", max_norm, allow_zero=True)
-        self.epsilon = self.max_norm
+        self.adv_steps = V.integer("adv_steps", adv_steps)
+        self.adv_lr = V.positive("adv_lr", adv_lr)
+        self.init_mag = V.positive("init_mag", init_mag, allow_zero=True)
+        self.max_norm = V.positive("max_norm", max_norm, allow_zero=True)
         self.generator = generator
+        super().__init__(model, norm=norm, embedding=embedding)
 
-    def __repr__(self) -> str:
-        return (f"FreeLB(adv_steps={self.adv_steps}, adv_lr={self.adv_lr}, init_mag={self.init_mag}, "
-                f"max_norm={self.max_norm}, norm={self.norm!r}, embedding={self.embedding_name!r})")
+    def _step(self, step: EmbeddingStep) -> torch.Tensor:
+        """The K perturbed passes; each adds ``grad / K`` to parameters. Returns pass 0's loss."""
+        K = self.adv_steps
+        delta = Offsets(draw=self._random_start)  # drawn per embedding call in pass 0
+        first = None
+        with step.skippable():
+            for t in range(K):
+                loss, grads = step.record(delta, weight=1.0 / K, sync=(t == K - 1))
+                if t == 0:
+                    first = loss
+                    step.snapshot_buffers()
+                step.adv_loss = loss
+                if t < K - 1:
+                    delta = Offsets(self._ascend(delta.tensors, step.check_finite(grads), step))
+        return first
 
-    def _init_delta(self, ids, out: torch.Tensor) -> torch.Tensor:
-        mask = example_mask(self, ids, out)
+    def _random_start(self, ids, out: torch.Tensor) -> torch.Tensor:
+        mask = self._hook.mask(ids, out)
         if self.init_mag == 0:
             return torch.zeros(out.shape, device=out.device, dtype=torch.float32)
-        u = sample("rand", out, self.generator)
-        u = (u * 2 - 1) * mask
+        u = (P.sample("rand", out, self.generator) * 2 - 1) * mask
         if self.norm == "linf":
             return u * self.init_mag
         dims = tuple(range(1, mask.dim())) if mask.dim() >= 3 else tuple(range(mask.dim()))
         real = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)  # an all-padding row: no 0-division
         return u * (self.init_mag / torch.sqrt(real * out.shape[-1]))
+
+    def _ascend(self, delta: List[torch.Tensor], grads: List[torch.Tensor],
+                step: EmbeddingStep) -> List[torch.Tensor]:
+        moved = [d + self.adv_lr * u for d, u in zip(delta, self._step_direction(grads))]
+        if self.max_norm > 0:
+            moved = self._project(moved, self.max_norm)
+        return step.space.mask(moved)
 
     def _step_direction(self, grads: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.norm == "l2":
@@ -100,40 +118,10 @@ class FreeLB(Adversary):
         out = []
         for g in grads:  # the released code's L-inf step: g / ||g||_inf per example (0 if g == 0)
             n = P.norm(g, "linf", "example")
-            out.append(torch.where(n > P._TINY, g.float() / n.clamp_min(P._TINY), torch.zeros_like(g.float())))
+            out.append(torch.where(n > P._TINY, g.float() / n.clamp_min(P._TINY),
+                                   torch.zeros_like(g.float())))
         return out
 
-    def backward(self, closure, backward_fn=None) -> torch.Tensor:
-        """Run the K perturbed passes; each adds ``grad / K`` to parameters. Returns pass 0's loss."""
-        if not callable(closure):
-            raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the loss")
-        step = _Step(self, closure, backward_fn or _default_backward)
-        K, first = self.adv_steps, None
-        delta: List[torch.Tensor] = []
-        try:
-            for t in range(K):
-                if t == 0:
-                    fn = lambda i, ids, out: delta.append(self._init_delta(ids, out)) or delta[-1]
-                else:
-                    fn = apply_offsets(delta)
-                loss, grads = record_pass(step, fn, 1.0 / K, sync=(t == K - 1))
-                if t == 0:
-                    first = loss
-                    snapshot_buffers(step)
-                self.last_adv_loss = loss
-                if t == K - 1:
-                    break
-                if not P.all_finite(grads):
-                    raise _Skip()
-                moved = [d + self.adv_lr * u for d, u in zip(delta, self._step_direction(grads))]
-                if self.max_norm > 0:
-                    moved = self._project(moved, self.max_norm)
-                delta = step.space.mask(moved)
-        except _Skip:
-            skip_adversarial(self, "gradient w.r.t. the embedding",
-                             "the remaining ascent passes of this step were skipped",
-                             "The parameter gradients hold the passes already run (non-finite, "
-                             "so a GradScaler skips the step).")
-        finally:
-            step.restore()
-        return first
+    def __repr__(self) -> str:
+        return (f"FreeLB(adv_steps={self.adv_steps}, adv_lr={self.adv_lr}, init_mag={self.init_mag}, "
+                f"max_norm={self.max_norm}, norm={self.norm!r}, embedding={self.embedding_name!r})")

@@ -10,10 +10,15 @@ Ascent steps inside an epsilon-ball around the clean embedding output::
 
 g_0 is the clean pass's gradient (no extra pass). The inner steps 1..steps-1
 take only d loss / d delta (``torch.autograd.grad``): they never touch or copy
-parameter gradients. Only the final pass adds to ``.grad``. Cost: ``steps + 1``
-forward passes, 2 full backwards and ``steps - 1`` input-only backwards.
-Defaults: epsilon=1.0, alpha=0.3, steps=3, L2, per-example norm. With
+parameter gradients. Only the final pass adds to ``.grad``. With
 ``steps=1, alpha=epsilon`` PGD equals FGM.
+
+Arguments (defaults): ``epsilon=1.0``, ``alpha=0.3``, ``steps=3``,
+``random_start=False``, ``generator=None``, ``norm="l2"``; ``scope``, ``target``,
+``adv_weight``, ``adv_only``, ``embedding`` as for FGM.
+
+Cost: ``steps + 1`` forward passes, 2 full backwards and ``steps - 1`` input-only
+backwards.
 
 Example::
 
@@ -23,21 +28,21 @@ Example::
 """
 from __future__ import annotations
 
-import numbers
 from typing import List, Optional
 
 import torch
 
 from .. import _perturb as P
-from .._base import Adversary, _Step, _check_positive
+from .. import _validate as V
+from .._base import EmbeddingStep, GradientAdversary
 
 
-class PGD(Adversary):
+class PGD(GradientAdversary):
     """Projected gradient ascent on the embedding perturbation.
 
     Args:
         model, epsilon, norm, scope, target, adv_weight, adv_only, embedding:
-            see :class:`advnlp.Adversary` (``epsilon=1.0``, ``norm="l2"``).
+            see :class:`advnlp.GradientAdversary` (``epsilon=1.0``, ``norm="l2"``).
         alpha: step size of each ascent step (same units as epsilon). Default 0.3.
         steps: number of ascent steps (>= 1). Default 3.
         random_start: start from a random point in the ball instead of 0 (one
@@ -48,19 +53,13 @@ class PGD(Adversary):
     def __init__(self, model, epsilon: float = 1.0, alpha: float = 0.3, steps: int = 3, *,
                  random_start: bool = False, generator: Optional[torch.Generator] = None,
                  **kwargs):
-        super().__init__(model, epsilon, **kwargs)
-        self.alpha = _check_positive("alpha", alpha)
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        self.steps = int(steps)
+        self.alpha = V.positive("alpha", alpha)
+        self.steps = V.integer("steps", steps)
         self.random_start = bool(random_start)
         self.generator = generator
+        super().__init__(model, epsilon, **kwargs)
 
-    def _ascend(self, delta: List[torch.Tensor], grads: List[torch.Tensor]) -> List[torch.Tensor]:
-        moved = [d + self.alpha * u for d, u in zip(delta, self._direction(grads))]
-        return self._project(moved, self.epsilon)
-
-    def perturb(self, step: _Step, grads: List[torch.Tensor]) -> List[torch.Tensor]:
+    def perturb(self, step: EmbeddingStep, grads: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.random_start:
             delta = step.space.mask([P.random_like(g, self.epsilon, self.norm, self._scope(),
                                                    self.generator) for g in grads])
@@ -73,9 +72,13 @@ class PGD(Adversary):
             delta = self._ascend(delta, grads)
         return delta
 
+    def _ascend(self, delta: List[torch.Tensor], grads: List[torch.Tensor]) -> List[torch.Tensor]:
+        moved = [d + self.alpha * u for d, u in zip(delta, self._direction(grads))]
+        return self._project(moved, self.epsilon)
+
     def _compat_step(self, G, current, epsilon, alpha, first):
         # Seed PGD: add alpha * g/||g|| to the current perturbation, project to epsilon.
-        a = self.alpha if alpha is None else _check_positive("alpha", alpha)
+        a = self.alpha if alpha is None else V.positive("alpha", alpha)
         if first:
             current = torch.zeros_like(current)
         return P.project(current + a * P.normalize(G, self.norm, "batch"), epsilon, self.norm, "batch")

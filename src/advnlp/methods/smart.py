@@ -70,29 +70,31 @@ import torch
 from torch import nn
 
 from .. import _perturb as P
-from .._base import _check_positive, _default_backward, _Skip, _Step
-from ._common import (check_int, proximal_divergence, split_output, symmetric_divergence,
-                      unhook_on_error)
-from ._consistency import _Consistency
+from .. import _validate as V
+from .._base import EmbeddingStep
+from ..outputs import split_output
+from ._consistency import ConsistencyAdversary
+from ._divergence import proximal_divergence, symmetric_divergence
 
 
-class SMART(_Consistency):
+class SMART(ConsistencyAdversary):
     """Smoothness-inducing adversarial regulariser (symmetric divergence at an adversarial delta).
 
     Args:
-        model, embedding: see :class:`advnlp.Adversary`.
+        model, embedding: see :class:`advnlp.EmbeddingAdversary`.
         loss_fn: ``loss_fn(logits, labels)`` used when ``backward(..., labels=)`` is given.
         alpha: weight lambda_s of the regulariser. Default 1.0.
         noise_var: std of the Gaussian start. Default 1e-5.
         step_size: ascent step. Default 1e-3.
-        epsilon: stabiliser of the per-token normalisation. Default 1e-5.
+        epsilon: stabiliser of the per-token normalisation, the paper's name; not a
+            radius (kept as ``.stabilizer``). Default 1e-5.
         radius: per-token size of the final delta (L-inf or L2). Default 1.0 (reference).
         steps: ascent steps (>= 1). Default 1.
         norm: ``"linf"`` (default, reference) or ``"l2"``; always per token.
         output_type: ``"softmax"`` (default), ``"sigmoid"`` or ``"regression"``.
         generator: ``torch.Generator`` for the Gaussian start.
         bregman: weight mu of the Bregman proximal (momentum teacher) term; 0 = off. Default 0.
-        bregman_beta: teacher momentum. Default 0.99.
+        bregman_beta: teacher momentum, in [0, 1). Default 0.99.
     """
 
     default_norm = "linf"
@@ -102,20 +104,53 @@ class SMART(_Consistency):
                  radius: float = 1.0, steps: int = 1, norm: str = "linf",
                  output_type: str = "softmax", generator: Optional[torch.Generator] = None,
                  bregman: float = 0.0, bregman_beta: float = 0.99, embedding=None):
-        super().__init__(model, epsilon, norm=norm, embedding=embedding)
-        with unhook_on_error(self):
-            self._setup(loss_fn, output_type, alpha, generator)
-            self.noise_var = _check_positive("noise_var", noise_var)
-            self.step_size = _check_positive("step_size", step_size)
-            self.radius = _check_positive("radius", radius)
-            self.steps = check_int("steps", steps)
-            self.bregman = _check_positive("bregman", bregman, allow_zero=True)
-            beta = _check_positive("bregman_beta", bregman_beta, allow_zero=True)
-            if beta >= 1:
-                raise ValueError(f"bregman_beta must be in [0, 1), got {beta}")
-            self.bregman_beta = beta
+        self.noise_var = V.positive("noise_var", noise_var)
+        self.step_size = V.positive("step_size", step_size)
+        self.stabilizer = V.positive("epsilon", epsilon)
+        self.radius = V.positive("radius", radius)
+        self.steps = V.integer("steps", steps)
+        self.bregman = V.positive("bregman", bregman, allow_zero=True)
+        self.bregman_beta = V.positive("bregman_beta", bregman_beta, allow_zero=True)
+        if self.bregman_beta >= 1:
+            raise ValueError(f"bregman_beta must be in [0, 1), got {self.bregman_beta}")
         self.teacher: Optional[List[torch.Tensor]] = None
         self.last_bregman_loss: Optional[torch.Tensor] = None
+        super().__init__(model, loss_fn=loss_fn, alpha=alpha, output_type=output_type,
+                         generator=generator, norm=norm, embedding=embedding)
+
+    def _step(self, step: EmbeddingStep, labels=None) -> torch.Tensor:
+        task, clean, zeros = self._clean(step, labels)
+        if task is None:
+            raise ValueError(
+                "SMART needs a task loss: return an output with .loss or (loss, logits) "
+                "from the closure, or pass labels= to backward() (with loss_fn= for a "
+                "custom loss). For unlabelled data use VAT."
+            )
+        total = task
+        if self.bregman > 0:
+            total = total + self.bregman * self._bregman_term(step, clean)
+        with step.skippable():
+            delta = step.space.mask([self._randn(z) * self.noise_var for z in zeros])
+            for _ in range(self.steps):
+                g = self._ascent_grad(step, delta, clean)
+                delta = step.space.mask([self._normalise(d + self.step_size * gi)
+                                         for d, gi in zip(delta, g)])
+            reg = symmetric_divergence(clean, self._logits_at(step, delta), self.kind,
+                                       self._weights)
+            step.adv_loss = reg.detach()
+            total = total + self.alpha * reg
+        step.backward_fn(total)
+        return task.detach()
+
+    def _normalise(self, v: torch.Tensor) -> torch.Tensor:
+        return v * (self.radius / (P.norm(v, self.norm, "token") + self.stabilizer))
+
+    # -- the Bregman proximal point term ------------------------------------------------
+    def _bregman_term(self, step: EmbeddingStep, clean: torch.Tensor) -> torch.Tensor:
+        self._update_teacher()
+        prox = proximal_divergence(self._teacher_logits(step), clean, self.kind, self._weights)
+        self.last_bregman_loss = prox.detach()
+        return prox
 
     def _trainable(self) -> List[nn.Parameter]:
         return [p for p in P.unwrap(self.model).parameters() if p.requires_grad]
@@ -129,11 +164,11 @@ class SMART(_Consistency):
                 for t, p in zip(self.teacher, params):
                     t.lerp_(p.detach(), 1.0 - self.bregman_beta)
 
-    def _teacher_logits(self, step: _Step) -> torch.Tensor:
+    def _teacher_logits(self, step: EmbeddingStep) -> torch.Tensor:
         params = self._trainable()
         saved = [p.data for p in params]
         try:
-            with torch.no_grad(), step._local():
+            with torch.no_grad(), step.local():
                 for p, t in zip(params, self.teacher):
                     p.data = t
                 _, logits = split_output(step.closure(), check_loss=False)
@@ -146,43 +181,3 @@ class SMART(_Consistency):
         return (f"SMART(alpha={self.alpha}, radius={self.radius}, norm={self.norm!r}, "
                 f"steps={self.steps}, output_type={self.output_type!r}, "
                 f"embedding={self.embedding_name!r})")
-
-    def _normalise(self, v: torch.Tensor) -> torch.Tensor:
-        return v * (self.radius / (P.norm(v, self.norm, "token") + self.epsilon))
-
-    def backward(self, closure, backward_fn=None, *, labels=None) -> torch.Tensor:
-        """Task loss + alpha * symmetric divergence, one backward. Returns the task loss."""
-        if not callable(closure):
-            raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the model output")
-        step = _Step(self, closure, backward_fn or _default_backward)
-        try:
-            task, clean, zeros = self._clean(step, labels)
-            if task is None:
-                raise ValueError(
-                    "SMART needs a task loss: return an output with .loss or (loss, logits) "
-                    "from the closure, or pass labels= to backward() (with loss_fn= for a "
-                    "custom loss). For unlabelled data use VAT."
-                )
-            total = task
-            if self.bregman > 0:
-                self._update_teacher()
-                prox = proximal_divergence(self._teacher_logits(step), clean, self.kind,
-                                           self._weights)
-                self.last_bregman_loss = prox.detach()
-                total = total + self.bregman * prox
-            try:
-                delta = self._mask(step, [self._randn(z) * self.noise_var for z in zeros])
-                for _ in range(self.steps):
-                    g = self._ascent_grad(step, delta, clean)
-                    delta = self._mask(step, [self._normalise(d + self.step_size * gi)
-                                              for d, gi in zip(delta, g)])
-                reg = symmetric_divergence(clean, self._logits_at(step, delta), self.kind,
-                                           self._weights)
-                self.last_adv_loss = reg.detach()
-                total = total + self.alpha * reg
-            except _Skip:
-                self._warn_skip()
-            step.backward_fn(total)
-        finally:
-            step.restore()
-        return task.detach()

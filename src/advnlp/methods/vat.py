@@ -45,17 +45,19 @@ from typing import Callable, List, Optional
 import torch
 
 from .. import _perturb as P
-from .._base import _check_positive, _default_backward, _Skip, _Step
-from ._common import check_int, divergence, example_mask, require_output_target, unhook_on_error
-from ._consistency import _Consistency
+from .. import _validate as V
+from .._base import EmbeddingStep
+from ._consistency import ConsistencyAdversary
+from ._divergence import divergence
 
 
-class VAT(_Consistency):
+class VAT(ConsistencyAdversary):
     """Virtual adversarial training: KL(f(x) || f(x + r_adv)) with r_adv by power iteration.
 
     Args:
-        model, epsilon, norm, scope, embedding: see :class:`advnlp.Adversary`
-            (``epsilon=1.0``, ``norm="l2"``, ``scope="example"``).
+        model, norm, scope, embedding: see :class:`advnlp.EmbeddingAdversary`
+            (``norm="l2"``, ``scope="example"``).
+        epsilon: radius of r_adv (embedding units). Default 1.0.
         loss_fn: ``loss_fn(logits, labels)`` used when ``backward(..., labels=)`` is given.
         alpha: weight of the VAT loss. Default 1.0.
         xi: finite-difference radius of the power iteration, relative to each example's
@@ -69,52 +71,51 @@ class VAT(_Consistency):
                  alpha: float = 1.0, xi: float = 1e-3, power_iters: int = 1,
                  output_type: str = "softmax", generator: Optional[torch.Generator] = None,
                  **kwargs):
-        if kwargs.get("adv_only") or kwargs.get("adv_weight", 1.0) != 1.0:
+        if kwargs.pop("adv_only", False) or kwargs.pop("adv_weight", 1.0) != 1.0:
             raise ValueError("VAT weighs its loss with alpha=; adv_weight/adv_only do not apply")
-        require_output_target(kwargs.get("target", "output"), "VAT")
-        super().__init__(model, epsilon, **kwargs)
-        with unhook_on_error(self):
-            self._setup(loss_fn, output_type, alpha, generator)
-            self.xi = _check_positive("xi", xi)
-            self.power_iters = check_int("power_iters", power_iters)
+        V.output_target(kwargs.get("target", "output"), "VAT")
+        self.epsilon = V.positive("epsilon", epsilon)
+        self.xi = V.positive("xi", xi)
+        self.power_iters = V.integer("power_iters", power_iters)
+        super().__init__(model, loss_fn=loss_fn, alpha=alpha, output_type=output_type,
+                         generator=generator, **kwargs)
+
+    def _step(self, step: EmbeddingStep, labels=None) -> torch.Tensor:
+        norms = _EmbeddingNorms(self)
+        task, clean, zeros = self._clean(step, labels, norms)
+        if task is None:
+            clean = clean.detach()  # unlabelled: free the clean graph now
+        total = task
+        with step.skippable():
+            d = self._direction(step.space.mask([self._randn(z) for z in zeros]))
+            for _ in range(self.power_iters):
+                probe = [self.xi * n * di for n, di in zip(norms.per_call, d)]
+                d = self._direction(self._ascent_grad(step, probe, clean))
+            r_adv = [self.epsilon * di for di in d]
+            lds = divergence(clean, self._logits_at(step, r_adv), self.kind, self._weights)
+            step.adv_loss = lds.detach()
+            total = lds * self.alpha if task is None else task + self.alpha * lds
+        if total is not None:
+            step.backward_fn(total)
+        if task is not None:
+            return task.detach()
+        return step.adv_loss if step.adv_loss is not None else clean.new_zeros((), dtype=torch.float32)
 
     def __repr__(self) -> str:
         return (f"VAT(epsilon={self.epsilon}, xi={self.xi}, alpha={self.alpha}, "
                 f"power_iters={self.power_iters}, norm={self.norm!r}, "
                 f"output_type={self.output_type!r}, embedding={self.embedding_name!r})")
 
-    def backward(self, closure, backward_fn=None, *, labels=None) -> torch.Tensor:
-        """Task loss (if any) + alpha * VAT loss, one backward. Returns the task loss, else the VAT loss."""
-        if not callable(closure):
-            raise TypeError("backward() needs a closure: a function that runs the forward pass and returns the model output")
-        step = _Step(self, closure, backward_fn or _default_backward)
-        scales: List[torch.Tensor] = []
 
-        def measure(i, ids, out):  # ||e_n|| of each example's real tokens, per embedding call
-            e = out.detach().float() * example_mask(self, ids, out)
-            scales.append(P.norm(e, "l2", self._scope()))
-            return None
+class _EmbeddingNorms:
+    """An offset that adds nothing: it measures ``||e_n||`` over each example's real
+    tokens for every embedding call of the clean pass (the scale of ``xi``)."""
 
-        try:
-            task, clean, zeros = self._clean(step, labels, measure)
-            if task is None:
-                clean = clean.detach()  # unlabelled: free the clean graph now
-            try:
-                d = self._direction(self._mask(step, [self._randn(z) for z in zeros]))
-                for _ in range(self.power_iters):
-                    probe = [self.xi * s * di for s, di in zip(scales, d)]
-                    d = self._direction(self._ascent_grad(step, probe, clean))
-                r_adv = [self.epsilon * di for di in d]
-                lds = divergence(clean, self._logits_at(step, r_adv), self.kind, self._weights)
-                self.last_adv_loss = lds.detach()
-                total = lds * self.alpha if task is None else task + self.alpha * lds
-            except _Skip:
-                self._warn_skip()
-                total = task
-            if total is not None:
-                step.backward_fn(total)
-        finally:
-            step.restore()
-        if task is not None:
-            return task.detach()
-        return self.last_adv_loss if self.last_adv_loss is not None else clean.new_zeros((), dtype=torch.float32)
+    def __init__(self, adv: VAT):
+        self.adv = adv
+        self.per_call: List[torch.Tensor] = []
+
+    def __call__(self, i, ids, out: torch.Tensor) -> None:
+        e = out.detach().float() * self.adv._hook.mask(ids, out)
+        self.per_call.append(P.norm(e, "l2", self.adv._scope()))
+        return None

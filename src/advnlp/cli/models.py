@@ -5,7 +5,7 @@ into logits (``__call__``), and saves itself without pickle. Two families:
 
 * a local Hugging Face model directory (fine-tuned with its own tokenizer);
 * ``textcnn`` / ``bilstm`` trained from scratch on a vocabulary built from the
-  training texts (:func:`advnlp.data.tokenize`: characters for CJK, words otherwise).
+  training texts (:func:`advnlp.cli.data.tokenize`: characters for CJK, words otherwise).
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .data import InputError, token_prefix, tokenize
+from .data import token_prefix, tokenize
+from .errors import InputError
+from .files import write_json
 
 SCRATCH = ("textcnn", "bilstm")
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
@@ -148,8 +150,8 @@ class Classifier:
         save_file = _safetensors().save_file
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, os.path.join(directory, WEIGHTS))
-        _write_json(os.path.join(directory, "vocab.json"), self.tokenizer.tokens)
-        _write_json(os.path.join(directory, "model_config.json"), self.meta)
+        write_json(os.path.join(directory, "vocab.json"), self.tokenizer.tokens)
+        write_json(os.path.join(directory, "model_config.json"), self.meta)
 
 
 def _safetensors():
@@ -158,11 +160,6 @@ def _safetensors():
     except ImportError:
         raise InputError("saving and loading models needs safetensors: pip install 'advnlp[hf]'") from None
     return safetensors.torch
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
 
 
 def _hf(path: str, num_labels: int):

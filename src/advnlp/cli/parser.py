@@ -1,0 +1,148 @@
+"""The command line's arguments: ``build_parser()`` and their translation to a run's config."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List
+
+from advnlp import __version__
+
+from .config import METHODS, TrainConfig
+from .data import DataSpec
+from .errors import InputError
+
+DESCRIPTION = "train, compare and evaluate adversarially trained text classifiers"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        print(f"advnlp: error: {message} (see advnlp {self.prog.split()[-1]} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _floats(text: str) -> List[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--model", help="a local Hugging Face model directory, or textcnn / bilstm "
+                   "(trained from scratch). Default: the bundled pretrained MiniLM")
+    g.add_argument("--epochs", type=int, help="default 1 (pretrained) or 5 (from scratch)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--lr", type=float, help="default 1e-4 (pretrained) or 2e-3 (from scratch)")
+    g.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    g.add_argument("--output-dir", help="default runs/<timestamp>-<method>")
+    g.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 (default); bf16 or fp16: autocast mixed precision "
+                        "(fp16 with dynamic loss scaling)")
+    g.add_argument("--engine", default="loop", choices=("loop", "trainer"),
+                   help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
+                        "(AdversarialTrainer), Hugging Face models only")
+    a = p.add_argument_group("adversarial method parameters (each method takes some)")
+    a.add_argument("--epsilon", type=float, help="perturbation radius (fgm, fgsm, pgd)")
+    a.add_argument("--alpha", type=float, help="PGD step size")
+    a.add_argument("--steps", type=int, help="PGD ascent steps")
+    a.add_argument("--adv-weight", type=float, help="weight of the adversarial loss (default 1)")
+    x = p.add_argument_group("adversarial data augmentation (discrete attacks)")
+    x.add_argument("--augment-with-attack", metavar="char|word",
+                   help="after each epoch but the last, attack a sample of the training set and "
+                        "train on the successful adversarial texts too")
+    x.add_argument("--augment-every", type=int, default=1, help="epochs between rounds (default 1)")
+    x.add_argument("--augment-samples", type=int, default=64,
+                   help="training examples attacked per round (default 64)")
+    d = p.add_argument_group("data (default: the bundled BBC News corpus, 5 topics)")
+    d.add_argument("--train", help="training file: .csv, .tsv or .jsonl")
+    d.add_argument("--validation", help="validation file (default: split off the training file)")
+    d.add_argument("--test", help="test file (default: split off the training file)")
+    d.add_argument("--text-column", default="text")
+    d.add_argument("--text-columns", help="two columns for sentence pairs, e.g. premise,hypothesis")
+    d.add_argument("--label-column", default="label")
+    d.add_argument("--multi-label", action="store_true",
+                   help="labels are a JSON list or a delimiter-separated string")
+    d.add_argument("--label-delimiter", default=",")
+    d.add_argument("--max-train-samples", type=int,
+                   help="a class-balanced subset of the training set (default 640 for BBC News)")
+
+
+def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str) -> None:
+    g = p.add_argument_group("robustness: L2 PGD attack on the input embeddings")
+    g.add_argument(eps_flag, type=_floats, default=_floats(eps_default),
+                   help=f"attack radius{'es' if eps_flag.endswith('s') else ''} (default {eps_default})")
+    g.add_argument("--attack-steps", type=int, default=5, help="default 5")
+    g.add_argument("--attack-samples", type=int, default=100, help="test examples attacked (default 100)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="advnlp", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"advnlp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,eval,attack}")
+    t = sub.add_parser("train", help="fine-tune a classifier with adversarial training")
+    t.add_argument("--method", default="fgm", help=f"{' | '.join(METHODS)} (default fgm)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--distributed", action="store_true",
+                   help="one rank of a torchrun job (automatic when torchrun starts more than one "
+                        "process); --batch-size is per process")
+    _training_options(t)
+    c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
+    c.add_argument("--methods", default="none,fgm,pgd", help="comma-separated (default none,fgm,pgd)")
+    _training_options(c)
+    _attack_options(c, "--attack-epsilon", "0.5")
+    c.add_argument("--attack", metavar="char|word",
+                   help="also tabulate accuracy under this discrete attack")
+    c.add_argument("--attack-limit", type=int, default=50,
+                   help="test examples for --attack (default 50)")
+    e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="auto")
+    _attack_options(e, "--epsilons", "0.1,0.25,0.5,1")
+    a = sub.add_parser("attack", help="attack a saved run: typos, word swaps or embedding PGD")
+    a.add_argument("run_dir", metavar="RUN_DIR")
+    a.add_argument("--attack", required=True, help="char | word | embedding")
+    a.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
+    a.add_argument("--limit", type=int, default=100, help="examples attacked (default 100)")
+    a.add_argument("--seed", type=int, help="default: the run's seed")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--device", default="auto")
+    d = a.add_argument_group("char and word attacks")
+    d.add_argument("--max-change", type=float, default=0.15,
+                   help="fraction of the words (CJK: characters) that may be edited (default 0.15)")
+    d.add_argument("--query-budget", type=int, default=500,
+                   help="model evaluations per example (default 500)")
+    d.add_argument("--threshold", type=float, default=0.6,
+                   help="word: minimum cosine similarity of a substitute (default 0.6)")
+    g = a.add_argument_group("embedding attack (FGSM/PGD on the input-embedding output)")
+    g.add_argument("--epsilons", type=_floats, default=_floats("0.1,0.25,0.5,1.0"),
+                   help="radii (default 0.1,0.25,0.5,1.0)")
+    g.add_argument("--norm", default="l2", help="l2 (per example, default) or linf (per coordinate)")
+    g.add_argument("--steps", type=int, default=10, help="ascent steps; 1 = FGSM (default 10)")
+    g.add_argument("--random-start", action="store_true", help="start from a random point in the ball")
+    return parser
+
+
+def config_from_args(args) -> TrainConfig:
+    columns = args.text_columns.split(",") if args.text_columns else [args.text_column]
+    columns = [c.strip() for c in columns if c.strip()]
+    if len(columns) not in (1, 2):
+        raise InputError("--text-columns takes one or two column names")
+    if (args.validation or args.test) and not args.train:
+        raise InputError("--validation / --test need --train")
+    data = DataSpec(args.train, args.validation, args.test, tuple(columns), args.label_column,
+                    args.multi_label, args.label_delimiter, args.max_train_samples)
+    return TrainConfig(
+        model=args.model, method=getattr(args, "method", "none"), epsilon=args.epsilon,
+        alpha=args.alpha, steps=args.steps, adv_weight=args.adv_weight, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
+        device=args.device, output_dir=args.output_dir,
+        augment_with_attack=args.augment_with_attack, augment_every=args.augment_every,
+        augment_samples=args.augment_samples, engine=args.engine,
+        precision=args.precision, data=data)

@@ -1,0 +1,300 @@
+"""A run's state: its data, model, adversary, optimizer, schedule and progress.
+
+:class:`Run` is what both engines step (``engines/loop.py``, ``engines/hf_trainer.py``)
+and what ``--resume`` restores. It is written against advnlp's public API: the only
+adversarial object is ``run.adv``, a method built by :func:`config.build_adversary`,
+which the training step calls as ``adv.backward(closure)``.
+
+Under torchrun every process holds a Run: the model is wrapped in
+DistributedDataParallel (loop engine; the Trainer wraps it itself), the adversary is
+built on the wrapper (so its extra passes run under ``no_sync()``), each rank takes its
+DistributedSampler-style shard of the epoch order, and rank 0 alone evaluates and
+writes the run directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import signal
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import PRECISIONS, TrainConfig, build_adversary
+from .data import Example, Labels, Splits, load_splits
+from .distributed import DistInfo, derive_seed, device_of, seed_everything
+from .files import write_json
+from .models import build
+from .report import plot
+from .robustness import discrete_attack
+from .rundir import CHECKPOINT, CHECKPOINTS
+from .tasks.classify import batches, loss_fn, metrics, predict
+
+
+class Run:
+    """One run: data, model, adversary, optimizer and schedule, and how far it has got.
+
+    Progress is ``epoch``, ``step`` (within the epoch), ``history`` (one entry per
+    finished epoch) and ``partial`` (the current epoch's step losses and seconds).
+    """
+
+    def __init__(self, cfg: TrainConfig, progress: bool = False,
+                 log: Callable[[str], None] = lambda s: None, dist_info: Optional[DistInfo] = None):
+        self.cfg, self.progress, self.log = cfg, progress, log
+        self.dist = dist_info
+        self.rank, self.world = (dist_info.rank, dist_info.world_size) if dist_info else (0, 1)
+        self.is_main = self.rank == 0
+        self.run_dir = cfg.output_dir
+        self.device = dist_info.device if dist_info else device_of(cfg.device)
+        self.splits: Splits = load_splits(cfg.data, cfg.seed)
+        multi = cfg.data.multi_label
+        self.labels = Labels.from_examples(self.splits.train, multi)
+        self.targets = {
+            name: self.labels.encode([lab for _, lab in getattr(self.splits, name)], f"{name} data")
+            for name in ("train", "validation", "test")
+        }
+        # --augment-with-attack: successful adversarial texts with their original labels,
+        # trained on from the epoch after they were found (kept in the checkpoint).
+        self.extra: List[Example] = []
+        seed_everything(cfg.seed)  # before the random initialisation of the model (head)
+        self.clf = build(cfg.model, len(self.labels.names),
+                         [t for t, _ in self.splits.train], cfg.max_length)
+        if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
+            config = self.clf.model.config
+            config.id2label = dict(enumerate(self.labels.names))
+            config.label2id = {n: i for i, n in config.id2label.items()}
+            config.problem_type = ("multi_label_classification" if multi
+                                   else "single_label_classification")
+        self.clf.model.to(self.device)
+        self.criterion = loss_fn(multi)
+        # What the training step calls: the model itself, or its DDP wrapper (the adversary
+        # is built on the wrapper so that every pass but the last skips the all-reduce).
+        self.train_clf = self.clf
+        if dist_info is not None and cfg.engine == "loop":  # the Trainer wraps it itself
+            ddp = nn.parallel.DistributedDataParallel(
+                self.clf.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_clf = copy.copy(self.clf)
+            self.train_clf.model = ddp
+            # Same initial weights everywhere (DDP broadcast rank 0's); own dropout noise per rank.
+            self.reseed_rank()
+        self.adv = build_adversary(cfg, self.train_clf.model)
+        params = [p for p in self.clf.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        self.epoch, self.step, self.history = 0, 0, []
+        self.warmup = max(1, self._total_steps() // 10)
+        # Linear warm-up then linear decay to zero: the usual fine-tuning schedule. The
+        # total is recomputed when augmentation grows the training set, so it still ends at 0.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.partial = {"losses": [], "seconds": 0.0}
+        self.resumed_from: Optional[str] = None  # the checkpoint --resume loaded, if any
+        self.stop_requested = False
+        dtype = PRECISIONS[cfg.precision]
+        self.autocast = (contextlib.nullcontext if dtype is None else
+                         lambda: torch.autocast(self.device.type, dtype=dtype))
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.backward_fn = (None if self.scaler is None else
+                            lambda loss: self.scaler.scale(loss).backward())
+
+    def reseed_rank(self, *counters: int) -> None:
+        """Own dropout noise for this rank (after a DDP broadcast or a resume)."""
+        torch.manual_seed(derive_seed(self.cfg.seed, "dropout", self.rank, *counters))
+
+    # -- the training set, which --augment-with-attack grows ----------------------------
+    @property
+    def train_set(self) -> List[Example]:
+        return self.splits.train + self.extra
+
+    def shard_size(self) -> int:
+        """Examples per rank and epoch (the epoch order padded to a multiple of the ranks)."""
+        return -(-len(self.train_set) // self.world)
+
+    def steps_per_epoch(self) -> int:
+        return len(batches(self.shard_size(), self.cfg.batch_size))
+
+    def _total_steps(self) -> int:
+        done = sum(h["steps"] for h in self.history[: self.epoch])
+        return done + (self.cfg.epochs - self.epoch) * self.steps_per_epoch()
+
+    def _lr_factor(self, s: int) -> float:
+        total, warmup = self._total_steps(), self.warmup
+        return min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+
+    def set_extra(self, extra: List[Example]) -> None:
+        self.extra = list(extra)
+        self.targets["train"] = self.labels.encode([lab for _, lab in self.train_set], "train data")
+
+    def epoch_order(self) -> torch.Tensor:
+        # A function of (seed, epoch) alone, so a resumed run sees the same batches.
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "epoch-order", self.epoch))
+        return torch.randperm(len(self.train_set), generator=g)
+
+    def rank_order(self) -> List[int]:
+        """This rank's examples, in order: like DistributedSampler (drop_last=False), the
+        epoch order is padded by wrapping around to a multiple of the world size and rank r
+        takes every world-size-th example from position r. Batch k of all ranks together is
+        then positions [k*B*W, (k+1)*B*W) of the padded order: the same global batches as
+        one process with batch size B*W."""
+        order = self.epoch_order().tolist()
+        if self.world == 1:
+            return order
+        total = self.shard_size() * self.world
+        padded = (order * (-(-total // len(order))))[:total]
+        return padded[self.rank::self.world]
+
+    def batch(self, idx: List[int]) -> dict:
+        """The encoded training examples ``idx``, on the run's device."""
+        enc = self.clf.encode([self.train_set[i][0] for i in idx])
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def augment(self) -> dict:
+        """--augment-with-attack: rank 0 attacks, every rank gets the same new examples."""
+        if self.dist is None:
+            return self._augment_here()
+        out = [self._augment_here() if self.is_main else None, self.extra]
+        dist.broadcast_object_list(out, src=0)
+        if not self.is_main:
+            self.set_extra(out[1])
+        return out[0]
+
+    def _augment_here(self) -> dict:
+        """Attack a seeded sample of the original training set with the current model; keep
+        the successful adversarial texts, with their original labels."""
+        train = self.splits.train
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "augment-sample", self.epoch))
+        pick = sorted(torch.randperm(len(train), generator=g)[: self.cfg.augment_samples].tolist())
+        start = time.perf_counter()
+        res = discrete_attack(self.cfg.augment_with_attack, self.clf, self.labels,
+                              [train[i][0][0] for i in pick], self.targets["train"][pick],
+                              self.device, seed=derive_seed(self.cfg.seed, "augment-attack", self.epoch),
+                              batch_size=self.cfg.batch_size * 2)
+        new = [((r.perturbed,), train[i][1]) for i, r in zip(pick, res.records)
+               if r.status == "success"]
+        self.set_extra(self.extra + new)
+        info = {"attack": self.cfg.augment_with_attack, "attacked": len(pick), "added": len(new),
+                "success_rate": res.summary()["success_rate"],
+                "train_examples": len(self.train_set), "seconds": time.perf_counter() - start}
+        self.log(f"  augmentation: {info['added']} adversarial examples added "
+                 f"({info['attacked']} attacked), {info['train_examples']} training examples now")
+        return info
+
+    # -- progress, shared by both engines -----------------------------------------------
+    def progress_state(self) -> dict:
+        """How far the run has got, JSON-ready (both engines' checkpoints carry it)."""
+        return {"epoch": self.epoch, "step": self.step, "history": self.history,
+                "partial": self.partial, "extra": [[list(t), lab] for t, lab in self.extra]}
+
+    def load_progress_state(self, state: dict) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.partial = state["history"], state["partial"]
+        self.set_extra([(tuple(t), lab) for t, lab in state.get("extra", [])])
+
+    def end_step(self, loss: torch.Tensor, seconds: float) -> Tuple[float, bool]:
+        """Book one finished step: its (globally averaged) loss and time. Returns the loss
+        and whether any rank asked to stop."""
+        self.partial["seconds"] += seconds
+        value, stop = self.agree(loss)
+        self.partial["losses"].append(value)
+        self.step += 1
+        return value, stop
+
+    def agree(self, loss: Optional[torch.Tensor] = None) -> Tuple[Optional[float], bool]:
+        """The global batch's loss (equal shards: the mean of the ranks' means) and whether
+        any rank has seen Ctrl-C. Under torchrun every rank calls it at the same point and
+        decides on the reduced flag alone, so no rank stops while another goes on; a Ctrl-C
+        arriving after the reduction is kept for the next one."""
+        value = float("nan") if loss is None else loss.item()
+        stop = self.stop_requested
+        if self.dist is not None:
+            t = torch.tensor([value, float(stop)], device=self.device)
+            dist.all_reduce(t)
+            value, stop = t[0].item() / self.world, t[1].item() > 0
+        return (None if loss is None else value), stop
+
+    def evaluate(self, split: str) -> Dict[str, float]:
+        texts = [t for t, _ in getattr(self.splits, split)]
+        logits = predict(self.clf, texts, self.cfg.batch_size * 2, self.device)
+        return metrics(logits, self.targets[split], self.cfg.data.multi_label)
+
+    def close_epoch(self) -> dict:
+        """The finished epoch's history entry, with validation (on rank 0; the others
+        wait at the barrier), logged. Both engines call it at the end of every epoch."""
+        steps = self.steps_per_epoch()
+        entry = {
+            "epoch": self.epoch + 1,
+            "train_loss": sum(self.partial["losses"]) / steps,
+            "step_losses": self.partial["losses"],
+            "steps": steps,
+            "train_examples": len(self.train_set),
+            "train_seconds": self.partial["seconds"],
+            "validation": self.evaluate("validation") if self.is_main else {},
+        }
+        self.barrier()
+        self.history.append(entry)
+        if self.is_main:
+            self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+                     f"validation accuracy {entry['validation']['accuracy']:.4f}")
+        return entry
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step = self.epoch + 1, 0
+        self.partial = {"losses": [], "seconds": 0.0}
+
+    def barrier(self) -> None:
+        if self.dist is not None:
+            dist.barrier()
+
+    # -- Ctrl-C -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stopping_on_sigint(self):
+        """While inside, Ctrl-C asks the run to stop after the current step (a checkpoint
+        is saved); a second Ctrl-C aborts at once."""
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
+            pass
+        try:
+            yield
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    # -- the end ------------------------------------------------------------------------
+    def finish(self) -> Optional[dict]:
+        """Test metrics, model/, metrics.json and plot.png (rank 0); returns the metrics."""
+        if not self.is_main:
+            if self.adv is not None:
+                self.adv.remove()
+            self.barrier()  # wait for rank 0's test evaluation and files
+            return None
+        steps = sum(h["steps"] for h in self.history)
+        result = {
+            "epochs": self.history,
+            "final": {"validation": self.history[-1]["validation"], "test": self.evaluate("test")},
+            "seconds_per_step": sum(h["train_seconds"] for h in self.history) / max(steps, 1),
+            "train_examples": len(self.splits.train),
+            "augmented_examples": len(self.extra),
+            "validation_examples": len(self.splits.validation),
+            "test_examples": len(self.splits.test),
+        }
+        self.clf.save(os.path.join(self.run_dir, "model"))
+        write_json(os.path.join(self.run_dir, "metrics.json"), result)
+        if self.adv is not None:
+            self.adv.remove()  # the model leaves training without advnlp's hook
+        # The final weights are in model/; the optimizer state is no longer needed.
+        checkpoint = os.path.join(self.run_dir, CHECKPOINT)
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)
+        shutil.rmtree(os.path.join(self.run_dir, CHECKPOINTS), ignore_errors=True)
+        plot(self.run_dir, self.history, self.log)
+        self.barrier()
+        return result

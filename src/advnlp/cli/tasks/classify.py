@@ -1,0 +1,88 @@
+"""Sequence classification: one label (softmax) or a label set (sigmoid) per text.
+
+The loss, the metrics (accuracy, macro-F1, micro-F1 for multi-label), batched
+prediction, the check that an attack fits the input, and the training step: the
+closure every advnlp method is called with.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, List, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..models import Classifier
+
+
+def loss_fn(multi_label: bool) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+
+
+def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(denom))
+
+
+def predictions(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    return (logits > 0).float() if multi_label else logits.argmax(-1)
+
+
+def metrics(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> Dict[str, float]:
+    """accuracy (exact match for multi-label) and macro-F1; micro-F1 too for multi-label."""
+    pred = predictions(logits, multi_label)
+    if multi_label:
+        truth = targets.float()
+    else:
+        n = logits.shape[-1]
+        pred = nn.functional.one_hot(pred, n).float()
+        truth = nn.functional.one_hot(targets, n).float()
+    tp = (pred * truth).sum(0)
+    fp = (pred * (1 - truth)).sum(0)
+    fn = ((1 - pred) * truth).sum(0)
+    out = {
+        "accuracy": (pred == truth).all(-1).float().mean().item(),
+        "macro_f1": _f1(tp, fp, fn).mean().item(),
+    }
+    if multi_label:
+        out["micro_f1"] = _f1(tp.sum(), fp.sum(), fn.sum()).item()
+    return out
+
+
+def batches(n: int, size: int) -> List[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def predict(clf: Classifier, texts: Sequence[tuple], batch_size: int, device) -> torch.Tensor:
+    clf.model.eval()
+    out = []
+    for idx in batches(len(texts), batch_size):
+        enc = {k: v.to(device) for k, v in clf.encode([texts[i] for i in idx]).items()}
+        out.append(clf(enc).float().cpu())
+    return torch.cat(out)
+
+
+def check_single_segment(attack: str, text_columns) -> None:
+    if attack in ("char", "word") and len(text_columns) != 1:
+        raise InputError(f"--attack {attack} edits single texts; this run uses sentence pairs "
+                         f"({','.join(text_columns)}): use --attack embedding")
+
+
+def train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nullcontext,
+               backward_fn=None) -> torch.Tensor:
+    """One step's gradients: clean only, or clean + adversarial through ``adv.backward``.
+    ``autocast`` wraps every forward pass (--precision); ``backward_fn`` scales for fp16."""
+    def logits():
+        with autocast():
+            return clf(batch)
+
+    if adv is not None and adv.needs_logits:  # SMART, VAT compare logits: the closure returns them
+        return adv.backward(logits, backward_fn, labels=y)
+    closure = lambda: criterion(logits().float(), y)  # noqa: E731 (the closure is the API)
+    if adv is None:
+        loss = closure()
+        (backward_fn or torch.Tensor.backward)(loss)
+        return loss.detach()
+    return adv.backward(closure, backward_fn)
