@@ -93,20 +93,28 @@ def on_rank0(info: Optional[DistInfo], fn: Callable[[], None]) -> None:
         raise InputError(msg[0])
 
 
-# Each random stream of a run has its own offset; counters (epoch, rank, step) are mixed
-# in below it. "epoch-order" and "augment-sample" keep the values of earlier releases, so
-# a run with the same --seed sees the same batches and augmentation samples as before.
-STREAMS = {"epoch-order": 0, "augment-sample": 500_009, "augment-attack": 700_001,
-           "dropout": 900_001}
+# Each random stream of a run: (offset, its counters). "epoch-order" and "augment-sample"
+# keep the values of earlier releases, so a run with the same --seed sees the same
+# batches and augmentation samples as before.
+STREAMS = {
+    "epoch-order": (0, ("epoch",)),
+    "augment-sample": (500_009, ("epoch",)),
+    "augment-attack": (700_001, ("epoch",)),
+    "dropout": (900_001, ("rank",)),
+    "dropout-resumed": (950_001, ("rank", "epoch", "step")),
+}
 _SEED_STRIDE, _COUNTER_STRIDE = 1_000_003, 10_007
 
 
 def derive_seed(seed: int, purpose: str, *counters: int) -> int:
-    """The seed of one random stream of a run (a key of ``STREAMS``):
-    ``seed * 1_000_003 + STREAMS[purpose] + c0 + 10_007 * c1 + 10_007**2 * c2 ...``
-    for the counters (epoch; or rank, epoch, step). Equal inputs give equal seeds."""
+    """The seed of one random stream of a run (a key of ``STREAMS``, with its counters):
+    ``seed * 1_000_003 + offset + c0 + 10_007 * c1 + 10_007**2 * c2``. Equal inputs give
+    equal seeds."""
+    offset, names = STREAMS[purpose]
+    if len(counters) != len(names):
+        raise TypeError(f"derive_seed({purpose!r}) takes {', '.join(names)}")
     mixed = sum(int(c) * _COUNTER_STRIDE ** k for k, c in enumerate(counters))
-    return int(seed) * _SEED_STRIDE + STREAMS[purpose] + mixed
+    return int(seed) * _SEED_STRIDE + offset + mixed
 
 
 def seed_everything(seed: int) -> None:

@@ -100,9 +100,11 @@ class Run:
         self.backward_fn = (None if self.scaler is None else
                             lambda loss: self.scaler.scale(loss).backward())
 
-    def reseed_rank(self, *counters: int) -> None:
-        """Own dropout noise for this rank (after a DDP broadcast or a resume)."""
-        torch.manual_seed(derive_seed(self.cfg.seed, "dropout", self.rank, *counters))
+    def reseed_rank(self, resumed: bool = False) -> None:
+        """Own dropout noise for this rank (after a DDP broadcast, or on resume: the
+        checkpoint holds rank 0's random state)."""
+        torch.manual_seed(derive_seed(self.cfg.seed, "dropout-resumed", self.rank, self.epoch, self.step)
+                          if resumed else derive_seed(self.cfg.seed, "dropout", self.rank))
 
     # -- the training set, which --augment-with-attack grows ----------------------------
     @property

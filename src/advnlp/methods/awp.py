@@ -14,17 +14,18 @@ every layer). Embeddings, LayerNorm and biases are left alone. Choose with
 ``module_types=`` or exact ``params=`` names; names are never matched by substring
 (the Kaggle ``adv_param="weight"`` silently caught LayerNorm and embeddings).
 
-Unlike the common Kaggle class, this never calls ``optimizer.zero_grad()`` (which
-wiped the clean and accumulated gradients), keeps one backup copy of the selected
-weights (not three), and reads this batch's clean gradient from autograd hooks on
-the selected tensors, so gradients accumulated from earlier micro-batches neither
-leak into the direction nor get copied. ``start_step`` counts ``backward()``
-calls (micro-batches); before it, ``backward()`` is a plain backward.
+This batch's clean gradient is read from autograd hooks on the selected tensors,
+so gradients accumulated from earlier micro-batches neither leak into the
+direction nor get copied; ``.grad`` is only ever added to. ``start_step`` counts
+``backward()`` calls (micro-batches); before it, ``backward()`` is a plain
+backward. (How this differs from the common Kaggle class: docs/methods.md.)
+
+Arguments (defaults): ``adv_lr=1.0``, ``adv_eps=0.01`` (with ``adv_lr=1`` the clamp
+binds, so ``adv_eps`` is the real size), ``params=None``,
+``module_types=(nn.Linear,)``, ``exclude=()``, ``start_step=0``, ``adv_weight=1.0``.
 
 Cost: 2 forward + 2 backward passes; extra memory: one copy of the selected
-weights plus their clean gradient (freed tensor by tensor). Defaults: adv_lr=1.0,
-adv_eps=0.01 (with adv_lr=1 the clamp is what binds, so adv_eps is the real size;
-Kaggle winners used 1e-3 to 0.2), start_step=0.
+weights plus their clean gradient (freed tensor by tensor).
 
 Example::
 

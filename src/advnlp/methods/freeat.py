@@ -20,12 +20,12 @@ the cost of standard training (the paper's point). Gradients are *not* clean +
 adversarial: each call's gradient is the one at the current delta (the first
 replay's is the clean gradient). Returns the loss at the current delta.
 
-Cost per call: 1 forward + 1 backward (the same as plain training). Defaults:
-the FreeAT text baseline released with FreeLB
-(``fairseq-RoBERTa/launch/FreeAT/sst-fp32-clip.sh``): L2 per example,
-epsilon=0.6, step_size=0.1 (= epsilon/6), replays=2; delta starts at 0 (their
-script also adds a random start, not implemented here). Shafahi et al.'s image
-recipe is ``norm="linf"``, whose step defaults to epsilon (per coordinate).
+Arguments (defaults, the FreeAT text baseline released with FreeLB; provenance:
+docs/methods.md): ``epsilon=0.6``, ``replays=2``, ``step_size=epsilon / 6``
+(``epsilon`` for ``norm="linf"``, Shafahi et al.'s image recipe), ``norm="l2"``,
+``scope="example"``, ``embedding=None``. delta starts at 0.
+
+Cost per call: 1 forward + 1 backward (the same as plain training).
 
 Example::
 

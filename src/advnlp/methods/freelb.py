@@ -21,14 +21,15 @@ statistics) end as after pass 0 alone, i.e. one forward at ``delta_0``. ``max_no
 projection (the released GLUE scripts). A zero delta or gradient norm never
 produces inf * 0 (the released code's NaN with ``init_mag=0`` and ``max_norm>0``).
 
+Divide the loss by your gradient-accumulation steps as usual; FreeLB already
+divides by K (a ``backward_fn`` receives ``loss / K`` of each pass).
+
+Arguments (defaults, the released SST-2 settings; other tasks': docs/methods.md):
+``adv_steps=2``, ``adv_lr=0.1``, ``init_mag=1.0``, ``max_norm=0.6``,
+``norm="l2"``, ``generator=None``, ``embedding=None``.
+
 Cost: K forward + K backward passes, no extra memory beyond one delta; only the
-last pass syncs gradients under DDP. Defaults: the released SST-2 script
-(``fairseq-RoBERTa/launch/FreeLB/sst-fp32-clip.sh``: adv_lr 0.1, adv_steps 2,
-init_mag 1, max_norm 0.6, L2; the ALBERT SST-2 script uses the same with 3
-steps). Other GLUE scripts differ (MNLI: adv_lr 0.04, init_mag 0.08, max_norm 0,
-3 steps; QNLI: 0.05, 0.1, 0, 3): tune per task. Divide the loss by
-your gradient-accumulation steps as usual; FreeLB already divides by K (a
-``backward_fn`` receives ``loss / K`` of each pass).
+last pass syncs gradients under DDP.
 
 Example::
 

@@ -12,21 +12,12 @@ Adds a smoothness term to the task loss; delta on the embedding output::
         delta = radius * v / (||v||_token + epsilon)     (per-token L-inf by default)
     loss  = task + alpha * [ D(f(x) || f(x+delta)) + D(f(x+delta) || f(x)) ]
 
-Which norm, and why: the released code (mt-dnn ``SmartPerturbation``, default
-``norm_p='inf'``, token level) does exactly this per-token L-inf normalisation,
-so the paper's epsilon=1e-5 is *not* a radius, only a division stabiliser: each
-real token ends with ``max|delta| = radius * m / (m + epsilon)``, m = the token's
-``max|v|`` (radius = 1 in the reference). We keep that behaviour (it is what
-produced the paper's results) and make the scale explicit as ``radius``.
-Beware, with the defaults: v is dominated by the 1e-5 noise (the divergence's
-gradient at a 1e-5 perturbation is second-order small, and step_size is 1e-3),
-so epsilon is *not* negligible (max|delta| ~ 0.7 * radius on the test BERT) and
-delta is essentially the rescaled random start (cosine 1.0 with it on the test
-BERT; 0.96 only at step_size=1e3). Raise ``step_size`` / ``steps`` if you want
-the perturbation to be adversarial rather than random. Note advnlp perturbs the *word*-embedding output; mt-dnn perturbs
-the embedding block's output after LayerNorm, whose entries are O(1). For BERT
-word embeddings (entries ~0.05) a smaller radius (e.g. 0.05-0.1) is the
-like-for-like choice. ``norm="l2"`` normalises each token by its L2 norm instead.
+The per-token L-inf normalisation is the released code's (mt-dnn
+``SmartPerturbation``): the paper's ``epsilon`` is a division stabiliser, not a
+radius, and ``radius`` makes the scale explicit. ``norm="l2"`` normalises each
+token by its L2 norm instead. With the defaults delta is essentially the rescaled
+random start; raise ``step_size`` / ``steps`` for an adversarial one, and use a
+smaller radius (0.05-0.1) on word embeddings (why, measured: docs/methods.md).
 
 The symmetric term follows the reference ``SymKlCriterion``: each direction
 differentiates only through its second argument, so both the clean and the
@@ -51,10 +42,14 @@ runs under ``no_grad`` with the teacher tensors swapped in (``p.data``, restored
 bit-for-bit). Costs one more forward and one copy of the trainable parameters;
 ``last_bregman_loss`` holds the term. Paper: mu=1, beta=0.99. Off by default.
 
+Arguments (defaults, the paper's and released code's): ``alpha=1.0``,
+``noise_var=1e-5`` (a standard deviation, as in the code), ``step_size=1e-3``,
+``epsilon=1e-5``, ``radius=1.0``, ``steps=1``, ``norm="linf"``,
+``output_type="softmax"``, ``loss_fn=None``, ``generator=None``, ``bregman=0``,
+``bregman_beta=0.99``, ``embedding=None``.
+
 Cost: 2 + steps forward passes (+1 with ``bregman``), steps input-only backwards, 1 full backward
 through the clean and final graphs (two forwards' activations alive at once).
-Defaults (paper / released code): noise_var=1e-5 (used as a standard deviation,
-as in the code), step_size=1e-3, epsilon=1e-5, steps=1, alpha=1, radius=1, L-inf.
 
 Example::
 

@@ -11,15 +11,11 @@ batches (its point: semi-supervised training)::
     loss  = task (if any) + alpha * KL(f(x) || f(x + r_adv))     (f(x) detached)
 
 ``xi`` is scale-aware: the finite-difference radius is ``xi_n = xi * ||e_n||``
-with ``e_n`` the example's clean embedding output (real tokens). Default 1e-3,
-not the 1e-6 of Miyato's image code: measured on the test models, a relative
-1e-6 is beneath float32 resolution (the float32 power-iteration direction had
-cosine 0.08 with the float64 one), 1e-5 gives 0.996, 1e-3 gives > 0.99999.
-(Miyato's *text* code used 0.1 on unit-variance embeddings.) Under bf16/fp16
-autocast the activations carry ~1e-2 relative rounding, so use ``xi=0.1`` there.
-A zero probe gradient gives a zero r_adv, never NaN. ``epsilon`` is absolute, in
-embedding units, as in the other
-methods (Miyato et al. used 5.0 on embeddings normalised to unit variance).
+with ``e_n`` the example's clean embedding output (real tokens); 1e-3 rather than
+the image code's 1e-6, which is beneath float32 resolution (measured:
+docs/methods.md); use ``xi=0.1`` under bf16/fp16 autocast. A zero probe gradient
+gives a zero r_adv, never NaN. ``epsilon`` is absolute, in embedding units, as in
+the other methods.
 
 The closure returns the model output: logits for an unlabelled batch (no task
 loss: only the VAT loss is backpropagated), or an output with ``.loss`` /
@@ -28,9 +24,12 @@ task loss, or the VAT loss when the batch has no task loss; ``last_adv_loss``
 is the VAT loss. Divergence by ``output_type``: ``"softmax"`` (KL), ``"sigmoid"``
 (Bernoulli KL per logit) or ``"regression"`` (squared error).
 
+Arguments (defaults): ``epsilon=1.0``, ``loss_fn=None``, ``alpha=1.0``,
+``xi=1e-3`` (relative), ``power_iters=1``, ``output_type="softmax"``,
+``generator=None``, ``norm="l2"``, ``scope="example"``, ``embedding=None``.
+
 Cost: 2 + power_iters forward passes, power_iters input-only backwards, 1 full
-backward (through the clean graph only when there is a task loss). Defaults:
-epsilon=1.0, xi=1e-3 (relative), power_iters=1, alpha=1.0, L2 per example.
+backward (through the clean graph only when there is a task loss).
 
 Example::
 

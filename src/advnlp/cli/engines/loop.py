@@ -125,4 +125,4 @@ def resume(run: Run) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
     if run.rank > 0:
         # The checkpoint holds rank 0's random state; the others draw fresh dropout noise.
-        run.reseed_rank(run.epoch, run.step)
+        run.reseed_rank(resumed=True)

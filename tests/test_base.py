@@ -1,0 +1,107 @@
+"""What every method shares through the one base: a constructor that raises leaves the
+model exactly as it was, the public ``needs_logits``, and the NaN/inf skip report of the
+one backward() template."""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, Adversary, FreeAT, FreeLB
+from tinymodels import MeanPoolClassifier, assert_state_equal, batch, snapshot, tiny_bert
+
+INVALID = {
+    FGM: [{"epsilon": 0}, {"epsilon": -1}, {"epsilon": math.nan}, {"epsilon": math.inf},
+          {"epsilon": "1"}, {"norm": "l3"}, {"scope": "word"}, {"target": "bias"},
+          {"adv_weight": -1}, {"adv_weight": math.nan}, {"embedding": "no.such.module"}],
+    FGSM: [{"epsilon": 0}, {"alpha": 0}, {"alpha": -1}, {"norm": "l2"}, {"scope": "word"},
+           {"target": "bias"}, {"adv_weight": -1}],
+    PGD: [{"steps": 0}, {"steps": 1.5}, {"steps": True}, {"alpha": 0}, {"alpha": -0.1},
+          {"alpha": math.inf}, {"epsilon": 0}, {"norm": "l1"}, {"target": "bias"},
+          {"adv_weight": -1}],
+    FreeLB: [{"adv_steps": 0}, {"adv_lr": 0}, {"init_mag": -1}, {"max_norm": -1},
+             {"norm": "l3"}, {"embedding": "no.such.module"}],
+    FreeAT: [{"epsilon": 0}, {"replays": 0}, {"step_size": 0}, {"target": "weight"},
+             {"adv_weight": 0.5}, {"adv_only": True}, {"norm": "l1"}, {"scope": "word"}],
+    SMART: [{"alpha": -1}, {"noise_var": 0}, {"step_size": 0}, {"epsilon": 0}, {"radius": 0},
+            {"steps": 0}, {"output_type": "logits"}, {"bregman": -1}, {"bregman_beta": 1},
+            {"loss_fn": 3}, {"norm": "l3"}],
+    VAT: [{"epsilon": 0}, {"xi": 0}, {"power_iters": 0}, {"alpha": -1},
+          {"output_type": "logits"}, {"target": "weight"}, {"adv_weight": 2.0},
+          {"loss_fn": 3}, {"scope": "word"}],
+    AWP: [{"adv_lr": 0}, {"adv_eps": 0}, {"adv_weight": math.inf}, {"start_step": -1},
+          {"params": "weight"}, {"params": ["no.such.weight"]}, {"module_types": (int,)},
+          {"exclude": ["no.such.weight"]}],
+}
+CASES = [(cls, kw) for cls, kws in INVALID.items() for kw in kws]
+
+
+def _hooks(model: nn.Module) -> dict:
+    """Every hook and instance attribute torch lets a library leave on a model."""
+    out = {}
+    for name, m in model.named_modules():
+        out[name] = (
+            sorted(vars(m)),
+            [len(getattr(m, a)) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                          "_backward_pre_hooks", "_state_dict_hooks",
+                                          "_load_state_dict_pre_hooks")],
+        )
+    for name, p in model.named_parameters():
+        out["param:" + name] = len(p._backward_hooks or {})
+    return out
+
+
+@pytest.mark.parametrize("model_fn", [MeanPoolClassifier, tiny_bert], ids=["meanpool", "bert"])
+@pytest.mark.parametrize("cls,kwargs", CASES, ids=[f"{c.__name__}-{k}" for c, k in CASES])
+def test_a_constructor_that_raises_leaves_the_model_as_it_was(cls, kwargs, model_fn):
+    torch.manual_seed(0)
+    model = model_fn()
+    before_hooks, before_state = _hooks(model), snapshot(model)
+    with pytest.raises((TypeError, ValueError)):
+        cls(model, **kwargs)
+    assert _hooks(model) == before_hooks
+    assert_state_equal(model, before_state)
+
+
+def test_the_hook_test_would_see_a_leftover_hook():
+    """The check above is not vacuous: a working constructor leaves its one hook."""
+    model = MeanPoolClassifier()
+    before = _hooks(model)
+    adv = PGD(model)
+    assert _hooks(model) != before
+    adv.remove()
+    assert _hooks(model) == before
+
+
+@pytest.mark.parametrize("cls,wants", [(FGM, False), (FGSM, False), (PGD, False), (FreeLB, False),
+                                       (FreeAT, False), (AWP, False), (SMART, True), (VAT, True)])
+def test_every_method_is_an_adversary_and_says_whether_it_needs_logits(cls, wants):
+    adv = cls(MeanPoolClassifier())
+    assert isinstance(adv, Adversary)
+    assert adv.needs_logits is wants
+
+
+def _inf_step(cls):
+    torch.manual_seed(0)
+    model = MeanPoolClassifier()
+    ids, y = batch()
+    adv = cls(model)
+    ce = nn.functional.cross_entropy
+    if adv.needs_logits:
+        return adv, lambda: adv.backward(lambda: model(ids) * math.inf, labels=y)
+    # A finite clean loss whose gradient is inf: the adversarial part is what gets skipped.
+    return adv, lambda: adv.backward(lambda: ce(model(ids), y) * math.inf)
+
+
+@pytest.mark.parametrize("cls", [FGM, FGSM, PGD, FreeLB, FreeAT, SMART, VAT, AWP])
+def test_a_skipped_step_is_counted_and_blamed_on_the_callers_line(cls):
+    adv, call = _inf_step(cls)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    skips = [w for w in caught if "non-finite" in str(w.message)]
+    assert len(skips) == 1 and skips[0].category is RuntimeWarning
+    assert skips[0].filename == __file__  # the user's line, not advnlp's
+    assert cls.__name__ in str(skips[0].message)
+    assert adv.skipped_steps == 1
