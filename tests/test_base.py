@@ -105,3 +105,21 @@ def test_a_skipped_step_is_counted_and_blamed_on_the_callers_line(cls):
     assert skips[0].filename == __file__  # the user's line, not advnlp's
     assert cls.__name__ in str(skips[0].message)
     assert adv.skipped_steps == 1
+
+
+@pytest.mark.parametrize("cls", [FGM, FGSM, PGD, FreeLB, FreeAT, SMART, VAT, AWP])
+def test_no_grad_and_a_frozen_model_are_named_as_the_cause(cls):
+    torch.manual_seed(0)
+    model = MeanPoolClassifier()
+    ids, y = batch()
+    adv = cls(model)
+    ce = nn.functional.cross_entropy
+    step = ((lambda: adv.backward(lambda: model(ids), labels=y)) if adv.needs_logits
+            else (lambda: adv.backward(lambda: ce(model(ids), y))))
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"torch.no_grad\(\)"):
+        step()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="no parameter of the model requires grad"):
+        step()
+    assert all(p.grad is None for p in model.parameters())

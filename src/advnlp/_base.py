@@ -292,6 +292,7 @@ class Adversary:
             returns = "the model output" if self.needs_logits else "the loss"
             raise TypeError("backward() needs a closure: a function that runs the forward pass "
                             f"and returns {returns}")
+        self._check_trainable()
         step = self._new_step(closure, backward_fn or _default_backward)
         try:
             loss = self._step(step, **options)
@@ -308,6 +309,19 @@ class Adversary:
 
     def _new_step(self, closure: Closure, backward_fn: BackwardFn) -> Step:
         return Step(self, closure, backward_fn)
+
+    def _check_trainable(self) -> None:
+        """The two reasons a step can have nothing to train, said before any pass runs
+        (later, torch would only report a loss without a graph)."""
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() ran under torch.no_grad() or "
+                "torch.inference_mode(): training needs gradients. Call it outside that block.")
+        if not any(p.requires_grad for p in P.unwrap(self.model).parameters()):
+            raise RuntimeError(
+                f"{type(self).__name__}: no parameter of the model requires grad (all are "
+                "frozen), so there is nothing to train. Unfreeze what should learn "
+                "(p.requires_grad_(True)), e.g. the classifier head or LoRA adapters.")
 
     def _step(self, step: Step, **options) -> torch.Tensor:
         """The method's algorithm: the passes of one step; returns the loss to report."""

@@ -134,3 +134,55 @@ def test_cuda_requested_without_cuda(sentiment_csv, tmp_path, capsys):
 def test_resume_refuses_options_it_would_ignore(tmp_path, capsys):
     assert run("train", "--resume", tmp_path, "--epochs", "3") == 2
     _one_line_error(capsys, "drop --epochs")
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-inf"])
+def test_a_learning_rate_that_is_not_a_finite_number(lr, sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, f"--lr={lr}",
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, "--lr must be a finite number > 0")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "smart", "--epsilon", "inf"], "--epsilon must be > 0"),
+    (["--method", "pgd", "--alpha", "nan"], "--alpha must be > 0"),
+])
+def test_method_parameters_that_are_not_finite(argv, needle, sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv,
+               "--output-dir", tmp_path / "run", *argv) == 2
+    _one_line_error(capsys, needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("methods, extra, needle", [
+    ("none,pgd", ["--steps", "0"], "--steps must be > 0"),
+    ("fgm,fgm", [], "lists fgm more than once"),
+    ("none,fgm,none", [], "lists none more than once"),
+])
+def test_compare_checks_every_method_before_the_first_run(methods, extra, needle, sentiment_csv,
+                                                          tmp_path, capsys):
+    assert run("compare", "--methods", methods, "--model", "textcnn", "--train", sentiment_csv,
+               "--epochs", "1", "--output-dir", tmp_path / "cmp", *extra) == 2
+    _one_line_error(capsys, needle)
+    assert not (tmp_path / "cmp").exists()  # no run trained, no folder made
+
+
+def test_a_methods_own_argument_check_runs_before_any_file(sentiment_csv, tmp_path, capsys,
+                                                           monkeypatch):
+    """Arguments only the method's constructor checks (here SMART's steps) are refused
+    before the data and model load and before the output folder exists."""
+    from advnlp.cli import config
+
+    monkeypatch.setitem(config.METHODS, "smart", (config.SMART, {"steps": "steps", "alpha": "bregman_beta"}))
+    assert run("train", "--method", "smart", "--alpha", "2", "--steps", "1", "--model", "textcnn",
+               "--train", sentiment_csv, "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, "--method smart: bregman_beta must be in [0, 1)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, see", [(["--bogus"], "(see advnlp --help)"),
+                                       (["train", "--bogus"], "(see advnlp train --help)")])
+def test_the_help_hint_names_the_program_once(argv, see, capsys):
+    assert run(*argv) == 2
+    _one_line_error(capsys, see)

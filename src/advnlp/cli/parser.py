@@ -16,8 +16,17 @@ DESCRIPTION = "train, compare and evaluate adversarially trained text classifier
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
-        print(f"advnlp: error: {message} (see advnlp {self.prog.split()[-1]} --help)", file=sys.stderr)
+        command = " ".join(["advnlp", *self.prog.split()[1:]])  # "advnlp" or "advnlp train"
+        print(f"advnlp: error: {message} (see {command} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        # argparse reports unknown options from the top-level parser; name the command's help.
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(self, "commands", {}).get(getattr(args, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
 
 
 def _floats(text: str) -> List[float]:
@@ -126,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--norm", default="l2", help="l2 (per example, default) or linf (per coordinate)")
     g.add_argument("--steps", type=int, default=10, help="ascent steps; 1 = FGSM (default 10)")
     g.add_argument("--random-start", action="store_true", help="start from a random point in the ball")
+    parser.commands = {"train": t, "compare": c, "eval": e, "attack": a}
     return parser
 
 
