@@ -186,3 +186,41 @@ def test_a_methods_own_argument_check_runs_before_any_file(sentiment_csv, tmp_pa
 def test_the_help_hint_names_the_program_once(argv, see, capsys):
     assert run(*argv) == 2
     _one_line_error(capsys, see)
+
+
+def test_eval_given_a_file_instead_of_a_run(sentiment_csv, capsys):
+    assert run("eval", sentiment_csv) == 2
+    _one_line_error(capsys, "is a file; give the run's directory", "--data")
+
+
+def test_eval_batch_size_zero(sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+               "--output-dir", out, "--quiet") == 0
+    capsys.readouterr()
+    assert run("eval", out, "--batch-size", "0") == 2
+    _one_line_error(capsys, "--batch-size must be >= 1")
+    assert not (out / "eval.json").exists()
+
+
+def test_an_empty_label_delimiter(sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--multi-label",
+               "--label-delimiter", "", "--output-dir", tmp_path / "r") == 2
+    _one_line_error(capsys, "--label-delimiter is empty")
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_on_a_run_that_died_before_its_first_checkpoint(sentiment_csv, tmp_path, capsys):
+    """A run killed (-9) in its first epoch has config.json but nothing to resume from:
+    the message must not send the user to --resume, which would fail."""
+    out = tmp_path / "r"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+               "--output-dir", out, "--quiet") == 0
+    capsys.readouterr()
+    import shutil
+    shutil.rmtree(out / "model")  # as a kill before the end leaves it
+    assert run("eval", out) == 2
+    err = _one_line_error(capsys, "no checkpoint", "--overwrite")
+    assert "--resume" not in err
+    assert run("train", "--resume", out) == 2  # and indeed there is nothing to resume
+    capsys.readouterr()

@@ -155,6 +155,8 @@ def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.
                  steps: int = 5, samples: int = 100, batch_size: int = 32,
                  device: str = "auto") -> dict:
     """Clean metrics and a robustness curve for a saved run; also written to eval.json."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device)
     texts = [t for t, _ in examples]
     clean = metrics(predict(clf, texts, batch_size, dev), targets, labels.multi_label)

@@ -107,6 +107,9 @@ class TrainConfig:
             check_single_segment(cfg.augment_with_attack, cfg.data.text_columns)
         if cfg.augment_every < 1 or cfg.augment_samples < 1:
             raise InputError("--augment-every and --augment-samples must be >= 1")
+        if cfg.data.multi_label and not cfg.data.label_delimiter:
+            raise InputError("--label-delimiter is empty: give the character between the labels "
+                             "of an example, e.g. --label-delimiter ',' (JSON lists need none)")
         if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
             raise InputError("--max-train-samples must be >= 1")
         if cfg.precision not in PRECISIONS:

@@ -40,7 +40,18 @@ def prepare_run_dir(path: str, overwrite: bool) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def has_checkpoint(run_dir: str) -> bool:
+    """A checkpoint of either engine (``checkpoint.pt``, ``checkpoints/checkpoint-*``)."""
+    if os.path.isfile(os.path.join(run_dir, CHECKPOINT)):
+        return True
+    folder = os.path.join(run_dir, CHECKPOINTS)
+    return os.path.isdir(folder) and any(n.startswith("checkpoint-") for n in os.listdir(folder))
+
+
 def read_config(run_dir: str) -> TrainConfig:
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise InputError(f"{run_dir} is a file; give the run's directory (the --output-dir "
+                         "of advnlp train), and a data file with --data")
     path = os.path.join(run_dir, "config.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -61,7 +72,11 @@ def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, C
         raise InputError(f"{run_dir}: cannot read labels.json ({e})") from None
     model_dir = os.path.join(run_dir, "model")
     if not os.path.isdir(model_dir):
-        raise InputError(f"{run_dir}: no model/ (the run did not finish; --resume it)")
+        if has_checkpoint(run_dir):
+            raise InputError(f"{run_dir}: no model/ (the run did not finish); continue it with "
+                             f"advnlp train --resume {run_dir}")
+        raise InputError(f"{run_dir}: no model/ and no checkpoint (the run stopped before its "
+                         "first checkpoint); train it again with --overwrite")
     clf = load(model_dir, cfg.model if cfg.model in SCRATCH else "hf", len(labels.names),
                cfg.max_length)
     clf.model.to(device_of(device))
