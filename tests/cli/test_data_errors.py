@@ -1,0 +1,70 @@
+"""Input files that used to load wrongly or fail with a misleading message."""
+import pytest
+
+from advnlp.cli.data import DataSpec, read_file
+from advnlp.cli.errors import InputError
+
+from cli_helpers import write_csv
+
+
+def _refused(path, spec=None):
+    with pytest.raises(InputError) as e:
+        read_file(str(path), spec or DataSpec())
+    return str(e.value)
+
+
+# 1. Rows that do not match the header --------------------------------------
+def test_csv_row_with_more_fields_than_the_header(tmp_path):
+    path = tmp_path / "d.csv"
+    # The quoted field spans lines 2-3, so the unquoted comma is on physical line 4.
+    path.write_text('text,label\n"two\nlines",a\nfine, then not,b\n', encoding="utf-8")
+    msg = _refused(path)
+    assert f"{path}:4" in msg and "3 fields" in msg and "quot" in msg, msg
+
+
+def test_tsv_row_with_more_fields_than_the_header(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text("text\tlabel\nok\ta\ntab\there\tb\n", encoding="utf-8")
+    msg = _refused(path)
+    assert f"{path}:3" in msg and "quot" in msg, msg
+
+
+def test_csv_row_missing_a_needed_field(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nok,a\nno label here\n", encoding="utf-8")
+    msg = _refused(path)
+    assert f"{path}:3" in msg and "'label'" in msg, msg
+
+
+def test_csv_row_short_of_an_unneeded_field_still_loads(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,note\nok,a,x\nfine,b\n", encoding="utf-8")
+    assert read_file(str(path), DataSpec()) == [(("ok",), "a"), (("fine",), "b")]
+
+
+# 2. Long fields ----------------------------------------------------------------
+@pytest.mark.parametrize("ext, delimiter", [(".csv", ","), (".tsv", "\t")])
+def test_text_longer_than_the_csv_module_default_limit(tmp_path, ext, delimiter):
+    import csv
+    before = csv.field_size_limit()
+    long = "word " * 40_000  # 200,000 characters
+    path = write_csv(tmp_path / f"d{ext}", ["text", "label"], [[long, "a"], ["short", "b"]], delimiter)
+    assert read_file(path, DataSpec()) == [((long,), "a"), (("short",), "b")]
+    assert csv.field_size_limit() == before  # not left changed for other code
+
+
+# 3. Empty files ------------------------------------------------------------------
+@pytest.mark.parametrize("name, content", [("d.csv", ""), ("d.tsv", "\n"), ("d.jsonl", ""),
+                                           ("e.jsonl", "\n  \n")])
+def test_empty_file_says_so(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    msg = _refused(path)
+    assert "is empty" in msg and str(path) in msg and "columns are" not in msg, msg
+
+
+# 4. Delimiter does not match the extension ------------------------------------
+def test_tsv_saved_as_csv(tmp_path):
+    path = write_csv(tmp_path / "d.csv", ["text", "label"], [["a b", "x"], ["c d", "y"]], "\t")
+    msg = _refused(path)
+    assert "tab-separated" in msg and ".tsv" in msg, msg
