@@ -1,10 +1,18 @@
 """Input files that used to load wrongly or fail with a misleading message."""
+import json
+
 import pytest
 
 from advnlp.cli.data import DataSpec, read_file
 from advnlp.cli.errors import InputError
 
-from cli_helpers import write_csv
+from cli_helpers import run, write_csv
+
+
+def _jsonl(path, labels):
+    path.write_text("".join(json.dumps({"text": f"t{i}", "label": lab}) + "\n"
+                            for i, lab in enumerate(labels)), encoding="utf-8")
+    return str(path)
 
 
 def _refused(path, spec=None):
@@ -13,7 +21,36 @@ def _refused(path, spec=None):
     return str(e.value)
 
 
-# 1. Rows that do not match the header --------------------------------------
+# 1. Values that silently became classes --------------------------------------
+@pytest.mark.parametrize("value", [["a", "b"], {"a": 1}])
+def test_jsonl_list_or_object_label_without_multi_label(tmp_path, value):
+    path = _jsonl(tmp_path / "d.jsonl", ["a", "b", value])
+    msg = _refused(path)
+    assert f"{path}:3" in msg and json.dumps(value) in msg, msg
+    if isinstance(value, list):
+        assert "--multi-label" in msg, msg
+
+
+def test_jsonl_list_labels_still_load_with_multi_label(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", [["a", "b"], ["b"]])
+    assert read_file(path, DataSpec(multi_label=True)) == [(("t0",), ["a", "b"]), (("t1",), ["b"])]
+
+
+@pytest.mark.parametrize("first, second", [(1, 1.0), (1, True), (0.0, 0)])
+def test_jsonl_one_number_spelled_two_ways(tmp_path, first, second):
+    path = _jsonl(tmp_path / "d.jsonl", [first, 2, second])
+    msg = _refused(path)
+    assert f"{path}:3" in msg and json.dumps(first) in msg and json.dumps(second) in msg, msg
+    assert "line 1" in msg, msg
+
+
+def test_jsonl_numbers_and_booleans_spelled_one_way_still_load(tmp_path):
+    assert [lab for _, lab in read_file(_jsonl(tmp_path / "n.jsonl", [1, 2, 1]), DataSpec())] \
+        == ["1", "2", "1"]
+    assert [lab for _, lab in read_file(_jsonl(tmp_path / "b.jsonl", [True, False]), DataSpec())] \
+        == ["True", "False"]
+
+
 def test_csv_row_with_more_fields_than_the_header(tmp_path):
     path = tmp_path / "d.csv"
     # The quoted field spans lines 2-3, so the unquoted comma is on physical line 4.
@@ -68,3 +105,11 @@ def test_tsv_saved_as_csv(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["text", "label"], [["a b", "x"], ["c d", "y"]], "\t")
     msg = _refused(path)
     assert "tab-separated" in msg and ".tsv" in msg, msg
+
+
+# Through the CLI: one line, exit code 2 -----------------------------------------
+def test_cli_reports_a_bad_label_as_one_line(tmp_path, capsys):
+    path = _jsonl(tmp_path / "d.jsonl", ["a", ["a", "b"]])
+    assert run("train", "--model", "textcnn", "--train", path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("advnlp: error:") and "\n" not in err and "--multi-label" in err, err

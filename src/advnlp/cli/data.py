@@ -186,7 +186,22 @@ def _parse_labels(value, delimiter: str) -> List[str]:
 
 
 def _single_label(raw, path: str, line: int, numbers: Dict[float, Tuple[str, int]]) -> str:
-    """``raw`` as one class name."""
+    """``raw`` as one class name; ``numbers`` holds the JSON numbers seen so far."""
+    if isinstance(raw, (list, dict)):  # only JSONL has these; str() would make a class of them
+        shown = json.dumps(raw, ensure_ascii=False)
+        if isinstance(raw, list):
+            raise InputError(f"{path}:{line}: label {shown} is a list; pass --multi-label "
+                             "for examples with several labels")
+        raise InputError(f"{path}:{line}: label {shown} is a JSON object; "
+                         "a label must be a string or a number")
+    if isinstance(raw, (int, float)):  # JSON numbers and booleans (true == 1 in Python)
+        # 1, 1.0 and true are one value but would become the classes "1", "1.0", "True".
+        spelling = json.dumps(raw)
+        first, first_line = numbers.setdefault(raw, (spelling, line))
+        if spelling != first:
+            raise InputError(f"{path}:{line}: label {spelling} and label {first} (line "
+                             f"{first_line}) are one value but would become two classes; "
+                             "spell each label one way")
     if raw is None or str(raw).strip() == "":
         raise InputError(f"{path}:{line}: empty label")
     return str(raw).strip()
