@@ -113,3 +113,12 @@ def test_cli_reports_a_bad_label_as_one_line(tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", path) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("advnlp: error:") and "\n" not in err and "--multi-label" in err, err
+
+
+def test_jsonl_text_may_hold_unicode_line_separators(tmp_path):
+    # json.dumps(..., ensure_ascii=False) writes U+2028 as is; it does not end a JSONL line.
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": lab}, ensure_ascii=False) + "\r\n"
+                            for t, lab in [("one\u2028two\x85", "a"), ("three", "b")]),
+                    encoding="utf-8")
+    assert read_file(str(path), DataSpec()) == [(("one\u2028two\x85",), "a"), (("three",), "b")]

@@ -101,7 +101,9 @@ def _rows(path: str, needed: Sequence[str]) -> Tuple[List[Tuple[int, dict]], Lis
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".json", ".ndjson"):
         rows, columns = [], {}
-        for i, line in enumerate(text.splitlines(), 1):
+        # Not splitlines(): JSON strings may hold U+2028 and U+0085 unescaped; a
+        # trailing \r is JSON whitespace.
+        for i, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
