@@ -91,13 +91,19 @@ def load_bbc() -> List[Example]:
     return examples
 
 
-def _rows(path: str) -> Tuple[List[dict], List[str]]:
-    """Rows of a CSV, TSV or JSONL file as dicts, and the column names."""
+def _rows(path: str, needed: Sequence[str]) -> Tuple[List[Tuple[int, dict]], List[str]]:
+    """Rows of a CSV, TSV or JSONL file as ``(line number, dict)``, and the column names.
+
+    A CSV/TSV row's dict holds only the fields it has; one short of a ``needed``
+    column, or longer than the header, is an error.
+    """
     text = _read_text(path)
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".json", ".ndjson"):
         rows, columns = [], {}
-        for i, line in enumerate(text.splitlines(), 1):
+        # Not splitlines(): JSON strings may hold U+2028 and U+0085 unescaped; a
+        # trailing \r is JSON whitespace.
+        for i, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -106,19 +112,65 @@ def _rows(path: str) -> Tuple[List[dict], List[str]]:
                 raise InputError(f"{path}:{i}: not a JSON object ({e.msg})") from None
             if not isinstance(row, dict):
                 raise InputError(f"{path}:{i}: each line must be a JSON object")
-            rows.append(row)
+            rows.append((i, row))
             columns.update(dict.fromkeys(row))
+        if not rows:
+            raise InputError(f"{path} is empty; it needs one JSON object per line")
         return rows, list(columns)
-    if ext not in (".csv", ".tsv"):
+    if ext not in _DELIMITERS:
         raise InputError(f"{path}: unknown format {ext or '(no extension)'}; use .csv, .tsv or .jsonl")
-    delimiter = "\t" if ext == ".tsv" else ","
+    # The csv module refuses fields over 131,072 characters by default, and long
+    # articles are valid texts. The limit is process-wide, so it is restored after;
+    # 2**31 - 1 fits the C long it is kept in on every platform.
+    limit = csv.field_size_limit(2**31 - 1)
     try:
-        # newline="" keeps line breaks inside quoted fields part of the field.
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        rows = list(reader)
+        return _csv_rows(path, text, ext, needed)
     except csv.Error as e:
         raise InputError(f"{path}: malformed {ext[1:].upper()} ({e})") from None
-    return rows, list(reader.fieldnames or [])
+    finally:
+        csv.field_size_limit(limit)
+
+
+# The delimiter comes from the extension; the name is for messages.
+_DELIMITERS = {".csv": (",", "comma"), ".tsv": ("\t", "tab")}
+
+
+def _csv_rows(path: str, text: str, ext: str, needed: Sequence[str]
+              ) -> Tuple[List[Tuple[int, dict]], List[str]]:
+    delimiter, name = _DELIMITERS[ext]
+    # newline="" keeps line breaks inside quoted fields part of the field.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header: Optional[List[str]] = None
+    rows = []
+    while True:
+        line = reader.line_num + 1  # where the next record starts; it may span lines
+        fields = next(reader, None)
+        if fields is None:
+            break
+        if not fields:  # a blank line
+            continue
+        if header is None:
+            header = fields
+            for other_ext, (other, other_name) in _DELIMITERS.items():
+                if other_ext != ext and len(header) == 1 and other in header[0]:
+                    raise InputError(
+                        f"{path} looks {other_name}-separated (its header is {header[0]!r}); "
+                        f"advnlp picks the delimiter from the extension: rename it to {other_ext}")
+            continue
+        # csv.DictReader would drop the extra fields, or fill missing ones with None.
+        if len(fields) > len(header):
+            raise InputError(
+                f"{path}:{line}: {len(fields)} fields but the header has {len(header)}; "
+                f"a text containing a {name} probably needs quoting (\"...\")")
+        short = [c for c in needed if c in header[len(fields):]]
+        if short:
+            raise InputError(
+                f"{path}:{line}: {len(fields)} field(s) but the header has {len(header)}, "
+                f"so column {', '.join(map(repr, short))} is missing on this line")
+        rows.append((line, dict(zip(header, fields))))
+    if header is None:
+        raise InputError(f"{path} is empty; it needs a header line naming the columns")
+    return rows, header
 
 
 def _parse_labels(value, delimiter: str) -> List[str]:
@@ -135,9 +187,31 @@ def _parse_labels(value, delimiter: str) -> List[str]:
     return [v.strip() for v in value.split(delimiter) if v.strip()]
 
 
+def _single_label(raw, path: str, line: int, numbers: Dict[float, Tuple[str, int]]) -> str:
+    """``raw`` as one class name; ``numbers`` holds the JSON numbers seen so far."""
+    if isinstance(raw, (list, dict)):  # only JSONL has these; str() would make a class of them
+        shown = json.dumps(raw, ensure_ascii=False)
+        if isinstance(raw, list):
+            raise InputError(f"{path}:{line}: label {shown} is a list; pass --multi-label "
+                             "for examples with several labels")
+        raise InputError(f"{path}:{line}: label {shown} is a JSON object; "
+                         "a label must be a string or a number")
+    if isinstance(raw, (int, float)):  # JSON numbers and booleans (true == 1 in Python)
+        # 1, 1.0 and true are one value but would become the classes "1", "1.0", "True".
+        spelling = json.dumps(raw)
+        first, first_line = numbers.setdefault(raw, (spelling, line))
+        if spelling != first:
+            raise InputError(f"{path}:{line}: label {spelling} and label {first} (line "
+                             f"{first_line}) are one value but would become two classes; "
+                             "spell each label one way")
+    if raw is None or str(raw).strip() == "":
+        raise InputError(f"{path}:{line}: empty label")
+    return str(raw).strip()
+
+
 def read_file(path: str, spec: DataSpec) -> List[Example]:
-    rows, columns = _rows(path)
     wanted = list(spec.text_columns) + [spec.label_column]
+    rows, columns = _rows(path, wanted)
     missing = [c for c in wanted if c not in columns]
     if missing:
         raise InputError(
@@ -145,18 +219,17 @@ def read_file(path: str, spec: DataSpec) -> List[Example]:
             f"{', '.join(columns) or '(none)'} (use --text-column / --label-column)"
         )
     examples: List[Example] = []
-    for i, row in enumerate(rows, 1):
+    numbers: Dict[float, Tuple[str, int]] = {}
+    for line, row in rows:
         texts = tuple("" if row.get(c) is None else str(row[c]) for c in spec.text_columns)
         raw = row.get(spec.label_column)
         if spec.multi_label:
             label: Label = _parse_labels(raw, spec.label_delimiter)
         else:
-            if raw is None or str(raw).strip() == "":
-                raise InputError(f"{path}: row {i} has an empty label")
-            label = str(raw).strip()
+            label = _single_label(raw, path, line, numbers)
         examples.append((texts, label))
     if not examples:
-        raise InputError(f"{path}: no examples (the file is empty or has only a header)")
+        raise InputError(f"{path}: no examples (the file has only a header)")
     return examples
 
 
