@@ -19,7 +19,7 @@ from .errors import InputError
 from .files import write_json
 from .robustness import ATTACKS, discrete_attack, embedding_robustness, robust_accuracy
 from .run import Run
-from .rundir import load_run, prepare_run_dir, read_config
+from .rundir import check_output_dir, discard_replaced, load_run, read_config, replacing
 from .tasks.classify import check_single_segment, metrics, predict
 
 
@@ -28,17 +28,17 @@ def fit(run: Run) -> Optional[dict]:
     and ``Interrupted``); returns the metrics on rank 0."""
     with run.stopping_on_sigint():
         engine(run.cfg.engine).fit(run)
-    return run.finish()
+    result = run.finish()
+    if run.is_main:
+        discard_replaced(run.run_dir)
+    return result
 
 
-def _start(cfg: TrainConfig, overwrite: bool, progress: bool, log,
-           dist_info: Optional[DistInfo] = None) -> Run:
-    cfg = cfg.resolved()
-    if dist_info is not None:
-        cfg.world_size = dist_info.world_size
-    on_rank0(dist_info, lambda: prepare_run_dir(cfg.output_dir, overwrite))
+def _start(cfg: TrainConfig, progress: bool, log, dist_info: Optional[DistInfo] = None) -> Run:
+    """A new run of a resolved ``cfg`` in its (checked, replaced) output folder."""
     run = Run(cfg, progress, log, dist_info)
     if run.is_main:
+        os.makedirs(cfg.output_dir, exist_ok=True)
         write_json(os.path.join(cfg.output_dir, "config.json"), cfg.to_json())
         write_json(os.path.join(cfg.output_dir, "labels.json"), run.labels.to_json())
     return run
@@ -51,7 +51,12 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: bool = False,
 
     With ``dist_info`` (``setup_distributed``) this is one rank of a torchrun job:
     rank 0 returns the metrics, the other ranks None."""
-    return fit(_start(cfg, overwrite, progress, log, dist_info))
+    cfg = cfg.resolved()
+    if dist_info is not None:
+        cfg.world_size = dist_info.world_size
+    on_rank0(dist_info, lambda: check_output_dir(cfg.output_dir, overwrite))
+    with replacing(cfg.output_dir, here=dist_info is None or dist_info.rank == 0):
+        return fit(_start(cfg, progress, log, dist_info))
 
 
 def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
@@ -84,12 +89,23 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
         params = {k: getattr(cfg, k) if k in METHODS[m][1] else None
                   for k in ("epsilon", "alpha", "steps", "adv_weight")}
         runs[m] = dataclasses.replace(cfg, method=m, output_dir=os.path.join(out_dir, m), **params)
-        runs[m].resolved()  # every method's arguments, checked before the first run and the folder
-    prepare_run_dir(out_dir, overwrite)
+        runs[m] = runs[m].resolved()  # every method's arguments, before the first run and the folder
+    check_output_dir(out_dir, overwrite)
+    with replacing(out_dir):
+        out = _compare_runs(cfg, runs, attack_epsilon, attack_steps, attack_samples, progress, log,
+                            attack, attack_limit)
+        write_json(os.path.join(out_dir, "compare.json"), out)
+    discard_replaced(out_dir)
+    return {**out, "path": os.path.join(out_dir, "compare.json")}
+
+
+def _compare_runs(cfg: TrainConfig, runs: dict, attack_epsilon: float, attack_steps: int,
+                  attack_samples: int, progress: bool, log, attack: Optional[str],
+                  attack_limit: int) -> dict:
     rows = []
     for m, run in runs.items():
         log(f"== {m}")
-        trained = _start(run, overwrite, progress, log)
+        trained = _start(run, progress, log)
         result = fit(trained)
         test = trained.splits.test[:attack_samples]
         robust = robust_accuracy(trained.clf, [t for t, _ in test], trained.targets["test"][: len(test)],
@@ -117,8 +133,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
         out["discrete_attack"] = {"attack": attack, "seed": cfg.seed, "max_change": 0.15,
                                   "query_budget": 500,
                                   "examples": min(attack_limit, len(trained.splits.test))}
-    write_json(os.path.join(out_dir, "compare.json"), out)
-    return {**out, "path": os.path.join(out_dir, "compare.json")}
+    return out
 
 
 def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = lambda s: None,

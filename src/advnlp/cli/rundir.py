@@ -7,6 +7,8 @@ A run directory holds ``config.json`` (everything to reproduce the run),
 """
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -15,7 +17,7 @@ from typing import Tuple
 from .config import TrainConfig
 from .data import Labels
 from .distributed import device_of
-from .errors import InputError
+from .errors import InputError, Interrupted
 from .models import SCRATCH, Classifier, load
 
 CHECKPOINT = "checkpoint.pt"  # --engine loop
@@ -24,20 +26,115 @@ RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, CHECKPOIN
              "compare.json")
 
 
-def prepare_run_dir(path: str, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory unless told to replace the old one."""
-    if os.path.exists(path) and not os.path.isdir(path):
+REPLACED = ".replaced"  # the previous run, moved aside while --overwrite builds the new one
+# What advnlp writes into a run directory (a compare folder also holds one run per method).
+_OWNED_NAMES = set(RUN_FILES) | {"model", "plot.png", REPLACED}
+_OWNED_PATTERNS = ("*.tmp", "attack-*.json", "adversarial-*.csv", ".staging*")
+
+
+def is_run_dir(path: str) -> bool:
+    """An advnlp run (its config.json reads as one) or an advnlp compare folder."""
+    if os.path.isfile(os.path.join(path, "compare.json")):
+        return True
+    try:
+        read_config(path)
+    except InputError:
+        return False
+    return True
+
+
+def _owned(path: str, name: str) -> bool:
+    full = os.path.join(path, name)
+    return (name in _OWNED_NAMES or any(fnmatch.fnmatch(name, p) for p in _OWNED_PATTERNS)
+            or (os.path.isdir(full) and is_run_dir(full)))
+
+
+def _leftover(name: str) -> bool:
+    """What a killed run or replacement can leave without its config.json."""
+    return name == REPLACED or fnmatch.fnmatch(name, "*.tmp")
+
+
+def check_output_dir(path: str, overwrite: bool) -> None:
+    """A new run may go into a new folder, a folder whose files it would not touch, or over
+    an advnlp run with --overwrite; never over files of the names it writes that are not
+    an advnlp run's (a model folder's config.json, say). Changes nothing."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
         raise InputError(f"--output-dir {path} exists and is not a directory")
-    old = [f for f in RUN_FILES if os.path.exists(os.path.join(path, f))]
-    if old and not overwrite:
-        raise InputError(f"--output-dir {path} holds a previous run ({old[0]}); "
-                         "pass --overwrite to replace it or --resume to continue it")
-    for f in old:
-        if os.path.isdir(os.path.join(path, f)):
-            shutil.rmtree(os.path.join(path, f))
-        else:
-            os.remove(os.path.join(path, f))
-    os.makedirs(path, exist_ok=True)
+    names = sorted(os.listdir(path))
+    if is_run_dir(path):
+        old = [n for n in names if _owned(path, n) and not _leftover(n)]
+        if old and not overwrite:
+            raise InputError(f"--output-dir {path} holds a previous run ({old[0]}); "
+                             "pass --overwrite to replace it or --resume to continue it")
+        return
+    clash = [n for n in names if _owned(path, n) and not _leftover(n)]
+    if clash:
+        raise InputError(f"--output-dir {path} holds {clash[0]!r}, which is not an advnlp run's "
+                         "(a model folder?); advnlp will not write over it, with or without "
+                         "--overwrite: choose another --output-dir")
+
+
+class Replacement:
+    """``--overwrite``: the previous run's files (only those advnlp wrote) are moved aside
+    into ``.replaced/`` (renames, not copies) before the new run starts. If the new run fails, the old
+    one is put back; once the new run finishes, the old one is deleted. An interrupted new
+    run keeps it there until its ``--resume`` finishes, so ``eval`` never scores the old
+    model beside the new run's files."""
+
+    def __init__(self, path: str):
+        self.path, self.aside = path, os.path.join(path, REPLACED)
+        self.moved: list = []
+        self.created = not os.path.exists(path)
+        os.makedirs(path, exist_ok=True)
+        names = [n for n in os.listdir(path) if n != REPLACED and _owned(path, n)]
+        if names:
+            shutil.rmtree(self.aside, ignore_errors=True)  # a replacement killed earlier
+            os.makedirs(self.aside)
+            for n in names:
+                os.replace(os.path.join(path, n), os.path.join(self.aside, n))
+            self.moved = names
+
+    def restore(self) -> None:
+        """The new run failed: delete what it wrote, put the old run back."""
+        if self.created:  # nothing was there: leave nothing behind
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for n in os.listdir(self.path):
+            if n != REPLACED and _owned(self.path, n):  # the user's own files stay
+                _remove(os.path.join(self.path, n))
+        for n in self.moved:
+            os.replace(os.path.join(self.aside, n), os.path.join(self.path, n))
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing(path: str, here: bool = True):
+    """A new run in ``path`` (checked by :func:`check_output_dir`): the old run moved aside
+    while inside, put back when the block fails (not when it is ``Interrupted``: the new
+    run then has a checkpoint to resume). ``here=False`` (a rank but 0) does nothing."""
+    replacement = Replacement(path) if here else None
+    try:
+        yield
+    except Interrupted:
+        raise
+    except BaseException:
+        if replacement is not None:
+            replacement.restore()
+        raise
+
+
+def discard_replaced(path: str) -> None:
+    """The new run finished: the previous one it replaced is no longer needed."""
+    shutil.rmtree(os.path.join(path, REPLACED), ignore_errors=True)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 def has_checkpoint(run_dir: str) -> bool:
