@@ -249,6 +249,6 @@ def fit(run: Run) -> None:
         run.reseed_rank()
     hf.train(resume_from_checkpoint=run.resumed_from)
     if callback.stopping and run.epoch < run.cfg.epochs:
-        raise Interrupted(run.run_dir)
+        raise Interrupted(run.run_dir, run.stop_signal)
     if callback.stopping:
-        run.log("Ctrl-C during the last epoch's last step or validation: finishing the run")
+        run.log("Ctrl-C or SIGTERM during the last epoch's last step or validation: finishing the run")
