@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from typing import List, Optional, Tuple
 
@@ -251,4 +252,5 @@ def fit(run: Run) -> None:
     if callback.stopping and run.epoch < run.cfg.epochs:
         raise Interrupted(run.run_dir, run.stop_signal)
     if callback.stopping:
-        run.log("Ctrl-C or SIGTERM during the last epoch's last step or validation: finishing the run")
+        by = "SIGTERM" if run.stop_signal == signal.SIGTERM else "Ctrl-C"
+        run.log(f"{by} during the last epoch's last step or validation: finishing the run")
