@@ -18,6 +18,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def sigint_reaches_us():
+    """Launched under nohup or a script's `&`, the suite starts with SIGINT ignored, and a
+    run leaves an ignored SIGINT alone: the tests that press Ctrl-C need it back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 POS = "great good excellent wonderful fine nice".split()
 NEG = "bad awful terrible poor horrible ugly".split()
 FILLER = "the a movie film plot actor scene story it was".split()

@@ -317,3 +317,30 @@ def test_one_process_torchrun_with_several_gpus_is_allowed(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     with pytest.raises(Exception, match="2 GPUs are visible"):
         check_environment(cfg)
+
+
+def test_sigterm_saves_a_trainer_checkpoint_and_resumes(tmp_path, sentiment_csv, tiny_bert):
+    """SIGTERM stops the Trainer like Ctrl-C: a checkpoint, exit 143, then --resume ends
+    with the uninterrupted weights."""
+    import subprocess
+    import sys
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    # 4 epochs of 6 steps: the signal lands long before the end, even on a busy machine.
+    args = [str(a) for a in train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer",
+                                       "--epochs", 4) if a != "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # the first progress line (stderr is not a terminal)
+        assert "step 1/6" in first, first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupted; checkpoint saved after SIGTERM" in err and "Traceback" not in err
+    assert E.latest_checkpoint(str(cut)) and not (cut / "model").exists()
+    assert run(*train_args(tiny_bert, sentiment_csv, whole, "--engine", "trainer", "--epochs", 4)) == 0
+    assert run("train", "--resume", cut, "--quiet") == 0
+    assert_same_weights(whole, cut)

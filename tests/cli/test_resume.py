@@ -1,4 +1,5 @@
-"""Checkpoints: Ctrl-C saves one and exits 130; --resume ends where an uninterrupted run ends."""
+"""Checkpoints: Ctrl-C saves one and exits 130 (SIGTERM: 143); --resume ends where an
+uninterrupted run ends."""
 import os
 import signal
 
@@ -19,6 +20,7 @@ def test_resume_reaches_the_uninterrupted_weights(sentiment_csv, tmp_path, monke
                                                   stop_after):
     # 96 training examples / 16 = 6 steps per epoch, so step 8 is inside epoch 2.
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    before = signal.getsignal(signal.SIGINT)
     assert run("train", *ARGS, "--train", sentiment_csv, "--method", "pgd", "--steps", "2",
                "--output-dir", straight) == 0
     with monkeypatch.context() as m:
@@ -27,7 +29,7 @@ def test_resume_reaches_the_uninterrupted_weights(sentiment_csv, tmp_path, monke
                    "--output-dir", stopped) == 130
     assert "--resume" in capsys.readouterr().err
     assert (stopped / "checkpoint.pt").is_file() and not (stopped / "model").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
     assert run("train", "--resume", stopped, "--quiet") == 0
     a, b = _weights(straight), _weights(stopped)
@@ -66,3 +68,58 @@ def test_real_ctrl_c_in_a_subprocess(sentiment_csv, tmp_path):
     assert proc.returncode == 130
     assert err.strip().startswith("advnlp: interrupted; checkpoint saved") and "Traceback" not in err
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_ignored_signals_stay_ignored(sentiment_csv, tmp_path, monkeypatch):
+    # Started under nohup or a script's `&`, SIGINT is ignored: the run must not undo that.
+    from advnlp.cli.tasks import classify as T
+
+    seen = []
+    step = T.train_step
+
+    def step_and_signal(*args):
+        seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        return step(*args)
+
+    monkeypatch.setattr(T, "train_step", step_and_signal)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert run("train", *ARGS, "--epochs", "1", "--train", sentiment_csv,
+                   "--output-dir", tmp_path) == 0
+        assert seen and all(h == (signal.SIG_IGN, signal.SIG_IGN) for h in seen)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert (tmp_path / "model").is_dir() and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes(sentiment_csv, tmp_path, engine="loop"):
+    # What schedulers, `timeout` and container runtimes send: stop like Ctrl-C, exit 143.
+    import subprocess
+    import sys
+
+    # 5 epochs of 6 steps: the signal lands long before the end, even on a busy machine.
+    args = ["train", "--model", "textcnn", "--engine", engine, "--train", sentiment_csv,
+            "--epochs", "5", "--batch-size", "16", "--method", "pgd", "--steps", "2"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", *args, "--output-dir", str(stopped)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # the first progress line (stderr is not a terminal)
+        assert "step 1/6" in first, first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupted; checkpoint saved after SIGTERM" in err and "Traceback" not in err
+    assert (stopped / "checkpoint.pt").is_file() and not (stopped / "model").exists()
+
+    assert run(*args, "--quiet", "--output-dir", straight) == 0
+    assert run("train", "--resume", stopped, "--quiet") == 0
+    a, b = _weights(straight), _weights(stopped)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -24,9 +24,9 @@ from .tasks.classify import check_single_segment, metrics, predict
 
 
 def fit(run: Run) -> Optional[dict]:
-    """Train ``run`` with its engine to the last epoch and finish it (Ctrl-C: checkpoint
-    and ``Interrupted``); returns the metrics on rank 0."""
-    with run.stopping_on_sigint():
+    """Train ``run`` with its engine to the last epoch and finish it (Ctrl-C or SIGTERM:
+    checkpoint and ``Interrupted``); returns the metrics on rank 0."""
+    with run.stopping_on_signals():
         engine(run.cfg.engine).fit(run)
     result = run.finish()
     if run.is_main:

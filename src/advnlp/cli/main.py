@@ -1,8 +1,8 @@
 """``advnlp``: train, compare and evaluate adversarially trained text classifiers.
 
 This module parses arguments and prints; the work is in :mod:`advnlp.cli.commands`.
-Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (a
-checkpoint was saved; continue with ``advnlp train --resume``).
+Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted by Ctrl-C,
+143 by SIGTERM (a checkpoint was saved; continue with ``advnlp train --resume``).
 
 ``advnlp train`` also runs as N processes under torchrun
 (``torchrun --nproc_per_node N -m advnlp.cli train ...``).
@@ -10,6 +10,7 @@ checkpoint was saved; continue with ``advnlp train --resume``).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -159,11 +160,12 @@ def _dispatch(args, progress: bool, log) -> int:
             # torchrun would kill it mid-save as soon as another rank exits.
             dist.barrier()
             if dist.get_rank() != 0:  # rank 0 saved the checkpoint and says so
-                return 130
+                return e.exit_code
             how = f"torchrun --nproc_per_node {dist.get_world_size()} -m advnlp.cli train"
-        print(f"advnlp: interrupted; checkpoint saved. Continue with: {how} --resume {e}",
-              file=sys.stderr)
-        return 130
+        by = "Ctrl-C (SIGINT)" if e.signal == signal.SIGINT else e.signal.name
+        print(f"advnlp: interrupted; checkpoint saved after {by}. "
+              f"Continue with: {how} --resume {e.run_dir}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("advnlp: interrupted", file=sys.stderr)
         return 130

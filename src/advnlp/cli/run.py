@@ -35,6 +35,10 @@ from .robustness import discrete_attack
 from .rundir import CHECKPOINT, CHECKPOINTS
 from .tasks.classify import batches, loss_fn, metrics, predict
 
+# What stops a run after its current step with a checkpoint: Ctrl-C, and what schedulers,
+# `timeout` and container runtimes send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class Run:
     """One run: data, model, adversary, optimizer and schedule, and how far it has got.
@@ -92,7 +96,11 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.partial = {"losses": [], "seconds": 0.0}
         self.resumed_from: Optional[str] = None  # the checkpoint --resume loaded, if any
-        self.stop_requested = False
+        # 0, or the first stop signal this process received (SIGINT or SIGTERM)
+        self.stop_requested = 0
+        # The agreed stop signal (under torchrun, any rank's), once agree() has seen one.
+        self.stop_signal = 0
+        self._previous: Dict[int, object] = {}
         dtype = PRECISIONS[cfg.precision]
         self.autocast = (contextlib.nullcontext if dtype is None else
                          lambda: torch.autocast(self.device.type, dtype=dtype))
@@ -206,16 +214,19 @@ class Run:
 
     def agree(self, loss: Optional[torch.Tensor] = None) -> Tuple[Optional[float], bool]:
         """The global batch's loss (equal shards: the mean of the ranks' means) and whether
-        any rank has seen Ctrl-C. Under torchrun every rank calls it at the same point and
-        decides on the reduced flag alone, so no rank stops while another goes on; a Ctrl-C
-        arriving after the reduction is kept for the next one."""
+        any rank has seen Ctrl-C or SIGTERM (which one: ``stop_signal``). Under torchrun
+        every rank calls it at the same point and decides on the reduced flags alone, so no
+        rank stops while another goes on; a signal arriving after the reduction is kept for
+        the next one."""
         value = float("nan") if loss is None else loss.item()
-        stop = self.stop_requested
+        sigint, sigterm = (self.stop_requested == s for s in STOP_SIGNALS)
         if self.dist is not None:
-            t = torch.tensor([value, float(stop)], device=self.device)
+            t = torch.tensor([value, float(sigint), float(sigterm)], device=self.device)
             dist.all_reduce(t)
-            value, stop = t[0].item() / self.world, t[1].item() > 0
-        return (None if loss is None else value), stop
+            value, sigint, sigterm = t[0].item() / self.world, t[1].item() > 0, t[2].item() > 0
+        if sigint or sigterm:  # SIGTERM first: every rank then exits with the same code
+            self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
+        return (None if loss is None else value), bool(sigint or sigterm)
 
     def evaluate(self, split: str) -> Dict[str, float]:
         texts = [t for t, _ in getattr(self.splits, split)]
@@ -250,25 +261,36 @@ class Run:
         if self.dist is not None:
             dist.barrier()
 
-    # -- Ctrl-C -------------------------------------------------------------------------
+    # -- Ctrl-C and SIGTERM ---------------------------------------------------------------
     @contextlib.contextmanager
-    def stopping_on_sigint(self):
-        """While inside, Ctrl-C asks the run to stop after the current step (a checkpoint
-        is saved); a second Ctrl-C aborts at once."""
-        previous = None
-        try:
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
-            pass
+    def stopping_on_signals(self):
+        """While inside, Ctrl-C (SIGINT) or SIGTERM asks the run to stop after the current
+        step (a checkpoint is saved); a second one aborts at once."""
+        self._previous = {}
+        for signum in STOP_SIGNALS:
+            try:
+                previous = signal.getsignal(signum)
+                # An ignored signal was the caller's choice (nohup, a script's `&`): keep it.
+                if previous is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: no signal can reach us anyway
+                pass
         try:
             yield
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            self._restore_handlers()
 
-    def _on_sigint(self, signum, frame) -> None:
-        self.stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    def _restore_handlers(self) -> None:
+        for signum, previous in self._previous.items():
+            # None: a handler not installed from Python; SIG_DFL is the closest we can do.
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_requested = self.stop_requested or signum
+        # A second signal meets what was there before the run: normally KeyboardInterrupt
+        # for Ctrl-C and the default death for SIGTERM, i.e. an abort without checkpoint.
+        self._restore_handlers()
 
     # -- the end ------------------------------------------------------------------------
     def finish(self) -> Optional[dict]:

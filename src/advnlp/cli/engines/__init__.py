@@ -2,7 +2,7 @@
 Face's Trainer (``trainer``). Each engine module offers the same three functions:
 
 * ``fit(run)`` - train from where the run is to its last epoch; raises
-  ``Interrupted`` after saving a checkpoint when Ctrl-C stopped it before the end;
+  ``Interrupted`` after saving a checkpoint when Ctrl-C or SIGTERM stopped it before the end;
 * ``has_checkpoint(run_dir)`` - whether there is a checkpoint to resume from, and its name;
 * ``resume(run)`` - load the newest checkpoint into a freshly built run.
 """

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from typing import List, Optional, Tuple
 
@@ -249,6 +250,7 @@ def fit(run: Run) -> None:
         run.reseed_rank()
     hf.train(resume_from_checkpoint=run.resumed_from)
     if callback.stopping and run.epoch < run.cfg.epochs:
-        raise Interrupted(run.run_dir)
+        raise Interrupted(run.run_dir, run.stop_signal)
     if callback.stopping:
-        run.log("Ctrl-C during the last epoch's last step or validation: finishing the run")
+        by = "SIGTERM" if run.stop_signal == signal.SIGTERM else "Ctrl-C"
+        run.log(f"{by} during the last epoch's last step or validation: finishing the run")

@@ -36,7 +36,7 @@ def fit(run: Run) -> None:
         run.next_epoch()
         save_checkpoint(run)
         if run.agree()[1]:  # Ctrl-C during validation
-            raise Interrupted(run.run_dir)
+            raise Interrupted(run.run_dir, run.stop_signal)
 
 
 def _run_epoch(run: Run) -> None:
@@ -61,7 +61,7 @@ def _run_epoch(run: Run) -> None:
             bar.set_postfix(loss=f"{loss:.4f}")
             if stop:
                 save_checkpoint(run)
-                raise Interrupted(run.run_dir)
+                raise Interrupted(run.run_dir, run.stop_signal)
     finally:
         bar.close()
 
