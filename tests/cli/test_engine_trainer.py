@@ -330,7 +330,9 @@ def test_sigterm_saves_a_trainer_checkpoint_and_resumes(tmp_path, sentiment_csv,
     args = [str(a) for a in train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer",
                                        "--epochs", 4) if a != "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # one thread, as the in-process runs it is compared with (bit-equal)
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         first = proc.stderr.readline()  # the first progress line (stderr is not a terminal)
         assert "step 1/6" in first, first

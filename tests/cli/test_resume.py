@@ -107,7 +107,9 @@ def test_sigterm_saves_a_checkpoint_and_resumes(sentiment_csv, tmp_path, engine=
             "--epochs", "5", "--batch-size", "16", "--method", "pgd", "--steps", "2"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", *args, "--output-dir", str(stopped)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # one thread, as the in-process runs it is compared with (bit-equal)
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         first = proc.stderr.readline()  # the first progress line (stderr is not a terminal)
         assert "step 1/6" in first, first
