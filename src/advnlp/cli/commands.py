@@ -137,8 +137,9 @@ def _compare_runs(cfg: TrainConfig, runs: dict, attack_epsilon: float, attack_st
 
 
 def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = lambda s: None,
-           dist_info: Optional[DistInfo] = None) -> Optional[dict]:
-    """Continue an interrupted run from its checkpoint, to the same end as an uninterrupted one."""
+           dist_info: Optional[DistInfo] = None, allow_changed_data: bool = False) -> Optional[dict]:
+    """Continue an interrupted run from its checkpoint, to the same end as an uninterrupted one.
+    Its data files must be those it started with (size and sha256) unless ``allow_changed_data``."""
     cfg = read_config(run_dir)
     cfg.output_dir = run_dir  # the directory may have moved since
     found, what = engine(cfg.engine).has_checkpoint(run_dir)
@@ -152,6 +153,8 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
                if cfg.world_size > 1 else f"advnlp train --resume {run_dir} (one process)")
         raise InputError(f"{run_dir} was trained with {cfg.world_size} process(es), not {world}; "
                          f"resume it with: {how}")
+    if not allow_changed_data:
+        cfg.data.check_unchanged()
     check_environment(cfg)
     run = Run(cfg, progress, log, dist_info)
     engine(cfg.engine).resume(run)
@@ -159,8 +162,10 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
     return fit(run)
 
 
-def _examples(run_dir: str, data, device: str):
+def _examples(run_dir: str, data, device: str, allow_changed_data: bool):
     cfg, labels, clf = load_run(run_dir, device)
+    if data is None and not allow_changed_data:
+        cfg.data.check_unchanged()
     examples = read_file(data, cfg.data) if data else load_splits(cfg.data, cfg.seed).test
     targets = labels.encode([lab for _, lab in examples], data or "test split")
     return cfg, labels, clf, device_of(device), examples, targets
@@ -168,11 +173,12 @@ def _examples(run_dir: str, data, device: str):
 
 def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
                  steps: int = 5, samples: int = 100, batch_size: int = 32,
-                 device: str = "auto") -> dict:
-    """Clean metrics and a robustness curve for a saved run; also written to eval.json."""
+                 device: str = "auto", allow_changed_data: bool = False) -> dict:
+    """Clean metrics and a robustness curve for a saved run; also written to eval.json.
+    Without ``data``, the run's own test split (its files unchanged unless ``allow_changed_data``)."""
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
-    cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device)
+    cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
     texts = [t for t, _ in examples]
     clean = metrics(predict(clf, texts, batch_size, dev), targets, labels.multi_label)
     n = min(samples, len(texts))
@@ -190,12 +196,12 @@ def attack_run(run_dir: str, attack: str, data: str = None, limit: int = 100, *,
                max_change: float = 0.15, query_budget: int = 500, threshold: float = 0.6,
                seed: int = None, epsilons: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
                norm: str = "l2", steps: int = 10, random_start: bool = False,
-               batch_size: int = 32, device: str = "auto") -> dict:
+               batch_size: int = 32, device: str = "auto", allow_changed_data: bool = False) -> dict:
     """Attack a saved run; writes ``attack-<name>.json`` (and ``adversarial-<name>.csv``)."""
     if attack not in ATTACKS:
         raise InputError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     check_single_segment(attack, read_config(run_dir).data.text_columns)
-    cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device)
+    cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
     seed = cfg.seed if seed is None else seed
     examples, targets = examples[:limit], targets[:limit]
     texts = [t for t, _ in examples]

@@ -125,6 +125,7 @@ class TrainConfig:
                                  "which only --engine loop does; drop one of the two")
         check_method(cfg)
         check_environment(cfg)
+        cfg.data = cfg.data.pinned()
         if cfg.output_dir is None:
             cfg.output_dir = default_run_dir(cfg.method)
         return cfg

@@ -8,6 +8,8 @@ which the CLI turns into a one-line message and exit code 2.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -43,6 +45,52 @@ class DataSpec:
     multi_label: bool = False
     label_delimiter: str = ","
     max_train_samples: Optional[int] = None
+    # {absolute path: {"size": bytes, "sha256": hex}} of the files above, taken when the run
+    # started: --resume, eval and attack refuse files that changed since (check_unchanged).
+    fingerprints: Optional[Dict[str, Dict[str, object]]] = None
+
+    def paths(self) -> List[str]:
+        return [p for p in (self.train, self.validation, self.test) if p is not None]
+
+    def pinned(self) -> "DataSpec":
+        """This spec with absolute paths (a run may be resumed from another directory) and
+        the fingerprint of every file."""
+        absolute = {k: os.path.abspath(getattr(self, k)) for k in ("train", "validation", "test")
+                    if getattr(self, k) is not None}
+        spec = dataclasses.replace(self, **absolute)
+        spec.fingerprints = {p: fingerprint(p) for p in spec.paths()}
+        return spec
+
+    def check_unchanged(self, override: str = "--allow-changed-data") -> None:
+        """Refuse data files that are gone or changed since the fingerprints were taken
+        (configs written before fingerprints existed are not checked)."""
+        for path, want in (self.fingerprints or {}).items():
+            if not os.path.isfile(path):
+                raise InputError(f"{path}: this run's data file is gone; put it back (or pass "
+                                 f"{override} with a file of the same name to use that instead)")
+            got = fingerprint(path)
+            if got != want:
+                what = (f"its size changed ({want['size']} -> {got['size']} bytes)"
+                        if got["size"] != want["size"] else "its content changed (sha256)")
+                raise InputError(f"{path} changed since this run started: {what}; the run would "
+                                 f"silently use other data. Restore it, or pass {override} to "
+                                 "use it as it is now")
+
+
+def fingerprint(path: str) -> Dict[str, object]:
+    """Size and sha256 of a file."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, not a data file") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
 # --------------------------------------------------------------------------

@@ -35,13 +35,16 @@ def _train(args, progress: bool, log) -> None:
         # The run's config.json decides everything; a silently ignored option would mislead.
         defaults = vars(build_parser().parse_args(["train"]))
         extra = [k for k, v in vars(args).items()
-                 if k not in ("resume", "quiet", "distributed") and v != defaults[k]]
+                 if k not in ("resume", "quiet", "distributed", "allow_changed_data")
+                 and v != defaults[k]]
         if extra:
             raise InputError(f"--resume takes the run's own settings; drop --{extra[0].replace('_', '-')}")
-        result = resume(args.resume, progress, log, info)
+        result = resume(args.resume, progress, log, info, args.allow_changed_data)
         if result is not None:
             print(summary(args.resume, result))
         return
+    if args.allow_changed_data:
+        raise InputError("--allow-changed-data goes with --resume (a new run reads its data as it is)")
     cfg = config_from_args(args).resolved()
     result = train(cfg, args.overwrite, progress, log, info)
     if result is not None:
@@ -64,7 +67,8 @@ def _eval(args) -> None:
     if any(e <= 0 for e in args.epsilons) or args.attack_steps < 1 or args.attack_samples < 1:
         raise InputError("--epsilons must be > 0, --attack-steps and --attack-samples >= 1")
     out = evaluate_run(args.run_dir, args.data, args.epsilons, args.attack_steps,
-                       args.attack_samples, args.batch_size, args.device)
+                       args.attack_samples, args.batch_size, args.device,
+                       allow_changed_data=args.allow_changed_data)
     c = out["clean"]
     print(f"{out['data']} ({out['examples']} examples): accuracy {c['accuracy']:.4f}, "
           f"macro-F1 {c['macro_f1']:.4f}")
@@ -92,7 +96,8 @@ def _attack(args) -> None:
                      max_change=args.max_change, query_budget=args.query_budget,
                      threshold=args.threshold, seed=args.seed, epsilons=args.epsilons,
                      norm=args.norm, steps=args.steps, random_start=args.random_start,
-                     batch_size=args.batch_size, device=args.device)
+                     batch_size=args.batch_size, device=args.device,
+                     allow_changed_data=args.allow_changed_data)
     print(f"{args.attack} attack on {out['examples']} examples of {out['data']} (seed {out['seed']}):")
     if args.attack == "embedding":
         print(f"| epsilon ({out['norm']}) | accuracy | success rate |\n|---|---|---|")

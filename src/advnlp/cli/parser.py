@@ -11,6 +11,8 @@ from .config import METHODS, TrainConfig
 from .data import DataSpec
 from .errors import InputError
 
+CHANGED_DATA = ("use the run's data files even if they changed since it started (size or "
+                "sha256 differ); without it such a run is refused")
 DESCRIPTION = "train, compare and evaluate adversarially trained text classifiers"
 
 
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune a classifier with adversarial training")
     t.add_argument("--method", default="fgm", help=f"{' | '.join(METHODS)} (default fgm)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--allow-changed-data", action="store_true", help=CHANGED_DATA)
     t.add_argument("--distributed", action="store_true",
                    help="one rank of a torchrun job (automatic when torchrun starts more than one "
                         "process); --batch-size is per process")
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
+    e.add_argument("--allow-changed-data", action="store_true", help=CHANGED_DATA)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto")
     _attack_options(e, "--epsilons", "0.1,0.25,0.5,1")
@@ -118,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("run_dir", metavar="RUN_DIR")
     a.add_argument("--attack", required=True, help="char | word | embedding")
     a.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
+    a.add_argument("--allow-changed-data", action="store_true", help=CHANGED_DATA)
     a.add_argument("--limit", type=int, default=100, help="examples attacked (default 100)")
     a.add_argument("--seed", type=int, help="default: the run's seed")
     a.add_argument("--batch-size", type=int, default=32)
