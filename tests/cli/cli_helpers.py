@@ -39,3 +39,15 @@ def ctrl_c_after(monkeypatch, n):
         return loss
 
     monkeypatch.setattr(T, "train_step", step_then_sigint)
+
+
+def save_wordpiece(folder, vocab):
+    """A WordPiece tokenizer over ``vocab`` saved in ``folder`` (the test models' own).
+
+    transformers 5 ignores ``BertTokenizerFast(vocab_file=...)``: the tokenizer it builds
+    has only the special tokens and reads every word as [UNK]. ``vocab=`` is what it reads."""
+    from transformers import BertTokenizerFast
+
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tok.convert_tokens_to_ids(vocab[-1]) == len(vocab) - 1  # really this vocabulary
+    tok.save_pretrained(str(folder))

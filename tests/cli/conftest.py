@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from cli_helpers import write_csv
+from cli_helpers import save_wordpiece, write_csv
 
 
 @pytest.fixture(autouse=True)
@@ -94,13 +94,12 @@ def chinese_csv(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised 1-layer BERT with a WordPiece vocabulary of the test words."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     d = tmp_path_factory.mktemp("tiny_bert")
     words = sorted(set(POS + NEG + FILLER + "it was movie the".split()))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(str(d))
+    save_wordpiece(d, vocab)
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
     BertModel(config).save_pretrained(str(d))

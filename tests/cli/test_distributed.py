@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_helpers import read_json, run, write_csv
+from cli_helpers import read_json, run, save_wordpiece, write_csv
 
 WORDS = ("great good excellent wonderful fine nice bad awful terrible poor horrible ugly "
          "the a movie film plot actor scene story it was").split()
@@ -39,13 +39,12 @@ def _rows(rng, n):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     d = tmp_path_factory.mktemp("dist")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(WORDS)
     (d / "bert").mkdir()
-    (d / "bert" / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(d / "bert" / "vocab.txt")).save_pretrained(str(d / "bert"))
+    save_wordpiece(d / "bert", vocab)
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,

@@ -195,6 +195,42 @@ def build(name: str, num_labels: int, train_texts: Sequence[Tuple[str, ...]],
     return Classifier(name, model, tokenizer, max_length, {"kind": "hf", "source": name})
 
 
+# Above this share of [UNK] the tokenizer does not fit the model folder or the data at all
+# (transformers 5 builds an empty-vocabulary tokenizer for a folder without tokenizer
+# files); above WARN_UNKNOWN it fits badly (another language, another model's tokenizer).
+REFUSE_UNKNOWN, WARN_UNKNOWN = 0.9, 0.2
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def unknown_share(clf: Classifier, texts: Sequence[Tuple[str, ...]], sample: int = 200) -> float:
+    """The share of the tokens of (a sample of) ``texts`` that the tokenizer maps to its
+    unknown token; 0 for scratch models (their vocabulary is built from these texts)."""
+    unk = getattr(clf.tokenizer, "unk_token_id", None)
+    if not clf.is_hf or unk is None:
+        return 0.0
+    parts = [p for t in texts[:sample] for p in t if p.strip()]
+    ids = [i for row in clf.tokenizer(parts, add_special_tokens=False)["input_ids"] for i in row]
+    return sum(i == unk for i in ids) / max(1, len(ids))
+
+
+def check_tokenizer(clf: Classifier, texts: Sequence[Tuple[str, ...]], log) -> None:
+    """Refuse a tokenizer that reads the training text as unknown tokens; warn when much of it is."""
+    share = unknown_share(clf, texts)
+    if share >= REFUSE_UNKNOWN:
+        source = clf.meta.get("source", "")
+        missing = (os.path.isdir(source)
+                   and not any(os.path.isfile(os.path.join(source, f)) for f in _TOKENIZER_FILES))
+        why = (f"{source} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): save "
+               "the model's tokenizer there with tokenizer.save_pretrained(DIR)" if missing else
+               "is it this model's tokenizer, for this language?")
+        raise InputError(f"--model {source}: the tokenizer reads {share:.0%} of the training "
+                         f"text as {clf.tokenizer.unk_token}; {why}")
+    if share > WARN_UNKNOWN:
+        log(f"warning: the tokenizer reads {share:.0%} of the training text as "
+            f"{clf.tokenizer.unk_token}: is it this model's tokenizer, for this language?")
+
+
 def load(directory: str, kind: str, num_labels: int, max_length: int) -> Classifier:
     """A saved classifier (safetensors and JSON only: nothing is unpickled)."""
     if kind not in SCRATCH:

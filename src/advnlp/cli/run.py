@@ -29,7 +29,7 @@ from .config import PRECISIONS, TrainConfig, build_adversary
 from .data import Example, Labels, Splits, load_splits
 from .distributed import DistInfo, derive_seed, device_of, seed_everything
 from .files import write_json
-from .models import build
+from .models import build, check_tokenizer
 from .report import plot
 from .robustness import discrete_attack
 from .rundir import CHECKPOINT, CHECKPOINTS
@@ -68,6 +68,7 @@ class Run:
         seed_everything(cfg.seed)  # before the random initialisation of the model (head)
         self.clf = build(cfg.model, len(self.labels.names),
                          [t for t, _ in self.splits.train], cfg.max_length)
+        check_tokenizer(self.clf, [t for t, _ in self.splits.train], log)
         if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
             config = self.clf.model.config
             config.id2label = dict(enumerate(self.labels.names))
