@@ -356,6 +356,11 @@ class EmbeddingAdversary(Adversary):
             perturbation, global norm, only the batch's rows backed up).
         embedding: the input embedding module, or its dotted name, when it cannot
             be found automatically.
+        relative: every length of the method (radius, step sizes, random start) is a
+            fraction of each example's own clean embedding output over its real tokens:
+            of its L2 norm (``norm="l2"``) or of its RMS coordinate (``"linf"``), taken
+            over ``scope``. So ``epsilon=0.05`` means 5% of the embedding whatever the
+            model's embedding scale. Output target only. Default False (absolute units).
 
     Subclasses check their own arguments *before* calling this constructor, which
     registers the hook only after its own checks: a constructor that raises leaves
@@ -365,15 +370,24 @@ class EmbeddingAdversary(Adversary):
     default_norm = "l2"
 
     def __init__(self, model: nn.Module, *, norm: Optional[str] = None, scope: str = "example",
-                 target: str = "output", embedding: Union[None, str, nn.Module] = None):
+                 target: str = "output", embedding: Union[None, str, nn.Module] = None,
+                 relative: bool = False):
         super().__init__(model)
         self.norm = V.choice("norm", norm or self.default_norm, P.NORMS)
         self.scope = V.choice("scope", scope, P.SCOPES)
         self.target = V.choice("target", target, P.TARGETS)
+        if not isinstance(relative, bool):
+            raise TypeError(f"relative must be True or False, got {relative!r}")
+        if relative and self.target == "weight":
+            raise ValueError("relative=True scales the perturbation of each example's embedding "
+                             "output; target='weight' has no such example: use target='output'")
+        self.relative = relative
         _reject_zero3(model)
         self.embedding_name, self.embedding = P.find_embedding(model, embedding)
         weight = self._weight_target(model) if self.target == "weight" else None
         self._hook = P.EmbeddingHook(P.embedding_modules(model, self.embedding))
+        if relative:
+            self._hook.relative = (self.norm, self.scope)
         self._space = (OutputSpace(self._hook, self.scope) if weight is None
                        else WeightSpace(self._hook, weight))
 
@@ -410,7 +424,8 @@ class EmbeddingAdversary(Adversary):
         self._hook.remove()
 
     def _settings(self) -> str:
-        return f"norm={self.norm!r}, scope={self.scope!r}, target={self.target!r}"
+        rel = ", relative=True" if self.relative else ""
+        return f"norm={self.norm!r}, scope={self.scope!r}, target={self.target!r}{rel}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._settings()}, embedding={self.embedding_name!r})"
@@ -423,22 +438,25 @@ class GradientAdversary(SeedCompatMixin, EmbeddingAdversary):
     the clean pass adds nothing: Madry-style training on the adversarial loss alone).
 
     Args:
-        epsilon: radius of the perturbation (absolute, in embedding units). Default 1.0.
+        epsilon: radius of the perturbation (in embedding units, or a fraction of each
+            example's embedding with ``relative=True``). Default 1.0.
         adv_weight: weight of the adversarial loss's gradient. Default 1.0.
         adv_only: train on the adversarial loss alone; the clean pass then computes
             no parameter gradients (cheaper). Default False.
-        norm, scope, target, embedding: see :class:`EmbeddingAdversary`.
+        norm, scope, target, embedding, relative: see :class:`EmbeddingAdversary`.
     """
 
     skip_note = "With fp16 this is usually a loss-scale overflow that the GradScaler also skips."
 
     def __init__(self, model: nn.Module, epsilon: float = 1.0, *, norm: Optional[str] = None,
                  scope: str = "example", target: str = "output", adv_weight: float = 1.0,
-                 adv_only: bool = False, embedding: Union[None, str, nn.Module] = None):
+                 adv_only: bool = False, embedding: Union[None, str, nn.Module] = None,
+                 relative: bool = False):
         self.epsilon = V.positive("epsilon", epsilon)
         self.adv_weight = V.positive("adv_weight", adv_weight, allow_zero=True)
         self.adv_only = bool(adv_only)
-        super().__init__(model, norm=norm, scope=scope, target=target, embedding=embedding)
+        super().__init__(model, norm=norm, scope=scope, target=target, embedding=embedding,
+                         relative=relative)
 
     def _step(self, step: EmbeddingStep) -> torch.Tensor:
         with step.skippable():

@@ -183,6 +183,19 @@ def norm(x: torch.Tensor, p: str, scope: str) -> torch.Tensor:
     return x.abs().amax(dim=dims, keepdim=True)
 
 
+def embedding_scale(out: torch.Tensor, mask: torch.Tensor, p: str, scope: str) -> torch.Tensor:
+    """The size of the clean embedding output over ``scope``, real tokens only (float32,
+    constant): its L2 norm for ``p="l2"``, its RMS coordinate for ``p="linf"``. A relative
+    perturbation is this times a fraction."""
+    e = out.detach().float() * mask
+    n = norm(e, "l2", scope)
+    if p == "l2":
+        return n
+    dims = _reduce_dims(e, scope)
+    coords = mask.expand_as(e).sum(dim=dims, keepdim=True)
+    return n / coords.clamp_min(1.0).sqrt()
+
+
 def normalize(g: torch.Tensor, p: str, scope: str) -> torch.Tensor:
     """Steepest-ascent unit direction for ``g`` under norm ``p`` (float32).
 
@@ -274,6 +287,10 @@ class EmbeddingHook:
         # record mode: an extra offset(i, ids, out) added to call i (None adds nothing);
         # FreeLB's random start and FreeAT's carried perturbation (see offsetting()).
         self.offset: Optional[Callable] = None
+        # (norm, scope) of a relative perturbation: everything the hook adds is multiplied
+        # by embedding_scale() of that call's clean output, so a method works in units of
+        # each example's own embedding size (and gets gradients in those units).
+        self.relative: Optional[Tuple[str, str]] = None
         self._i = 0
         self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
 
@@ -333,16 +350,17 @@ class EmbeddingHook:
         if self.mode == "off" or not isinstance(out, torch.Tensor):
             return None
         i, self._i = self._i, self._i + 1
+        mask = self.mask(ids, out) if self.mode == "record" or self.relative else None
+        scale = None if self.relative is None else embedding_scale(out, mask, *self.relative)
         if self.mode == "record":
-            mask = self.mask(ids, out)
             delta = torch.zeros(out.shape, device=out.device, dtype=torch.float32)
             delta.requires_grad_(True)
             self.deltas.append(delta)
             self.masks.append(mask)
             self.ids.append(ids if isinstance(ids, torch.Tensor) else None)
             off = self.offset(i, ids, out) if self.offset is not None else None
-            out_delta = out + delta.to(out.dtype)
-            return out_delta if off is None else out_delta + off.to(out.dtype)
+            added = delta if off is None else delta + off
+            return out + self._scaled(added, scale).to(out.dtype)
         # apply
         if i >= len(self.deltas):
             raise RuntimeError(
@@ -356,4 +374,8 @@ class EmbeddingHook:
                 f"embedding output shape changed between passes ({tuple(delta.shape)} -> "
                 f"{tuple(out.shape)}): the closure must feed the same batch every call."
             )
-        return out + delta.to(out.dtype)
+        return out + self._scaled(delta, scale).to(out.dtype)
+
+    @staticmethod
+    def _scaled(t: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+        return t if scale is None else t * scale

@@ -56,6 +56,8 @@ class FreeAT(EmbeddingAdversary):
             that many calls). Default 2.
         step_size: delta's ascent step. Default ``epsilon / 6`` for L2, ``epsilon`` for L-inf.
         norm: ``"l2"`` (default, per-example g/||g|| step) or ``"linf"`` (sign step).
+        relative: ``epsilon`` and ``step_size`` as fractions of each example's embedding
+            (see :class:`advnlp.EmbeddingAdversary`). Default False.
     """
 
     skip_then = "delta reset to 0"

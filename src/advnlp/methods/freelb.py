@@ -63,6 +63,8 @@ class FreeLB(EmbeddingAdversary):
             ``adv_lr * g/||g||_inf`` per example, clamp to ``max_norm``, init
             ``U(-init_mag, init_mag)``).
         generator: ``torch.Generator`` for the random start (reproducibility).
+        relative: ``adv_lr``, ``init_mag`` and ``max_norm`` in units of each example's
+            embedding norm (see :class:`advnlp.EmbeddingAdversary`). Default False.
     """
 
     skip_then = "the remaining ascent passes of this step were skipped"
@@ -71,13 +73,14 @@ class FreeLB(EmbeddingAdversary):
 
     def __init__(self, model, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 1.0,
                  max_norm: float = 0.6, *, norm: str = "l2",
-                 generator: Optional[torch.Generator] = None, embedding=None):
+                 generator: Optional[torch.Generator] = None, embedding=None,
+                 relative: bool = False):
         self.adv_steps = V.integer("adv_steps", adv_steps)
         self.adv_lr = V.positive("adv_lr", adv_lr)
         self.init_mag = V.positive("init_mag", init_mag, allow_zero=True)
         self.max_norm = V.positive("max_norm", max_norm, allow_zero=True)
         self.generator = generator
-        super().__init__(model, norm=norm, embedding=embedding)
+        super().__init__(model, norm=norm, embedding=embedding, relative=relative)
 
     def _step(self, step: EmbeddingStep) -> torch.Tensor:
         """The K perturbed passes; each adds ``grad / K`` to parameters. Returns pass 0's loss."""

@@ -56,7 +56,8 @@ class VAT(ConsistencyAdversary):
     Args:
         model, norm, scope, embedding: see :class:`advnlp.EmbeddingAdversary`
             (``norm="l2"``, ``scope="example"``).
-        epsilon: radius of r_adv (embedding units). Default 1.0.
+        epsilon: radius of r_adv (embedding units; with ``relative=True`` a fraction of
+            each example's embedding norm, see :class:`advnlp.EmbeddingAdversary`). Default 1.0.
         loss_fn: ``loss_fn(logits, labels)`` used when ``backward(..., labels=)`` is given.
         alpha: weight of the VAT loss. Default 1.0.
         xi: finite-difference radius of the power iteration, relative to each example's
@@ -88,7 +89,9 @@ class VAT(ConsistencyAdversary):
         with step.skippable():
             d = self._direction(step.space.mask([self._randn(z) for z in zeros]))
             for _ in range(self.power_iters):
-                probe = [self.xi * n * di for n, di in zip(norms.per_call, d)]
+                # xi is relative to ||e_n||; a relative space already multiplies by it.
+                probe = [self.xi * di if self.relative else self.xi * n * di
+                         for n, di in zip(norms.per_call, d)]
                 d = self._direction(self._ascent_grad(step, probe, clean))
             r_adv = [self.epsilon * di for di in d]
             lds = divergence(clean, self._logits_at(step, r_adv), self.kind, self._weights)
