@@ -124,3 +124,29 @@ def test_progress_lines_without_a_terminal(sentiment_csv, tiny_bert, tmp_path, c
     assert all(", loss 0." in l and l.endswith(" s/step") for l in lines)
     assert run(*argv, "--output-dir", tmp_path / "b", "--quiet") == 0
     assert capsys.readouterr().err == ""
+
+
+def test_relative_epsilon_reaches_the_method_and_the_config(sentiment_csv, tmp_path, monkeypatch):
+    from advnlp.cli import run as R
+
+    built = []
+    init = R.Run.__init__
+
+    def keep(self, *a, **kw):
+        init(self, *a, **kw)
+        built.append(self.adv)
+
+    monkeypatch.setattr(R.Run, "__init__", keep)
+    out = tmp_path / "r"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+               "--method", "pgd", "--epsilon", "0.05", "--relative-epsilon", "--quiet",
+               "--output-dir", out) == 0
+    assert built[0].relative is True and built[0].epsilon == 0.05
+    assert read_json(out, "config.json")["relative_epsilon"] is True
+
+
+@pytest.mark.parametrize("method", ["none", "awp", "smart"])
+def test_relative_epsilon_is_refused_by_methods_without_it(method, sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", method,
+               "--relative-epsilon", "--output-dir", tmp_path / "r") == 2
+    assert f"--method {method} takes no --relative-epsilon" in capsys.readouterr().err

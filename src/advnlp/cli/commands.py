@@ -88,6 +88,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
     for m in methods:
         params = {k: getattr(cfg, k) if k in METHODS[m][1] else None
                   for k in ("epsilon", "alpha", "steps", "adv_weight")}
+        params["relative_epsilon"] = cfg.relative_epsilon and "relative_epsilon" in METHODS[m][1]
         runs[m] = dataclasses.replace(cfg, method=m, output_dir=os.path.join(out_dir, m), **params)
         runs[m] = runs[m].resolved()  # every method's arguments, before the first run and the folder
     check_output_dir(out_dir, overwrite)

@@ -28,14 +28,16 @@ from .models import SCRATCH
 from .tasks.classify import check_single_segment, loss_fn
 
 # name -> (class, {CLI parameter: constructor argument}). Adding a method = adding a line.
+REL = {"relative_epsilon": "relative"}  # the methods that take --relative-epsilon
 METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "none": (None, {}),
-    "fgm": (FGM, {"epsilon": "epsilon", "adv_weight": "adv_weight"}),
-    "fgsm": (FGSM, {"epsilon": "epsilon", "adv_weight": "adv_weight"}),
-    "pgd": (PGD, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps", "adv_weight": "adv_weight"}),
-    "freelb": (FreeLB, {"alpha": "adv_lr", "steps": "adv_steps"}),
+    "fgm": (FGM, {"epsilon": "epsilon", "adv_weight": "adv_weight", **REL}),
+    "fgsm": (FGSM, {"epsilon": "epsilon", "adv_weight": "adv_weight", **REL}),
+    "pgd": (PGD, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps",
+                  "adv_weight": "adv_weight", **REL}),
+    "freelb": (FreeLB, {"alpha": "adv_lr", "steps": "adv_steps", **REL}),
     "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
-    "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha"}),
+    "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha", **REL}),
     "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
                       "adv_weight": "alpha"}),
 }
@@ -57,6 +59,7 @@ class TrainConfig:
     alpha: Optional[float] = None
     steps: Optional[int] = None
     adv_weight: Optional[float] = None
+    relative_epsilon: bool = False  # epsilon and step sizes as fractions of each example's embedding
     epochs: Optional[int] = None  # None: 1 for a pretrained model, 5 from scratch
     batch_size: int = 16
     lr: Optional[float] = None  # None: 1e-4 for a pretrained model, 2e-3 from scratch
@@ -85,6 +88,9 @@ class TrainConfig:
         if cfg.data.train is None and cfg.data.max_train_samples is None:
             cfg.data.max_train_samples = DEFAULT_TRAIN_SAMPLES
         takes = METHODS[cfg.method][1]
+        if cfg.relative_epsilon and "relative_epsilon" not in takes:
+            raise InputError(f"--method {cfg.method} takes no --relative-epsilon (fgm, fgsm, pgd, "
+                             "freelb and vat do)")
         for name in ("epsilon", "alpha", "steps", "adv_weight"):
             value = getattr(cfg, name)
             if value is not None and name not in takes:

@@ -62,6 +62,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--alpha", type=float, help="PGD step size")
     a.add_argument("--steps", type=int, help="PGD ascent steps")
     a.add_argument("--adv-weight", type=float, help="weight of the adversarial loss (default 1)")
+    a.add_argument("--relative-epsilon", action="store_true",
+                   help="--epsilon and the step sizes are fractions of each example's own "
+                        "embedding (L2 norm over its real tokens; RMS coordinate for fgsm): "
+                        "0.05 means 5%% on every model (fgm, fgsm, pgd, freelb, vat)")
     x = p.add_argument_group("adversarial data augmentation (discrete attacks)")
     x.add_argument("--augment-with-attack", metavar="char|word",
                    help="after each epoch but the last, attack a sample of the training set and "
@@ -155,7 +159,8 @@ def config_from_args(args) -> TrainConfig:
                     args.multi_label, args.label_delimiter, args.max_train_samples)
     return TrainConfig(
         model=args.model, method=getattr(args, "method", "none"), epsilon=args.epsilon,
-        alpha=args.alpha, steps=args.steps, adv_weight=args.adv_weight, epochs=args.epochs,
+        alpha=args.alpha, steps=args.steps, adv_weight=args.adv_weight,
+        relative_epsilon=args.relative_epsilon, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
         device=args.device, output_dir=args.output_dir,
         augment_with_attack=args.augment_with_attack, augment_every=args.augment_every,
