@@ -224,3 +224,59 @@ def test_eval_on_a_run_that_died_before_its_first_checkpoint(sentiment_csv, tmp_
     assert "--resume" not in err
     assert run("train", "--resume", out) == 2  # and indeed there is nothing to resume
     capsys.readouterr()
+
+
+# -- inputs that used to end in a traceback ----------------------------------------------
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _copy_model(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_max_length_above_the_models_position_limit(tiny_bert, tmp_path, capsys):
+    # Texts longer than the 64 positions of tiny_bert, so the run would reach them.
+    data = write_csv(tmp_path / "long.csv", ["text", "label"],
+                     [[" ".join(["good" if i % 2 else "bad"] * 90), "pos" if i % 2 else "neg"]
+                      for i in range(40)])
+    assert run("train", "--model", tiny_bert, "--train", data, "--max-length", "100",
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, "--max-length 100", "64")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_truncated_model_given_as_model(tiny_bert, sentiment_csv, tmp_path, capsys):
+    model = _copy_model(tiny_bert, tmp_path / "m")
+    _truncate(model / "model.safetensors")
+    assert run("train", "--model", model, "--train", sentiment_csv,
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, str(model / "model.safetensors"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("model", ["textcnn", "bert"])
+@pytest.mark.parametrize("command", [["eval"], ["attack", "--attack", "embedding"]])
+def test_a_run_with_truncated_weights(model, command, tiny_bert, sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--model", tiny_bert if model == "bert" else model, "--train", sentiment_csv,
+               "--epochs", "1", "--output-dir", out, "--quiet") == 0
+    capsys.readouterr()
+    _truncate(out / "model" / "model.safetensors")
+    assert run(command[0], out, *command[1:]) == 2
+    _one_line_error(capsys, str(out / "model" / "model.safetensors"))
+
+
+def test_a_classifier_with_another_number_of_labels(tiny_bert, sentiment_csv, tmp_path, capsys):
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    three = _copy_model(tiny_bert, tmp_path / "three")  # its tokenizer, then a 3-label head
+    config = AutoConfig.from_pretrained(tiny_bert, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(str(three))
+    assert run("train", "--model", three, "--train", sentiment_csv,
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, "3 labels", "2", "base model", "ignore_mismatched_sizes")
+    assert not (tmp_path / "run").exists()

@@ -60,7 +60,7 @@ class TrainConfig:
     epochs: Optional[int] = None  # None: 1 for a pretrained model, 5 from scratch
     batch_size: int = 16
     lr: Optional[float] = None  # None: 1e-4 for a pretrained model, 2e-3 from scratch
-    max_length: int = 128
+    max_length: Optional[int] = None  # None: 128, or the model's limit if it reads fewer
     seed: int = 42
     device: str = "auto"
     output_dir: Optional[str] = None
@@ -96,7 +96,7 @@ class TrainConfig:
             if value is None and name in takes:
                 setattr(cfg, name, _method_default(cfg.method, name))
         for name in ("epochs", "batch_size", "max_length"):
-            if getattr(cfg, name) < 1:
+            if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
         if not (math.isfinite(cfg.lr) and cfg.lr > 0):
             raise InputError(f"--lr must be a finite number > 0, got {cfg.lr}")
