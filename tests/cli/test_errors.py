@@ -280,3 +280,30 @@ def test_a_classifier_with_another_number_of_labels(tiny_bert, sentiment_csv, tm
                "--output-dir", tmp_path / "run") == 2
     _one_line_error(capsys, "3 labels", "2", "base model", "ignore_mismatched_sizes")
     assert not (tmp_path / "run").exists()
+
+
+
+def test_an_output_dir_under_a_file(sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv,
+               "--output-dir", os.path.join(sentiment_csv, "run")) == 2
+    _one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
+
+
+def test_compare_output_dir_under_a_file(sentiment_csv, tmp_path, capsys):
+    assert run("compare", "--methods", "none,fgm", "--model", "textcnn", "--train", sentiment_csv,
+               "--output-dir", os.path.join(sentiment_csv, "cmp", "deeper")) == 2
+    _one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
+                    reason="root writes anywhere")
+def test_an_output_dir_without_write_permission(sentiment_csv, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert run("train", "--model", "textcnn", "--train", sentiment_csv,
+                   "--output-dir", locked / "run") == 2
+        _one_line_error(capsys, "--output-dir", "cannot write")
+    finally:
+        locked.chmod(0o700)
