@@ -307,3 +307,62 @@ def test_an_output_dir_without_write_permission(sentiment_csv, tmp_path, capsys)
         _one_line_error(capsys, "--output-dir", "cannot write")
     finally:
         locked.chmod(0o700)
+
+
+def _ctrl_c_run(tmp_path, sentiment_csv, monkeypatch, *extra):
+    """An interrupted run (a checkpoint, no model/) to --resume."""
+    from cli_helpers import ctrl_c_after
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        ctrl_c_after(m, 1)
+        assert run("train", "--train", sentiment_csv, "--epochs", "2", "--output-dir", out,
+                   "--quiet", *extra) == 130
+    return out
+
+
+@pytest.mark.parametrize("content", ["not a dict", "another model"])
+def test_resume_from_a_checkpoint_of_the_wrong_structure(content, sentiment_csv, tmp_path, capsys,
+                                                         monkeypatch):
+    import torch
+
+    out = _ctrl_c_run(tmp_path, sentiment_csv, monkeypatch, "--model", "textcnn")
+    capsys.readouterr()
+    path = out / "checkpoint.pt"
+    if content == "not a dict":
+        torch.save({"x": 1}, path)
+    else:  # a well-formed checkpoint whose weights are another model's
+        state = torch.load(path, weights_only=True)
+        state["model"] = torch.nn.Linear(3, 2).state_dict()
+        torch.save(state, path)
+    assert run("train", "--resume", out) == 2
+    _one_line_error(capsys, str(path), "not a checkpoint of this run")
+
+
+@pytest.mark.parametrize("broken", ["model.safetensors", "optimizer.pt"])
+def test_resume_from_a_trainer_checkpoint_with_truncated_files(broken, tiny_bert, sentiment_csv,
+                                                               tmp_path, capsys, monkeypatch):
+    import advnlp.cli.engines.hf_trainer as E
+
+    out = tmp_path / "cut"
+    calls = {"n": 0}
+    step = E._RunTrainer.training_step
+
+    def step_then_sigint(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            import signal
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    with monkeypatch.context() as m:
+        m.setattr(E._RunTrainer, "training_step", step_then_sigint)
+        assert run("train", "--model", tiny_bert, "--train", sentiment_csv, "--epochs", "2",
+                   "--engine", "trainer", "--output-dir", out, "--quiet") == 130
+    capsys.readouterr()
+    checkpoint = E.latest_checkpoint(str(out))
+    _truncate(os.path.join(checkpoint, broken))
+    # --quiet: the Trainer loads the optimizer after the "resuming at ..." line.
+    assert run("train", "--resume", out, "--quiet") == 2
+    _one_line_error(capsys, checkpoint, broken)
