@@ -366,3 +366,46 @@ def test_resume_from_a_trainer_checkpoint_with_truncated_files(broken, tiny_bert
     # --quiet: the Trainer loads the optimizer after the "resuming at ..." line.
     assert run("train", "--resume", out, "--quiet") == 2
     _one_line_error(capsys, checkpoint, broken)
+
+
+_BAD_CONFIGS = [({"epochs": "two"}, "field 'epochs'"),
+                ({"batch_size": None}, "field 'batch_size'"),
+                ({"data": 3}, "field 'data'"),
+                ({"colour": "red"}, "unknown field 'colour'"),
+                ({"data.text_columns": "text"}, "field 'data.text_columns'"),
+                ({"data.multi_label": "no"}, "field 'data.multi_label'")]
+
+
+def _edit_config(run_dir, edit):
+    import json
+
+    path = run_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    for key, value in edit.items():
+        if key.startswith("data."):
+            cfg["data"][key[5:]] = value
+        else:
+            cfg[key] = value
+    path.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("edit, needle", _BAD_CONFIGS)
+def test_resume_a_run_whose_config_has_wrong_types(edit, needle, sentiment_csv, tmp_path, capsys,
+                                                   monkeypatch):
+    out = _ctrl_c_run(tmp_path, sentiment_csv, monkeypatch, "--model", "textcnn")
+    capsys.readouterr()
+    _edit_config(out, edit)
+    assert run("train", "--resume", out) == 2
+    _one_line_error(capsys, str(out / "config.json"), needle)
+
+
+@pytest.mark.parametrize("edit, needle", _BAD_CONFIGS)
+def test_eval_a_run_whose_config_has_wrong_types(edit, needle, sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+               "--output-dir", out, "--quiet") == 0
+    capsys.readouterr()
+    _edit_config(out, edit)
+    assert run("eval", out) == 2
+    _one_line_error(capsys, str(out / "config.json"), needle)
+    assert not (out / "eval.json").exists()
