@@ -199,7 +199,7 @@ def _typed_value(v, tp, name: str):
     if tp is typing.Any or not isinstance(tp, type):
         return v  # a type hint this check does not know: taken as it is
     # bool is an int in Python, not in a config; an integer is a fine float.
-    ok = (isinstance(v, tp) and not (isinstance(v, bool) and tp is not bool)) or (
+    ok = (isinstance(v, tp) and not (isinstance(v, bool) and tp in (int, float))) or (
         tp is float and isinstance(v, int) and not isinstance(v, bool))
     if not ok:
         raise ValueError(f"field {name!r} must be {_describe(tp)}, got {v!r}")
