@@ -224,3 +224,188 @@ def test_eval_on_a_run_that_died_before_its_first_checkpoint(sentiment_csv, tmp_
     assert "--resume" not in err
     assert run("train", "--resume", out) == 2  # and indeed there is nothing to resume
     capsys.readouterr()
+
+
+# -- inputs that used to end in a traceback ----------------------------------------------
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _copy_model(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_max_length_above_the_models_position_limit(tiny_bert, tmp_path, capsys):
+    # Texts longer than the 64 positions of tiny_bert, so the run would reach them.
+    data = write_csv(tmp_path / "long.csv", ["text", "label"],
+                     [[" ".join(["good" if i % 2 else "bad"] * 90), "pos" if i % 2 else "neg"]
+                      for i in range(40)])
+    assert run("train", "--model", tiny_bert, "--train", data, "--max-length", "100",
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, "--max-length 100", "64")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_truncated_model_given_as_model(tiny_bert, sentiment_csv, tmp_path, capsys):
+    model = _copy_model(tiny_bert, tmp_path / "m")
+    _truncate(model / "model.safetensors")
+    assert run("train", "--model", model, "--train", sentiment_csv,
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, str(model / "model.safetensors"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("model", ["textcnn", "bert"])
+@pytest.mark.parametrize("command", [["eval"], ["attack", "--attack", "embedding"]])
+def test_a_run_with_truncated_weights(model, command, tiny_bert, sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--model", tiny_bert if model == "bert" else model, "--train", sentiment_csv,
+               "--epochs", "1", "--output-dir", out, "--quiet") == 0
+    capsys.readouterr()
+    _truncate(out / "model" / "model.safetensors")
+    assert run(command[0], out, *command[1:]) == 2
+    _one_line_error(capsys, str(out / "model" / "model.safetensors"))
+
+
+def test_a_classifier_with_another_number_of_labels(tiny_bert, sentiment_csv, tmp_path, capsys):
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    three = _copy_model(tiny_bert, tmp_path / "three")  # its tokenizer, then a 3-label head
+    config = AutoConfig.from_pretrained(tiny_bert, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(str(three))
+    assert run("train", "--model", three, "--train", sentiment_csv,
+               "--output-dir", tmp_path / "run") == 2
+    _one_line_error(capsys, "3 labels", "2", "base model", "ignore_mismatched_sizes")
+    assert not (tmp_path / "run").exists()
+
+
+
+def test_an_output_dir_under_a_file(sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv,
+               "--output-dir", os.path.join(sentiment_csv, "run")) == 2
+    _one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
+
+
+def test_compare_output_dir_under_a_file(sentiment_csv, tmp_path, capsys):
+    assert run("compare", "--methods", "none,fgm", "--model", "textcnn", "--train", sentiment_csv,
+               "--output-dir", os.path.join(sentiment_csv, "cmp", "deeper")) == 2
+    _one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
+                    reason="root writes anywhere")
+def test_an_output_dir_without_write_permission(sentiment_csv, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert run("train", "--model", "textcnn", "--train", sentiment_csv,
+                   "--output-dir", locked / "run") == 2
+        _one_line_error(capsys, "--output-dir", "cannot write")
+    finally:
+        locked.chmod(0o700)
+
+
+def _ctrl_c_run(tmp_path, sentiment_csv, monkeypatch, *extra):
+    """An interrupted run (a checkpoint, no model/) to --resume."""
+    from cli_helpers import ctrl_c_after
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        ctrl_c_after(m, 1)
+        assert run("train", "--train", sentiment_csv, "--epochs", "2", "--output-dir", out,
+                   "--quiet", *extra) == 130
+    return out
+
+
+@pytest.mark.parametrize("content", ["not a dict", "another model"])
+def test_resume_from_a_checkpoint_of_the_wrong_structure(content, sentiment_csv, tmp_path, capsys,
+                                                         monkeypatch):
+    import torch
+
+    out = _ctrl_c_run(tmp_path, sentiment_csv, monkeypatch, "--model", "textcnn")
+    capsys.readouterr()
+    path = out / "checkpoint.pt"
+    if content == "not a dict":
+        torch.save({"x": 1}, path)
+    else:  # a well-formed checkpoint whose weights are another model's
+        state = torch.load(path, weights_only=True)
+        state["model"] = torch.nn.Linear(3, 2).state_dict()
+        torch.save(state, path)
+    assert run("train", "--resume", out) == 2
+    _one_line_error(capsys, str(path), "not a checkpoint of this run")
+
+
+@pytest.mark.parametrize("broken", ["model.safetensors", "optimizer.pt"])
+def test_resume_from_a_trainer_checkpoint_with_truncated_files(broken, tiny_bert, sentiment_csv,
+                                                               tmp_path, capsys, monkeypatch):
+    import advnlp.cli.engines.hf_trainer as E
+
+    out = tmp_path / "cut"
+    calls = {"n": 0}
+    step = E._RunTrainer.training_step
+
+    def step_then_sigint(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            import signal
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    with monkeypatch.context() as m:
+        m.setattr(E._RunTrainer, "training_step", step_then_sigint)
+        assert run("train", "--model", tiny_bert, "--train", sentiment_csv, "--epochs", "2",
+                   "--engine", "trainer", "--output-dir", out, "--quiet") == 130
+    capsys.readouterr()
+    checkpoint = E.latest_checkpoint(str(out))
+    _truncate(os.path.join(checkpoint, broken))
+    # --quiet: the Trainer loads the optimizer after the "resuming at ..." line.
+    assert run("train", "--resume", out, "--quiet") == 2
+    _one_line_error(capsys, checkpoint, broken)
+
+
+_BAD_CONFIGS = [({"epochs": "two"}, "field 'epochs'"),
+                ({"batch_size": None}, "field 'batch_size'"),
+                ({"data": 3}, "field 'data'"),
+                ({"colour": "red"}, "unknown field 'colour'"),
+                ({"data.text_columns": "text"}, "field 'data.text_columns'"),
+                ({"data.multi_label": "no"}, "field 'data.multi_label'")]
+
+
+def _edit_config(run_dir, edit):
+    import json
+
+    path = run_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    for key, value in edit.items():
+        if key.startswith("data."):
+            cfg["data"][key[5:]] = value
+        else:
+            cfg[key] = value
+    path.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("edit, needle", _BAD_CONFIGS)
+def test_resume_a_run_whose_config_has_wrong_types(edit, needle, sentiment_csv, tmp_path, capsys,
+                                                   monkeypatch):
+    out = _ctrl_c_run(tmp_path, sentiment_csv, monkeypatch, "--model", "textcnn")
+    capsys.readouterr()
+    _edit_config(out, edit)
+    assert run("train", "--resume", out) == 2
+    _one_line_error(capsys, str(out / "config.json"), needle)
+
+
+@pytest.mark.parametrize("edit, needle", _BAD_CONFIGS)
+def test_eval_a_run_whose_config_has_wrong_types(edit, needle, sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+               "--output-dir", out, "--quiet") == 0
+    capsys.readouterr()
+    _edit_config(out, edit)
+    assert run("eval", out) == 2
+    _one_line_error(capsys, str(out / "config.json"), needle)
+    assert not (out / "eval.json").exists()

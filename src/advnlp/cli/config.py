@@ -13,6 +13,8 @@ import inspect
 import math
 import os
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -63,7 +65,7 @@ class TrainConfig:
     epochs: Optional[int] = None  # None: 1 for a pretrained model, 5 from scratch
     batch_size: int = 16
     lr: Optional[float] = None  # None: 1e-4 for a pretrained model, 2e-3 from scratch
-    max_length: int = 128
+    max_length: Optional[int] = None  # None: 128, or the model's limit if it reads fewer
     seed: int = 42
     device: str = "auto"
     output_dir: Optional[str] = None
@@ -102,7 +104,7 @@ class TrainConfig:
             if value is None and name in takes:
                 setattr(cfg, name, _method_default(cfg.method, name))
         for name in ("epochs", "batch_size", "max_length"):
-            if getattr(cfg, name) < 1:
+            if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
         if not (math.isfinite(cfg.lr) and cfg.lr > 0):
             raise InputError(f"--lr must be a finite number > 0, got {cfg.lr}")
@@ -141,10 +143,74 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        data = dict(d.pop("data"))
-        data["text_columns"] = tuple(data["text_columns"])
-        return cls(**d, data=DataSpec(**data))
+        """Every field checked against its type (ValueError naming the field): a config.json
+        edited by hand must not fail later, mid-run, with a traceback."""
+        return _typed(cls, d, "")
+
+
+# -- reading config.json back: the dataclasses' own type hints are the schema -------------
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (tuple, list):
+        return "a list"
+    if typing.get_origin(tp) is dict or dataclasses.is_dataclass(tp):
+        return "an object"
+    return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _typed(cls, d, where: str):
+    """``d`` (parsed JSON) as the dataclass ``cls``. A field missing takes its default (a
+    config written before the field existed); an unknown one is refused."""
+    if not isinstance(d, dict):
+        raise ValueError(f"field {where[:-1]!r} must be an object, got {d!r}" if where
+                         else "not a JSON object")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise ValueError(f"unknown field {where + unknown[0]!r}")
+    return cls(**{k: _typed_value(v, hints[k], where + k) for k, v in d.items()})
+
+
+def _typed_value(v, tp, name: str):
+    """``v`` checked against the type hint ``tp`` (JSON lists become tuples for tuple fields)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _typed(tp, v, name + ".")
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        if v is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _typed_value(v, option, name)
+            except ValueError:
+                pass
+        raise ValueError(f"field {name!r} must be {_describe(tp)}, got {v!r}")
+    if origin in (tuple, list):
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"field {name!r} must be {_describe(tp)}, got {v!r}")
+        items = ([args[0]] * len(v) if len(args) == 2 and args[1] is Ellipsis or origin is list
+                 else list(args))
+        if len(items) != len(v):
+            raise ValueError(f"field {name!r} must hold {len(items)} items, got {v!r}")
+        return origin(_typed_value(x, t, f"{name}[{i}]") for i, (x, t) in enumerate(zip(v, items)))
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise ValueError(f"field {name!r} must be {_describe(tp)}, got {v!r}")
+        kt, vt = args or (typing.Any, typing.Any)
+        return {_typed_value(k, kt, name): _typed_value(x, vt, f"{name}[{k!r}]") for k, x in v.items()}
+    if tp is typing.Any or not isinstance(tp, type):
+        return v  # a type hint this check does not know: taken as it is
+    # bool is an int in Python, not in a config; an integer is a fine float.
+    ok = (isinstance(v, tp) and not (isinstance(v, bool) and tp in (int, float))) or (
+        tp is float and isinstance(v, int) and not isinstance(v, bool))
+    if not ok:
+        raise ValueError(f"field {name!r} must be {_describe(tp)}, got {v!r}")
+    return float(v) if tp is float else v
 
 
 def check_environment(cfg: TrainConfig) -> None:

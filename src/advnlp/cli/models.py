@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ SCRATCH = ("textcnn", "bilstm")
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
 MAX_VOCAB = 50_000
 WEIGHTS = "model.safetensors"
+DEFAULT_MAX_LENGTH = 128
 
 
 # --------------------------------------------------------------------------
@@ -168,30 +169,80 @@ def _hf(path: str, num_labels: int):
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise InputError(f"--model {path}: not a model directory (no config.json)")
     try:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError:
         raise InputError("a Hugging Face model needs transformers: pip install 'advnlp[hf]'") from None
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     hf_logging.disable_progress_bar()  # ours is the only progress bar
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(path, name))
     try:
+        config = AutoConfig.from_pretrained(path)
+        _check_head(path, config, num_labels)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"--model {path}: cannot load the model ({first})") from None
+        raise InputError(f"--model {path}: cannot load the model ({_first_line(e)})") from None
     return tokenizer, model
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def check_safetensors(path: str) -> None:
+    """A truncated or corrupt safetensors file, refused by name: safe_open reads only the
+    header but checks it against the file's size."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: missing (the model folder is incomplete)")
+    try:
+        with _safetensors().safe_open(path, "pt"):
+            pass
+    except Exception as e:  # SafetensorError, which safetensors does not export
+        raise InputError(f"{path}: corrupt or truncated weights ({_first_line(e)}); "
+                         "save or download the model again") from None
+
+
+def _check_head(path: str, config, num_labels: int) -> None:
+    """A fine-tuned classifier keeps its head, which fits only its own number of labels
+    (transformers would fail on the size mismatch). A base model has no head to keep."""
+    heads = [a for a in config.architectures or () if a.endswith("ForSequenceClassification")]
+    if heads and config.num_labels != num_labels:
+        raise InputError(
+            f"--model {path} is a classifier with {config.num_labels} labels and the data has "
+            f"{num_labels}: start from the base model it was fine-tuned from, or re-initialise "
+            "its classification head (transformers' ignore_mismatched_sizes=True) and save it")
+
+
+def _position_limit(model, tokenizer) -> Optional[int]:
+    """The most tokens the model reads (None: no known limit). Position embeddings end there,
+    so a longer text fails mid-run, when it comes. The tokenizer's limit counts when it is a
+    real number (RoBERTa's 514 positions hold 512 tokens); unset, it is a huge placeholder."""
+    limits = [getattr(model.config, "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    return min(limits) if limits else None
+
+
 def build(name: str, num_labels: int, train_texts: Sequence[Tuple[str, ...]],
-          max_length: int) -> Classifier:
-    """A fresh classifier (call ``torch.manual_seed`` first: heads are randomly initialised)."""
+          max_length: Optional[int]) -> Classifier:
+    """A fresh classifier (call ``torch.manual_seed`` first: heads are randomly initialised).
+    ``max_length`` None: 128, or the model's limit if it reads fewer."""
     if name in SCRATCH:
+        max_length = max_length or DEFAULT_MAX_LENGTH
         _safetensors()  # fail now, not after training
         vocab = Vocab.build(train_texts)
         meta = {"kind": name, "vocab_size": len(vocab.tokens), "num_labels": num_labels}
         return Classifier(name, _ARCHS[name](len(vocab.tokens), num_labels), vocab, max_length, meta)
     tokenizer, model = _hf(name, num_labels)
+    limit = _position_limit(model, tokenizer)
+    if max_length is None:
+        max_length = min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
+    elif limit is not None and max_length > limit:
+        raise InputError(f"--max-length {max_length} is more than the {limit} tokens "
+                         f"--model {name} can read; use --max-length {limit} or less")
     return Classifier(name, model, tokenizer, max_length, {"kind": "hf", "source": name})
 
 
@@ -242,5 +293,7 @@ def load(directory: str, kind: str, num_labels: int, max_length: int) -> Classif
     with open(os.path.join(directory, "vocab.json"), encoding="utf-8") as f:
         vocab = Vocab(json.load(f))
     model = _ARCHS[kind](meta["vocab_size"], meta["num_labels"])
-    model.load_state_dict(load_file(os.path.join(directory, WEIGHTS)))
+    weights = os.path.join(directory, WEIGHTS)
+    check_safetensors(weights)
+    model.load_state_dict(load_file(weights))
     return Classifier(kind, model, vocab, max_length, meta)

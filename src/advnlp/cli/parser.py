@@ -45,7 +45,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="default 1 (pretrained) or 5 (from scratch)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, help="default 1e-4 (pretrained) or 2e-3 (from scratch)")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (default 128, or fewer if the model reads fewer)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     g.add_argument("--output-dir", help="default runs/<timestamp>-<method>")

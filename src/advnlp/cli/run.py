@@ -68,6 +68,7 @@ class Run:
         seed_everything(cfg.seed)  # before the random initialisation of the model (head)
         self.clf = build(cfg.model, len(self.labels.names),
                          [t for t, _ in self.splits.train], cfg.max_length)
+        cfg.max_length = self.clf.max_length  # the default resolved: config.json records it
         check_tokenizer(self.clf, [t for t, _ in self.splits.train], log)
         if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
             config = self.clf.model.config

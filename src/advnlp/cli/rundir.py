@@ -59,6 +59,7 @@ def check_output_dir(path: str, overwrite: bool) -> None:
     an advnlp run with --overwrite; never over files of the names it writes that are not
     an advnlp run's (a model folder's config.json, say). Changes nothing."""
     if not os.path.exists(path):
+        _check_creatable(path)
         return
     if not os.path.isdir(path):
         raise InputError(f"--output-dir {path} exists and is not a directory")
@@ -74,6 +75,20 @@ def check_output_dir(path: str, overwrite: bool) -> None:
         raise InputError(f"--output-dir {path} holds {clash[0]!r}, which is not an advnlp run's "
                          "(a model folder?); advnlp will not write over it, with or without "
                          "--overwrite: choose another --output-dir")
+
+
+def _check_creatable(path: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder we may write into, or
+    makedirs fails (with a traceback) only once the run starts."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"--output-dir {path}: {parent} is a file, so no folder can be made "
+                         "inside it; choose another --output-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):  # always true for root
+        raise InputError(f"--output-dir {path}: cannot write in {parent} (permission denied); "
+                         "choose another --output-dir")
 
 
 class Replacement:

@@ -21,6 +21,7 @@ every rank decides on the same all-reduced Ctrl-C flag, once per step.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,12 +38,15 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from advnlp.integrations.transformers import AdversarialTrainer
 
 from ..errors import InputError, Interrupted
+from ..models import check_safetensors
 from ..progress import progress_bar
 from ..run import Run
 from ..rundir import CHECKPOINTS
 
 STATE_FILE = "advnlp_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# What every checkpoint of this engine holds besides the weights and the RNG states.
+_REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
@@ -65,12 +69,33 @@ def resume(run: Run) -> None:
     """The run's own progress (epoch, history) from its newest checkpoint; the Trainer
     itself reloads weights, optimizer, schedule and RNG states in :func:`fit`."""
     path = latest_checkpoint(run.run_dir)
+    # The Trainer silently starts afresh without an optimizer or scheduler file, and
+    # fails with a traceback on a missing or broken trainer_state.json: check them first.
+    missing = [n for n in _REQUIRED if not os.path.isfile(os.path.join(path, n))]
+    if missing:
+        raise InputError(f"{path}: incomplete checkpoint (no {missing[0]}); train again "
+                         "with --overwrite")
+    for name in os.listdir(path):  # header only: before anything runs or is logged
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(path, name))
     try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            json.load(f)
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
             run.load_progress_state(json.load(f))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: unreadable checkpoint ({e})") from None
     run.resumed_from = path
+
+
+@contextlib.contextmanager
+def _loading(checkpoint: str, what: str):
+    try:
+        yield
+    except Exception as e:  # SafetensorError, torch's unpickling and size errors, OSError...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{checkpoint}: cannot load its {what} ({first}); resume from an "
+                         "intact checkpoint or train again with --overwrite") from None
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -125,6 +150,20 @@ class _RunTrainer(AdversarialTrainer):
         # would skip the division by accumulation steps and, under DDP, multiply the loss by
         # the world size (measured: twice the loss and other weights with 2 ranks).
         self.model_accepts_loss_kwargs = False
+
+    # --resume: the Trainer reads the checkpoint's files itself, deep inside train(); a
+    # corrupt one must be a one-line error naming it. These methods only load files.
+    def _load_from_checkpoint(self, checkpoint, *args, **kwargs):
+        with _loading(checkpoint, "model.safetensors (the weights)"):
+            return super()._load_from_checkpoint(checkpoint, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint, *args, **kwargs):
+        with _loading(checkpoint, "optimizer.pt or scheduler.pt"):
+            return super()._load_optimizer_and_scheduler(checkpoint, *args, **kwargs)
+
+    def _load_rng_state(self, checkpoint, *args, **kwargs):
+        with _loading(checkpoint, "rng_state*.pth"):
+            return super()._load_rng_state(checkpoint, *args, **kwargs)
 
     def get_train_dataloader(self):
         # Each rank gets the default engine's batches of its shard, so both engines see the

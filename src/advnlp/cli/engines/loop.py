@@ -113,6 +113,19 @@ def resume(run: Run) -> None:
         raise InputError(f"{run.run_dir}: no {CHECKPOINT} to resume from") from None
     except Exception as e:  # a corrupt file must not become a traceback
         raise InputError(f"{path}: unreadable checkpoint ({e})") from None
+    try:
+        _load_state(run, state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        # Loads without error but is something else: another model's, or not ours at all.
+        what = f"no {e}" if isinstance(e, KeyError) else str(e).strip().splitlines()[0]
+        raise InputError(f"{path}: not a checkpoint of this run ({what}); train again "
+                         "with --overwrite") from None
+    if run.rank > 0:
+        # The checkpoint holds rank 0's random state; the others draw fresh dropout noise.
+        run.reseed_rank(resumed=True)
+
+
+def _load_state(run: Run, state: dict) -> None:
     run.clf.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -123,6 +136,3 @@ def resume(run: Run) -> None:
     random.setstate(state["rng_python"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-    if run.rank > 0:
-        # The checkpoint holds rank 0's random state; the others draw fresh dropout noise.
-        run.reseed_rank(resumed=True)
