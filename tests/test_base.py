@@ -83,21 +83,23 @@ def test_every_method_is_an_adversary_and_says_whether_it_needs_logits(cls, want
     assert adv.needs_logits is wants
 
 
-def _inf_step(cls):
+def _one_step(cls, factor=1.0):
+    """A method on a fresh model and a call of its backward() with the loss (or, for the
+    consistency methods, the logits) times ``factor``."""
     torch.manual_seed(0)
     model = MeanPoolClassifier()
     ids, y = batch()
     adv = cls(model)
     ce = nn.functional.cross_entropy
     if adv.needs_logits:
-        return adv, lambda: adv.backward(lambda: model(ids) * math.inf, labels=y)
-    # A finite clean loss whose gradient is inf: the adversarial part is what gets skipped.
-    return adv, lambda: adv.backward(lambda: ce(model(ids), y) * math.inf)
+        return adv, model, lambda: adv.backward(lambda: model(ids) * factor, labels=y)
+    # With factor inf: a finite clean loss whose gradient is inf (the adversarial part skips).
+    return adv, model, lambda: adv.backward(lambda: ce(model(ids), y) * factor)
 
 
 @pytest.mark.parametrize("cls", [FGM, FGSM, PGD, FreeLB, FreeAT, SMART, VAT, AWP])
 def test_a_skipped_step_is_counted_and_blamed_on_the_callers_line(cls):
-    adv, call = _inf_step(cls)
+    adv, _, call = _one_step(cls, math.inf)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         call()
@@ -110,13 +112,7 @@ def test_a_skipped_step_is_counted_and_blamed_on_the_callers_line(cls):
 
 @pytest.mark.parametrize("cls", [FGM, FGSM, PGD, FreeLB, FreeAT, SMART, VAT, AWP])
 def test_no_grad_and_a_frozen_model_are_named_as_the_cause(cls):
-    torch.manual_seed(0)
-    model = MeanPoolClassifier()
-    ids, y = batch()
-    adv = cls(model)
-    ce = nn.functional.cross_entropy
-    step = ((lambda: adv.backward(lambda: model(ids), labels=y)) if adv.needs_logits
-            else (lambda: adv.backward(lambda: ce(model(ids), y))))
+    adv, model, step = _one_step(cls)
     with torch.no_grad(), pytest.raises(RuntimeError, match=r"torch.no_grad\(\)"):
         step()
     for p in model.parameters():

@@ -51,3 +51,22 @@ def save_wordpiece(folder, vocab):
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     assert tok.convert_tokens_to_ids(vocab[-1]) == len(vocab) - 1  # really this vocabulary
     tok.save_pretrained(str(folder))
+
+
+def sigterm_after_first_step(argv, first_line="step 1/6"):
+    """Run ``python -m advnlp.cli argv`` (one thread, like the in-process runs it is compared
+    with bit for bit), send SIGTERM after its first progress line; return (exit code, stderr)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", *map(str, argv)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        first = proc.stderr.readline()  # the first progress line (stderr is not a terminal)
+        assert first_line in first, first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err

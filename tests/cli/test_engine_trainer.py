@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
 import advnlp.cli.engines.hf_trainer as E  # noqa: E402
-from cli_helpers import read_json, run, save_wordpiece  # noqa: E402
+from cli_helpers import read_json, run, save_wordpiece, sigterm_after_first_step  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -320,25 +320,12 @@ def test_one_process_torchrun_with_several_gpus_is_allowed(monkeypatch):
 def test_sigterm_saves_a_trainer_checkpoint_and_resumes(tmp_path, sentiment_csv, tiny_bert):
     """SIGTERM stops the Trainer like Ctrl-C: a checkpoint, exit 143, then --resume ends
     with the uninterrupted weights."""
-    import subprocess
-    import sys
-
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     # 4 epochs of 6 steps: the signal lands long before the end, even on a busy machine.
     args = [str(a) for a in train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer",
                                        "--epochs", 4) if a != "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            # one thread, as the in-process runs it is compared with (bit-equal)
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        first = proc.stderr.readline()  # the first progress line (stderr is not a terminal)
-        assert "step 1/6" in first, first
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    code, err = sigterm_after_first_step(args)
+    assert code == 143, err
     assert "interrupted; checkpoint saved after SIGTERM" in err and "Traceback" not in err
     assert E.latest_checkpoint(str(cut)) and not (cut / "model").exists()
     assert run(*train_args(tiny_bert, sentiment_csv, whole, "--engine", "trainer", "--epochs", 4)) == 0

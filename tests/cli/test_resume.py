@@ -6,7 +6,7 @@ import signal
 import pytest
 from safetensors.torch import load_file
 
-from cli_helpers import ctrl_c_after, read_json, run
+from cli_helpers import ctrl_c_after, read_json, run, sigterm_after_first_step
 
 ARGS = ["--model", "textcnn", "--epochs", "2", "--batch-size", "16", "--quiet"]
 
@@ -99,25 +99,12 @@ def test_ignored_signals_stay_ignored(sentiment_csv, tmp_path, monkeypatch):
 
 def test_sigterm_saves_a_checkpoint_and_resumes(sentiment_csv, tmp_path, engine="loop"):
     # What schedulers, `timeout` and container runtimes send: stop like Ctrl-C, exit 143.
-    import subprocess
-    import sys
-
     # 5 epochs of 6 steps: the signal lands long before the end, even on a busy machine.
     args = ["train", "--model", "textcnn", "--engine", engine, "--train", sentiment_csv,
             "--epochs", "5", "--batch-size", "16", "--method", "pgd", "--steps", "2"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", *args, "--output-dir", str(stopped)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            # one thread, as the in-process runs it is compared with (bit-equal)
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        first = proc.stderr.readline()  # the first progress line (stderr is not a terminal)
-        assert "step 1/6" in first, first
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    code, err = sigterm_after_first_step([*args, "--output-dir", stopped])
+    assert code == 143, err
     assert "interrupted; checkpoint saved after SIGTERM" in err and "Traceback" not in err
     assert (stopped / "checkpoint.pt").is_file() and not (stopped / "model").exists()
 

@@ -79,33 +79,27 @@ class DataSpec:
 
 def fingerprint(path: str) -> Dict[str, object]:
     """Size and sha256 of a file."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except FileNotFoundError:
-        raise InputError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a directory, not a data file") from None
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
-    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    raw = _read_bytes(path)
+    return {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 # --------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------
-def _read_text(path: str, fallback_latin1: bool = False) -> str:
+def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except FileNotFoundError:
         raise InputError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a directory, not a data file") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _read_text(path: str, fallback_latin1: bool = False) -> str:
+    raw = _read_bytes(path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
