@@ -8,7 +8,9 @@ directory. ``main.py`` parses the command line and prints; nothing here prints.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 from typing import Callable, Optional, Sequence
 
 from .config import AUGMENT_ATTACKS, METHODS, TrainConfig, check_environment, default_run_dir
@@ -19,7 +21,10 @@ from .errors import InputError
 from .files import write_json
 from .robustness import ATTACKS, discrete_attack, embedding_robustness, robust_accuracy
 from .run import Run
-from .rundir import check_output_dir, discard_replaced, load_run, read_config, replacing
+from .report import compare_plot
+from .rundir import (check_output_dir, discard_replaced, has_checkpoint, load_run, read_config,
+                     replacing)
+from .statistics import LEVEL, paired_difference, summary
 from .tasks.classify import check_single_segment, metrics, predict
 
 
@@ -59,15 +64,24 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: bool = False,
         return fit(_start(cfg, progress, log, dist_info))
 
 
+PLAN = "compare-config.json"  # what a compare runs, for compare --resume
+ROW = "compare-row.json"  # one finished run's row, kept in its run directory
+METRICS = ("accuracy", "macro_f1", "robust_accuracy", "attacked_accuracy")
+
+
 def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
             log: Callable[[str], None] = lambda s: None, attack: Optional[str] = None,
-            attack_limit: int = 50) -> dict:
-    """Train once per method with the same data, model, seed and budget; one row each.
+            attack_limit: int = 50, seeds: int = 1) -> dict:
+    """Train every method on the same data, model and budget, ``seeds`` times each
+    (seeds ``cfg.seed .. cfg.seed + seeds - 1``, seed s of every method paired with seed s
+    of the others); one row per method, and with several seeds the paired difference of
+    every method against ``none`` with its 95% interval and verdict (:mod:`statistics`).
 
     Each method gets only the parameters it takes, so ``--steps`` for PGD does not
-    stop FGM from running. Runs go to ``<output_dir>/<method>/``. ``attack`` (char /
-    word) also runs that discrete attack on the first ``attack_limit`` test examples.
+    stop FGM from running. Runs go to ``<output_dir>/<method>/`` (one seed) or
+    ``<output_dir>/<method>/seed-<s>/``. ``attack`` (char / word) also runs that discrete
+    attack on the first ``attack_limit`` test examples.
     """
     if attack is not None:
         if attack not in AUGMENT_ATTACKS:
@@ -83,57 +97,143 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
     if repeated:
         raise InputError(f"--methods lists {', '.join(repeated)} more than once; each method "
                          "is one run (one row)")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"--seeds takes a number of seeds >= 1, got {seeds!r}")
     out_dir = cfg.output_dir or default_run_dir("compare")
+    plan = {"config": dataclasses.replace(cfg, output_dir=out_dir).to_json(),
+            "methods": list(methods), "seeds": seeds, "attack_epsilon": attack_epsilon,
+            "attack_steps": attack_steps, "attack_samples": attack_samples, "attack": attack,
+            "attack_limit": attack_limit}
+    runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
+    check_output_dir(out_dir, overwrite)
+    with replacing(out_dir):
+        write_json(os.path.join(out_dir, PLAN), plan)
+        out = _compare_runs(plan, runs, progress, log, resuming=False)
+    discard_replaced(out_dir)
+    return out
+
+
+def resume_compare(out_dir: str, progress: bool = False,
+                   log: Callable[[str], None] = lambda s: None) -> dict:
+    """Finish an interrupted compare: finished runs are kept, an interrupted one resumes from
+    its checkpoint, the others are trained; the table covers every run."""
+    try:
+        with open(os.path.join(out_dir, PLAN), encoding="utf-8") as f:
+            plan = json.load(f)
+        plan["config"]["output_dir"] = out_dir  # the folder may have moved since
+        runs = _planned_runs(plan)
+    except FileNotFoundError:
+        raise InputError(f"{out_dir} is not a compare folder (no {PLAN})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{os.path.join(out_dir, PLAN)}: unreadable ({e})") from None
+    return _compare_runs(plan, runs, progress, log, resuming=True)
+
+
+def _planned_runs(plan: dict) -> dict:
+    """``{(method, seed): resolved config}`` of a compare plan."""
+    cfg = TrainConfig.from_json(plan["config"])
     runs = {}
-    for m in methods:
+    for m in plan["methods"]:
         params = {k: getattr(cfg, k) if k in METHODS[m][1] else None
                   for k in ("epsilon", "alpha", "steps", "adv_weight")}
         params["relative_epsilon"] = cfg.relative_epsilon and "relative_epsilon" in METHODS[m][1]
-        runs[m] = dataclasses.replace(cfg, method=m, output_dir=os.path.join(out_dir, m), **params)
-        runs[m] = runs[m].resolved()  # every method's arguments, before the first run and the folder
-    check_output_dir(out_dir, overwrite)
-    with replacing(out_dir):
-        out = _compare_runs(cfg, runs, attack_epsilon, attack_steps, attack_samples, progress, log,
-                            attack, attack_limit)
-        write_json(os.path.join(out_dir, "compare.json"), out)
-    discard_replaced(out_dir)
-    return {**out, "path": os.path.join(out_dir, "compare.json")}
+        for s in range(cfg.seed, cfg.seed + plan["seeds"]):
+            folder = os.path.join(cfg.output_dir, m) if plan["seeds"] == 1 else \
+                os.path.join(cfg.output_dir, m, f"seed-{s}")
+            runs[m, s] = dataclasses.replace(cfg, method=m, seed=s, output_dir=folder,
+                                             **params).resolved()
+    return runs
 
 
-def _compare_runs(cfg: TrainConfig, runs: dict, attack_epsilon: float, attack_steps: int,
-                  attack_samples: int, progress: bool, log, attack: Optional[str],
-                  attack_limit: int) -> dict:
+def _compare_runs(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dict:
     rows = []
-    for m, run in runs.items():
-        log(f"== {m}")
-        trained = _start(run, progress, log)
-        result = fit(trained)
-        test = trained.splits.test[:attack_samples]
-        robust = robust_accuracy(trained.clf, [t for t, _ in test], trained.targets["test"][: len(test)],
-                                 cfg.data.multi_label, attack_epsilon, attack_steps,
-                                 trained.cfg.batch_size, trained.device)
-        row = {"method": m, **result["final"]["test"], "robust_accuracy": robust,
-               "seconds_per_step": result["seconds_per_step"], "run_dir": run.output_dir}
-        if attack is not None:
-            sample = trained.splits.test[:attack_limit]
-            res = discrete_attack(attack, trained.clf, trained.labels, [t[0] for t, _ in sample],
-                                  trained.targets["test"][: len(sample)], trained.device,
-                                  seed=cfg.seed, batch_size=trained.cfg.batch_size * 2).summary()
-            row.update(attacked_accuracy=res["attacked_accuracy"],
-                       attack_success_rate=res["success_rate"])
-            log(f"  {attack} attack: accuracy {res['clean_accuracy']:.4f} -> "
-                f"{res['attacked_accuracy']:.4f} on {res['examples']} test examples")
+    for (m, seed), run_cfg in runs.items():
+        log(f"== {m}" + (f", seed {seed}" if plan["seeds"] > 1 else ""))
+        row_path = os.path.join(run_cfg.output_dir, ROW)
+        if resuming and os.path.isfile(row_path):
+            with open(row_path, encoding="utf-8") as f:
+                rows.append(json.load(f))
+            log("  finished before: kept")
+            continue
+        if resuming and has_checkpoint(run_cfg.output_dir):
+            trained = _resumed_run(run_cfg.output_dir, progress, log)
+        else:
+            if resuming:  # started but killed before its first checkpoint: train it again
+                shutil.rmtree(run_cfg.output_dir, ignore_errors=True)
+            trained = _start(run_cfg, progress, log)
+        row = {"method": m, "seed": seed, **_scores(trained, fit(trained), plan, log)}
+        write_json(row_path, row)
+        rows.append(row)
+    out = _tabulate(plan, rows)
+    path = os.path.join(plan["config"]["output_dir"], "compare.json")
+    write_json(path, out)
+    if plan["seeds"] > 1:
+        compare_plot(os.path.dirname(path), out, log)
+    return {**out, "path": path}
+
+
+def _scores(trained: Run, result: dict, plan: dict, log) -> dict:
+    """One trained run's row: test metrics, robust accuracy, the discrete attack, cost."""
+    cfg, n = trained.cfg, plan["attack_samples"]
+    test = trained.splits.test[:n]
+    robust = robust_accuracy(trained.clf, [t for t, _ in test], trained.targets["test"][: len(test)],
+                             cfg.data.multi_label, plan["attack_epsilon"], plan["attack_steps"],
+                             cfg.batch_size, trained.device)
+    row = {**result["final"]["test"], "robust_accuracy": robust,
+           "seconds_per_step": result["seconds_per_step"], "run_dir": cfg.output_dir,
+           "test_examples": len(trained.splits.test)}
+    attack = plan["attack"]
+    if attack is not None:
+        sample = trained.splits.test[:plan["attack_limit"]]
+        res = discrete_attack(attack, trained.clf, trained.labels, [t[0] for t, _ in sample],
+                              trained.targets["test"][: len(sample)], trained.device,
+                              seed=cfg.seed, batch_size=cfg.batch_size * 2).summary()
+        row.update(attacked_accuracy=res["attacked_accuracy"],
+                   attack_success_rate=res["success_rate"])
+        log(f"  {attack} attack: accuracy {res['clean_accuracy']:.4f} -> "
+            f"{res['attacked_accuracy']:.4f} on {res['examples']} test examples")
+    return row
+
+
+def _tabulate(plan: dict, runs: list) -> dict:
+    """compare.json: one row per method (means over seeds), every run, and with several
+    seeds each method's paired difference against ``none``."""
+    methods, n_test = plan["methods"], runs[0]["test_examples"]
+    by_method = {m: [r for r in runs if r["method"] == m] for m in methods}
+    rows = []
+    for m in methods:
+        mine = by_method[m]
+        row = {"method": m}
+        for k in ("accuracy", "macro_f1", "micro_f1", "robust_accuracy", "attacked_accuracy",
+                  "attack_success_rate", "seconds_per_step"):
+            if k in mine[0]:
+                row[k] = summary([r[k] for r in mine])["mean"]
+        if plan["seeds"] == 1:
+            row["run_dir"] = mine[0]["run_dir"]
+        else:
+            row["std"] = {k: summary([r[k] for r in mine])["std"] for k in METRICS if k in mine[0]}
         rows.append(row)
     cost = next((r["seconds_per_step"] for r in rows if r["method"] == "none"), None)
     for r in rows:
         r["relative_cost"] = r["seconds_per_step"] / cost if cost else None
-    out = {"attack": {"norm": "l2", "epsilon": attack_epsilon, "steps": attack_steps,
-                      "examples": min(attack_samples, len(trained.splits.test))},
+    out = {"attack": {"norm": "l2", "epsilon": plan["attack_epsilon"], "steps": plan["attack_steps"],
+                      "examples": min(plan["attack_samples"], n_test)},
            "methods": rows}
-    if attack is not None:
-        out["discrete_attack"] = {"attack": attack, "seed": cfg.seed, "max_change": 0.15,
-                                  "query_budget": 500,
-                                  "examples": min(attack_limit, len(trained.splits.test))}
+    if plan["attack"] is not None:
+        out["discrete_attack"] = {"attack": plan["attack"], "max_change": 0.15,
+                                  "seed": plan["config"]["seed"] if plan["seeds"] == 1 else "each run's",
+                                  "query_budget": 500, "examples": min(plan["attack_limit"], n_test)}
+    if plan["seeds"] > 1:
+        out["seeds"] = sorted({r["seed"] for r in runs})
+        out["runs"] = runs
+        out["interval"] = {"kind": "paired t-interval over seeds", "level": LEVEL}
+        if "none" in by_method:
+            base = {r["seed"]: r for r in by_method["none"]}
+            out["versus_none"] = {
+                m: {k: paired_difference([r[k] for r in by_method[m]],
+                                         [base[r["seed"]][k] for r in by_method[m]])
+                    for k in METRICS if k in by_method[m][0]}
+                for m in methods if m != "none"}
     return out
 
 
@@ -157,10 +257,20 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
     if not allow_changed_data:
         cfg.data.check_unchanged()
     check_environment(cfg)
+    return fit(_resumed_run(run_dir, progress, log, dist_info, cfg))
+
+
+def _resumed_run(run_dir: str, progress: bool, log, dist_info: Optional[DistInfo] = None,
+                 cfg: Optional[TrainConfig] = None) -> Run:
+    """The run of ``run_dir`` rebuilt and loaded from its newest checkpoint."""
+    if cfg is None:
+        cfg = read_config(run_dir)
+        cfg.output_dir = run_dir
+        cfg.data.check_unchanged()
     run = Run(cfg, progress, log, dist_info)
     engine(cfg.engine).resume(run)
     log(f"resuming at epoch {run.epoch + 1}, step {run.step}")
-    return fit(run)
+    return run
 
 
 def _examples(run_dir: str, data, device: str, allow_changed_data: bool):

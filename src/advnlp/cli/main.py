@@ -15,7 +15,7 @@ import sys
 from typing import List, Optional
 
 from . import distributed
-from .commands import attack_run, compare, evaluate_run, resume, train
+from .commands import attack_run, compare, evaluate_run, resume, resume_compare, train
 from .distributed import distributed_requested, setup_distributed
 from .errors import InputError, Interrupted
 from .parser import build_parser, config_from_args
@@ -52,13 +52,24 @@ def _train(args, progress: bool, log) -> None:
 
 
 def _compare(args, progress: bool, log) -> None:
+    if args.resume:
+        defaults = vars(build_parser().parse_args(["compare"]))
+        extra = [k for k, v in vars(args).items() if k not in ("resume", "quiet") and v != defaults[k]]
+        if extra:
+            raise InputError(f"compare --resume takes the comparison's own settings; drop "
+                             f"--{extra[0].replace('_', '-')}")
+        out = resume_compare(args.resume, progress, log)
+        print(compare_table(out))
+        print(f"written: {out['path']}")
+        return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if len(args.attack_epsilon) != 1 or args.attack_epsilon[0] <= 0:
         raise InputError("--attack-epsilon takes one number > 0")
     if args.attack_steps < 1 or args.attack_samples < 1:
         raise InputError("--attack-steps and --attack-samples must be >= 1")
     out = compare(config_from_args(args), methods, args.attack_epsilon[0], args.attack_steps,
-                  args.attack_samples, args.overwrite, progress, log, args.attack, args.attack_limit)
+                  args.attack_samples, args.overwrite, progress, log, args.attack, args.attack_limit,
+                  args.seeds)
     print(compare_table(out))
     print(f"written: {out['path']}")
 

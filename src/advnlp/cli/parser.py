@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     _training_options(t)
     c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
     c.add_argument("--methods", default="none,fgm,pgd", help="comma-separated (default none,fgm,pgd)")
+    c.add_argument("--seeds", type=int, default=1,
+                   help="train every method this many times, seeds --seed, --seed+1, ... paired "
+                        "across methods; reports mean, spread and each method's difference "
+                        "from none with a 95%% interval and a verdict (default 1)")
+    c.add_argument("--resume", metavar="COMPARE_DIR",
+                   help="finish an interrupted compare: finished runs are kept")
     _training_options(c)
     _attack_options(c, "--attack-epsilon", "0.5")
     c.add_argument("--attack", metavar="char|word",

@@ -23,7 +23,7 @@ from .models import SCRATCH, Classifier, load
 CHECKPOINT = "checkpoint.pt"  # --engine loop
 CHECKPOINTS = "checkpoints"  # --engine trainer: the Trainer's checkpoint folders
 RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, CHECKPOINTS, "eval.json",
-             "compare.json")
+             "compare.json", "compare-config.json", "compare-row.json", "compare.png")
 
 
 REPLACED = ".replaced"  # the previous run, moved aside while --overwrite builds the new one
@@ -34,7 +34,7 @@ _OWNED_PATTERNS = ("*.tmp", "attack-*.json", "adversarial-*.csv", ".staging*")
 
 def is_run_dir(path: str) -> bool:
     """An advnlp run (its config.json reads as one) or an advnlp compare folder."""
-    if os.path.isfile(os.path.join(path, "compare.json")):
+    if any(os.path.isfile(os.path.join(path, f)) for f in ("compare.json", "compare-config.json")):
         return True
     try:
         read_config(path)
@@ -45,8 +45,14 @@ def is_run_dir(path: str) -> bool:
 
 def _owned(path: str, name: str) -> bool:
     full = os.path.join(path, name)
-    return (name in _OWNED_NAMES or any(fnmatch.fnmatch(name, p) for p in _OWNED_PATTERNS)
-            or (os.path.isdir(full) and is_run_dir(full)))
+    if name in _OWNED_NAMES or any(fnmatch.fnmatch(name, p) for p in _OWNED_PATTERNS):
+        return True
+    if not os.path.isdir(full):
+        return False
+    # a run, or a folder of runs (compare --seeds: <method>/seed-<s>/)
+    return is_run_dir(full) or (bool(os.listdir(full)) and all(
+        os.path.isdir(os.path.join(full, n)) and is_run_dir(os.path.join(full, n))
+        for n in os.listdir(full)))
 
 
 def _leftover(name: str) -> bool:

@@ -1,0 +1,117 @@
+"""compare --seeds N: every method N times, paired seeds, intervals and verdicts."""
+import math
+import statistics
+
+import pytest
+import torch
+
+from cli_helpers import ctrl_c_after, read_json, run, save_wordpiece
+
+ARGS = ["--model", "textcnn", "--epochs", "1", "--batch-size", "16", "--attack-samples", "8",
+        "--attack-steps", "2", "--quiet"]
+T_975 = {1: 12.706204736174707, 2: 4.302652729911275}  # Student t quantiles, from tables
+
+
+def _interval(diffs):
+    """The 95% t-interval of the mean, by the textbook formula."""
+    n, mean = len(diffs), statistics.mean(diffs)
+    half = T_975[n - 1] * statistics.stdev(diffs) / math.sqrt(n) if n > 1 else 0.0
+    return mean - half, mean + half
+
+
+def test_three_seeds_per_method_with_intervals_and_verdicts(sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run("compare", *ARGS, "--methods", "none,fgm", "--seeds", "3", "--seed", "7",
+               "--train", sentiment_csv, "--output-dir", out) == 0
+    result = read_json(out, "compare.json")
+    assert result["seeds"] == [7, 8, 9]
+    runs = {(r["method"], r["seed"]): r for r in result["runs"]}
+    assert sorted(runs) == [(m, s) for m in ("fgm", "none") for s in (7, 8, 9)]
+    for (m, s), r in runs.items():
+        cfg = read_json(out, m, f"seed-{s}", "config.json")
+        assert cfg["seed"] == s and cfg["method"] == m
+    for key in ("accuracy", "robust_accuracy", "macro_f1"):
+        diffs = [runs["fgm", s][key] - runs["none", s][key] for s in (7, 8, 9)]
+        got = result["versus_none"]["fgm"][key]
+        assert got["mean_difference"] == pytest.approx(statistics.mean(diffs))
+        if statistics.pstdev(diffs) > 0:
+            assert got["interval"] == pytest.approx(list(_interval(diffs)))
+        low, high = got["interval"]
+        want = "helped" if low > 0 else "hurt" if high < 0 else "no detectable effect"
+        assert got["verdict"] == want
+    fgm = next(r for r in result["methods"] if r["method"] == "fgm")
+    accs = [runs["fgm", s]["accuracy"] for s in (7, 8, 9)]
+    assert fgm["accuracy"] == pytest.approx(statistics.mean(accs))
+    assert fgm["std"]["accuracy"] == pytest.approx(statistics.stdev(accs))
+    printed = capsys.readouterr().out
+    assert "3 seeds (7..9)" in printed and "95% t-interval" in printed
+    assert result["versus_none"]["fgm"]["accuracy"]["verdict"] in printed
+    assert (out / "compare.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def bert_without_dropout(tmp_path_factory):
+    from transformers import BertConfig, BertModel
+
+    from conftest import FILLER, NEG, POS
+
+    d = tmp_path_factory.mktemp("bert_no_dropout_seeds")
+    words = sorted(set(POS + NEG + FILLER))
+    save_wordpiece(d, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)
+    config = BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(d))
+    return str(d)
+
+
+def test_a_method_that_cannot_differ_from_none_has_no_detectable_effect(bert_without_dropout,
+                                                                        sentiment_csv, tmp_path):
+    """FGM with --adv-weight 0 adds zero to every gradient: on a model without dropout it
+    trains exactly as none, so every paired difference is 0."""
+    out = tmp_path / "cmp"
+    assert run("compare", "--model", bert_without_dropout, "--epochs", "1", "--batch-size", "16",
+               "--lr", "0.01", "--attack-samples", "8", "--attack-steps", "2", "--quiet",
+               "--methods", "none,fgm", "--adv-weight", "0", "--seeds", "2",
+               "--train", sentiment_csv, "--output-dir", out) == 0
+    versus = read_json(out, "compare.json")["versus_none"]["fgm"]
+    for key, d in versus.items():
+        assert d["mean_difference"] == 0 and d["interval"] == [0.0, 0.0], key
+        assert d["verdict"] == "no detectable effect"
+
+
+def test_an_interrupted_compare_resumes_from_its_finished_runs(sentiment_csv, tmp_path, monkeypatch,
+                                                               capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", *ARGS, "--methods", "none,fgm", "--seeds", "2", "--train", sentiment_csv,
+            "--output-dir", out]
+    with monkeypatch.context() as m:
+        ctrl_c_after(m, 2 * 6 + 3)  # 96 training examples / 16 = 6 steps a run: inside the 3rd
+        assert run(*argv) == 130
+    done = out / "none" / "seed-42" / "model" / "model.safetensors"
+    stamp = done.stat().st_mtime_ns
+    assert not (out / "compare.json").exists()
+    capsys.readouterr()
+    assert run("compare", "--resume", out, "--quiet") == 0
+    assert done.stat().st_mtime_ns == stamp  # a finished run is kept, not retrained
+    result = read_json(out, "compare.json")
+    assert len(result["runs"]) == 4 and "fgm" in result["versus_none"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--seeds", "0"], "--seeds takes a number of seeds >= 1"),
+    (["--seeds", "-2"], "--seeds takes a number of seeds >= 1"),
+    (["--methods", "none,fgm,fgm", "--seeds", "2"], "lists fgm more than once"),
+])
+def test_bad_seed_arguments(argv, needle, sentiment_csv, tmp_path, capsys):
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "c", *argv) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_resume_takes_the_comparisons_own_settings(tmp_path, capsys):
+    assert run("compare", "--resume", tmp_path, "--seeds", "3") == 2
+    assert "drop --seeds" in capsys.readouterr().err
+    assert run("compare", "--resume", tmp_path) == 2
+    assert "not a compare folder" in capsys.readouterr().err
