@@ -115,3 +115,50 @@ def test_resume_takes_the_comparisons_own_settings(tmp_path, capsys):
     assert "drop --seeds" in capsys.readouterr().err
     assert run("compare", "--resume", tmp_path) == 2
     assert "not a compare folder" in capsys.readouterr().err
+
+
+def test_an_interrupted_compare_says_how_to_resume_it(sentiment_csv, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    with monkeypatch.context() as m:
+        ctrl_c_after(m, 3)
+        assert run("compare", *ARGS, "--methods", "none,fgm", "--train", sentiment_csv,
+                   "--output-dir", out) == 130
+    assert f"advnlp compare --resume {out}" in capsys.readouterr().err
+
+
+def test_a_trained_but_unscored_run_is_scored_not_retrained(sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run("compare", *ARGS, "--methods", "none,fgm", "--seeds", "2", "--train", sentiment_csv,
+               "--output-dir", out) == 0
+    want = read_json(out, "compare.json")["runs"]
+    folder = out / "fgm" / "seed-43"
+    (folder / "compare-row.json").unlink()  # as if stopped while being scored
+    stamp = (folder / "model" / "model.safetensors").stat().st_mtime_ns
+    assert run("compare", "--resume", out, "--quiet") == 0
+    assert (folder / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert read_json(out, "compare.json")["runs"] == want
+
+
+def test_compare_resume_refuses_changed_data(sentiment_csv, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    data = shutil.copy(sentiment_csv, tmp_path / "data.csv")
+    out = tmp_path / "cmp"
+    with monkeypatch.context() as m:
+        ctrl_c_after(m, 6 + 2)  # none finished, fgm interrupted
+        assert run("compare", *ARGS, "--methods", "none,fgm", "--train", data,
+                   "--output-dir", out) == 130
+    shutil.rmtree(out / "fgm")  # the next run has not started: only the plan knows its data
+    with open(data, "a", encoding="utf-8") as f:
+        f.write("one more,pos\n")
+    capsys.readouterr()
+    assert run("compare", "--resume", out) == 2
+    assert "changed since this run started" in capsys.readouterr().err
+
+
+def test_identical_nonzero_differences_give_no_interval():
+    from advnlp.cli.statistics import paired_difference
+
+    d = paired_difference([0.6, 0.7], [0.5, 0.6])  # +0.1 on both seeds, no spread
+    assert d["interval"] is None and d["verdict"] == "no detectable effect" and "spread" in d["note"]
+    assert paired_difference([0.5, 0.5], [0.5, 0.5])["interval"] == [0.0, 0.0]

@@ -101,3 +101,70 @@ def test_a_compare_overwrite_drops_the_methods_it_no_longer_runs(sentiment_csv, 
     assert run(*common, "--methods", "none,fgm") == 0
     assert run(*common, "--methods", "none", "--overwrite") == 0
     assert sorted(os.listdir(out)) == ["compare-config.json", "compare.json", "none"]
+
+
+def _crash_at(monkeypatch, n):
+    """The n-th training step raises, as an out-of-memory error would."""
+    from advnlp.cli.tasks import classify
+
+    step, calls = classify.train_step, {"n": 0}
+
+    def crash(*a):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("out of memory (simulated)")
+        return step(*a)
+
+    monkeypatch.setattr(classify, "train_step", crash)
+
+
+def test_a_crash_after_a_checkpoint_keeps_it_for_resume(sentiment_csv, tmp_path, monkeypatch):
+    out = tmp_path / "new"
+    with monkeypatch.context() as m:
+        _crash_at(m, 8)  # 6 steps an epoch: epoch 1's checkpoint exists
+        with pytest.raises(RuntimeError, match="simulated"):
+            run("train", *ARGS, "--epochs", "2", "--train", sentiment_csv, "--output-dir", out)
+    assert (out / "checkpoint.pt").is_file()
+    assert run("train", "--resume", out) == 0
+
+
+def test_a_crash_in_a_compare_keeps_the_methods_that_finished(sentiment_csv, tmp_path, monkeypatch,
+                                                             capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", *ARGS, "--methods", "none,fgm", "--train", sentiment_csv, "--output-dir", out,
+            "--attack-samples", "4"]
+    with monkeypatch.context() as m:
+        _crash_at(m, 6 + 2)  # inside fgm, after none finished
+        with pytest.raises(RuntimeError, match="simulated"):
+            run(*argv)
+    finished = out / "none" / "model" / "model.safetensors"
+    stamp = finished.stat().st_mtime_ns
+    assert run("compare", "--resume", out, "--quiet") == 0
+    assert finished.stat().st_mtime_ns == stamp
+
+
+def test_files_that_only_look_like_advnlps_are_never_moved(old_run, sentiment_csv, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tmp").write_text("draft", encoding="utf-8")
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", mine) == 0
+    assert (mine / "thesis.tmp").read_text(encoding="utf-8") == "draft"
+    # A separate run the user keeps inside an older run's folder survives its --overwrite.
+    nested = old_run / "ablation"
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", nested) == 0
+    before = _tree(nested)
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run, "--overwrite") == 0
+    assert _tree(nested) == before
+
+
+def test_a_second_overwrite_does_not_drop_the_run_the_first_one_kept(old_run, sentiment_csv,
+                                                                     monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        ctrl_c_after(m, 1)
+        assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run,
+                   "--overwrite") == 130
+    kept = _tree(old_run / ".replaced")
+    capsys.readouterr()
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run, "--overwrite") == 2
+    assert ".replaced/" in capsys.readouterr().err
+    assert _tree(old_run / ".replaced") == kept

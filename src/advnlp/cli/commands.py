@@ -17,14 +17,14 @@ from .config import AUGMENT_ATTACKS, METHODS, TrainConfig, check_environment, de
 from .data import load_splits, read_file
 from .distributed import DistInfo, device_of, on_rank0
 from .engines import engine
-from .errors import InputError
+from .errors import InputError, Interrupted
 from .files import write_json
 from .robustness import ATTACKS, discrete_attack, embedding_robustness, robust_accuracy
 from .run import Run
 from .report import compare_plot
 from .rundir import (check_output_dir, discard_replaced, has_checkpoint, load_run, read_config,
                      replacing)
-from .statistics import LEVEL, paired_difference, summary
+from .statistics import LEVEL, paired_difference, require_scipy, summary
 from .tasks.classify import check_single_segment, metrics, predict
 
 
@@ -100,11 +100,15 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds takes a number of seeds >= 1, got {seeds!r}")
     out_dir = cfg.output_dir or default_run_dir("compare")
+    if seeds > 1:
+        require_scipy()  # before hours of training, not after
     plan = {"config": dataclasses.replace(cfg, output_dir=out_dir).to_json(),
             "methods": list(methods), "seeds": seeds, "attack_epsilon": attack_epsilon,
             "attack_steps": attack_steps, "attack_samples": attack_samples, "attack": attack,
             "attack_limit": attack_limit}
     runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
+    first = next(iter(runs.values()))  # the model and the data, resolved and fingerprinted
+    plan["config"]["model"], plan["config"]["data"] = first.model, dataclasses.asdict(first.data)
     check_output_dir(out_dir, overwrite)
     with replacing(out_dir):
         write_json(os.path.join(out_dir, PLAN), plan)
@@ -121,12 +125,17 @@ def resume_compare(out_dir: str, progress: bool = False,
         with open(os.path.join(out_dir, PLAN), encoding="utf-8") as f:
             plan = json.load(f)
         plan["config"]["output_dir"] = out_dir  # the folder may have moved since
+        TrainConfig.from_json(plan["config"]).data.check_unchanged()  # one table, one dataset
         runs = _planned_runs(plan)
     except FileNotFoundError:
         raise InputError(f"{out_dir} is not a compare folder (no {PLAN})") from None
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{os.path.join(out_dir, PLAN)}: unreadable ({e})") from None
-    return _compare_runs(plan, runs, progress, log, resuming=True)
+    if plan["seeds"] > 1:
+        require_scipy()
+    out = _compare_runs(plan, runs, progress, log, resuming=True)
+    discard_replaced(out_dir)
+    return out
 
 
 def _planned_runs(plan: dict) -> dict:
@@ -146,6 +155,13 @@ def _planned_runs(plan: dict) -> dict:
 
 
 def _compare_runs(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dict:
+    try:
+        return _run_all(plan, runs, progress, log, resuming)
+    except Interrupted as e:  # the comparison continues as a whole, not run by run
+        raise Interrupted(plan["config"]["output_dir"], e.signal, command="compare") from None
+
+
+def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dict:
     rows = []
     for (m, seed), run_cfg in runs.items():
         log(f"== {m}" + (f", seed {seed}" if plan["seeds"] > 1 else ""))
@@ -155,13 +171,20 @@ def _compare_runs(plan: dict, runs: dict, progress: bool, log, resuming: bool) -
                 rows.append(json.load(f))
             log("  finished before: kept")
             continue
-        if resuming and has_checkpoint(run_cfg.output_dir):
-            trained = _resumed_run(run_cfg.output_dir, progress, log)
+        folder = run_cfg.output_dir
+        if resuming and os.path.isdir(os.path.join(folder, "model")):  # trained, not yet scored
+            row = {"method": m, "seed": seed, **_scores_of_saved(folder, plan, log)}
         else:
-            if resuming:  # started but killed before its first checkpoint: train it again
-                shutil.rmtree(run_cfg.output_dir, ignore_errors=True)
-            trained = _start(run_cfg, progress, log)
-        row = {"method": m, "seed": seed, **_scores(trained, fit(trained), plan, log)}
+            if resuming and has_checkpoint(folder):
+                trained = _resumed_run(folder, progress, log)
+            else:
+                if resuming:  # started but stopped before its first checkpoint: train it again
+                    shutil.rmtree(folder, ignore_errors=True)
+                trained = _start(run_cfg, progress, log)
+            result = fit(trained)
+            row = {"method": m, "seed": seed,
+                   **_scores(trained.cfg, trained.clf, trained.labels, trained.splits.test,
+                             trained.targets["test"], trained.device, result, plan, log)}
         write_json(row_path, row)
         rows.append(row)
     out = _tabulate(plan, rows)
@@ -172,27 +195,39 @@ def _compare_runs(plan: dict, runs: dict, progress: bool, log, resuming: bool) -
     return {**out, "path": path}
 
 
-def _scores(trained: Run, result: dict, plan: dict, log) -> dict:
+def _scores(cfg: TrainConfig, clf, labels, test: list, targets, device, result: dict, plan: dict,
+            log) -> dict:
     """One trained run's row: test metrics, robust accuracy, the discrete attack, cost."""
-    cfg, n = trained.cfg, plan["attack_samples"]
-    test = trained.splits.test[:n]
-    robust = robust_accuracy(trained.clf, [t for t, _ in test], trained.targets["test"][: len(test)],
+    sample = test[:plan["attack_samples"]]
+    robust = robust_accuracy(clf, [t for t, _ in sample], targets[: len(sample)],
                              cfg.data.multi_label, plan["attack_epsilon"], plan["attack_steps"],
-                             cfg.batch_size, trained.device)
+                             cfg.batch_size, device)
     row = {**result["final"]["test"], "robust_accuracy": robust,
            "seconds_per_step": result["seconds_per_step"], "run_dir": cfg.output_dir,
-           "test_examples": len(trained.splits.test)}
+           "test_examples": len(test)}
     attack = plan["attack"]
     if attack is not None:
-        sample = trained.splits.test[:plan["attack_limit"]]
-        res = discrete_attack(attack, trained.clf, trained.labels, [t[0] for t, _ in sample],
-                              trained.targets["test"][: len(sample)], trained.device,
-                              seed=cfg.seed, batch_size=cfg.batch_size * 2).summary()
+        sample = test[:plan["attack_limit"]]
+        res = discrete_attack(attack, clf, labels, [t[0] for t, _ in sample],
+                              targets[: len(sample)], device, seed=cfg.seed,
+                              batch_size=cfg.batch_size * 2).summary()
         row.update(attacked_accuracy=res["attacked_accuracy"],
                    attack_success_rate=res["success_rate"])
         log(f"  {attack} attack: accuracy {res['clean_accuracy']:.4f} -> "
             f"{res['attacked_accuracy']:.4f} on {res['examples']} test examples")
     return row
+
+
+def _scores_of_saved(folder: str, plan: dict, log) -> dict:
+    """The row of a run that finished training but was stopped before it was scored."""
+    cfg, labels, clf = load_run(folder, plan["config"]["device"])
+    test = load_splits(cfg.data, cfg.seed).test
+    targets = labels.encode([lab for _, lab in test], "test split")
+    with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    log("  trained before: scoring it")
+    return _scores(cfg, clf, labels, test, targets, device_of(plan["config"]["device"]), result,
+                   plan, log)
 
 
 def _tabulate(plan: dict, runs: list) -> dict:

@@ -8,10 +8,10 @@ class InputError(Exception):
 
 class Interrupted(Exception):
     """Training stopped by Ctrl-C (exit code 130) or SIGTERM (143) after saving a
-    checkpoint; ``run_dir`` is the run directory to ``--resume``."""
+    checkpoint; ``run_dir`` is what ``advnlp <command> --resume`` continues."""
 
-    def __init__(self, run_dir: str, signum: int = signal.SIGINT):
+    def __init__(self, run_dir: str, signum: int = signal.SIGINT, command: str = "train"):
         super().__init__(run_dir)
-        self.run_dir, self.signal = run_dir, signal.Signals(signum)
+        self.run_dir, self.signal, self.command = run_dir, signal.Signals(signum), command
         # The shell's convention for "ended by signal N", kept although we exit normally.
         self.exit_code = 128 + self.signal

@@ -168,7 +168,7 @@ def _dispatch(args, progress: bool, log) -> int:
         print(f"advnlp: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        how = "advnlp train"
+        how = f"advnlp {e.command}"
         if distributed.initialized():
             import torch.distributed as dist
 

@@ -92,7 +92,7 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
     left.set_ylabel(f"accuracy, mean ± std over {len(out['seeds'])} seeds")
     left.set_ylim(0, 1)
     left.legend(loc="lower right")
-    others = [m for m in names if m in versus]
+    others = [m for m in names if m in versus and versus[m]["accuracy"]["interval"] is not None]
     for i, m in enumerate(others):
         d = versus[m]["accuracy"]
         low, high = d["interval"]

@@ -27,9 +27,10 @@ RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, CHECKPOIN
 
 
 REPLACED = ".replaced"  # the previous run, moved aside while --overwrite builds the new one
-# What advnlp writes into a run directory (a compare folder also holds one run per method).
-_OWNED_NAMES = set(RUN_FILES) | {"model", "plot.png", REPLACED}
-_OWNED_PATTERNS = ("*.tmp", "attack-*.json", "adversarial-*.csv", ".staging*")
+# Exactly what advnlp writes into a run folder; nothing else is ever moved or deleted.
+_WRITTEN = set(RUN_FILES) | {"model", "plot.png"}
+_WRITTEN_TMP = {f + ".tmp" for f in _WRITTEN}  # write_json's and the checkpoint's staging
+_WRITTEN_PATTERNS = ("attack-*.json", "adversarial-*.csv")
 
 
 def is_run_dir(path: str) -> bool:
@@ -43,105 +44,119 @@ def is_run_dir(path: str) -> bool:
     return True
 
 
-def _owned(path: str, name: str) -> bool:
-    full = os.path.join(path, name)
-    if name in _OWNED_NAMES or any(fnmatch.fnmatch(name, p) for p in _OWNED_PATTERNS):
-        return True
-    if not os.path.isdir(full):
-        return False
-    # a run, or a folder of runs (compare --seeds: <method>/seed-<s>/)
-    return is_run_dir(full) or (bool(os.listdir(full)) and all(
-        os.path.isdir(os.path.join(full, n)) and is_run_dir(os.path.join(full, n))
-        for n in os.listdir(full)))
+def _compare_methods(path: str) -> set:
+    """The method folders a compare folder's own plan lists (they hold its runs)."""
+    try:
+        with open(os.path.join(path, "compare-config.json"), encoding="utf-8") as f:
+            return set(json.load(f)["methods"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
-def _leftover(name: str) -> bool:
-    """What a killed run or replacement can leave without its config.json."""
-    return name == REPLACED or fnmatch.fnmatch(name, "*.tmp")
+def _written(path: str, name: str) -> bool:
+    """Whether ``name`` in the run folder ``path`` is something advnlp wrote there."""
+    return (name in _WRITTEN or name in _WRITTEN_TMP
+            or any(fnmatch.fnmatch(name, p) for p in _WRITTEN_PATTERNS)
+            or name in _compare_methods(path))
 
 
 def check_output_dir(path: str, overwrite: bool) -> None:
-    """A new run may go into a new folder, a folder whose files it would not touch, or over
-    an advnlp run with --overwrite; never over files of the names it writes that are not
-    an advnlp run's (a model folder's config.json, say). Changes nothing."""
+    """A new run may go into a new folder, a folder none of whose names it writes (the
+    files there stay), or over an advnlp run with --overwrite; never over files of the
+    names it writes that are not an advnlp run's (a model folder's config.json, say).
+    Changes nothing."""
     if not os.path.exists(path):
-        _check_creatable(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise InputError(f"--output-dir {path}: {parent} is a file, so no folder can be made "
+                             "inside it; choose another --output-dir")
+        if not os.access(parent, os.W_OK | os.X_OK):  # always true for root
+            raise InputError(f"--output-dir {path}: cannot write in {parent} (permission denied); "
+                             "choose another --output-dir")
         return
     if not os.path.isdir(path):
         raise InputError(f"--output-dir {path} exists and is not a directory")
+    if os.path.lexists(os.path.join(path, REPLACED)):
+        raise InputError(f"--output-dir {path} holds {REPLACED}/, the run an earlier --overwrite "
+                         "replaced and that run has not finished yet: --resume it, or move "
+                         f"{REPLACED}/ away if you no longer need the old run")
     names = sorted(os.listdir(path))
     if is_run_dir(path):
-        old = [n for n in names if _owned(path, n) and not _leftover(n)]
+        old = [n for n in names if _written(path, n)]
         if old and not overwrite:
             raise InputError(f"--output-dir {path} holds a previous run ({old[0]}); "
                              "pass --overwrite to replace it or --resume to continue it")
         return
-    clash = [n for n in names if _owned(path, n) and not _leftover(n)]
+    clash = [n for n in names if n in _WRITTEN]
     if clash:
         raise InputError(f"--output-dir {path} holds {clash[0]!r}, which is not an advnlp run's "
                          "(a model folder?); advnlp will not write over it, with or without "
                          "--overwrite: choose another --output-dir")
 
 
-def _check_creatable(path: str) -> None:
-    """The nearest existing folder above ``path`` must be a folder we may write into, or
-    makedirs fails (with a traceback) only once the run starts."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise InputError(f"--output-dir {path}: {parent} is a file, so no folder can be made "
-                         "inside it; choose another --output-dir")
-    if not os.access(parent, os.W_OK | os.X_OK):  # always true for root
-        raise InputError(f"--output-dir {path}: cannot write in {parent} (permission denied); "
-                         "choose another --output-dir")
+def has_progress(path: str) -> bool:
+    """A checkpoint, a trained model or a scored compare run anywhere in ``path``: work
+    that a failure must not throw away (it can be resumed)."""
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if d != REPLACED]
+        if (CHECKPOINT in files or "compare-row.json" in files or "model" in dirs
+                or (CHECKPOINTS in dirs and has_checkpoint(folder))):
+            return True
+    return False
 
 
 class Replacement:
-    """``--overwrite``: the previous run's files (only those advnlp wrote) are moved aside
-    into ``.replaced/`` (renames, not copies) before the new run starts. If the new run fails, the old
-    one is put back; once the new run finishes, the old one is deleted. An interrupted new
-    run keeps it there until its ``--resume`` finishes, so ``eval`` never scores the old
-    model beside the new run's files."""
+    """``--overwrite``: the previous run's files (exactly those advnlp wrote) are moved
+    aside into ``.replaced/`` (renames, not copies) before the new run starts. If the new
+    run fails before it made anything resumable, the old one is put back; once the new run
+    finishes, the old one is deleted. A new run that stopped with a checkpoint keeps the
+    old one aside until its ``--resume`` finishes, so ``eval`` never scores the old model
+    beside the new run's files."""
 
     def __init__(self, path: str):
         self.path, self.aside = path, os.path.join(path, REPLACED)
-        self.moved: list = []
         self.created = not os.path.exists(path)
-        os.makedirs(path, exist_ok=True)
-        names = [n for n in os.listdir(path) if n != REPLACED and _owned(path, n)]
-        if names:
-            shutil.rmtree(self.aside, ignore_errors=True)  # a replacement killed earlier
-            os.makedirs(self.aside)
-            for n in names:
-                os.replace(os.path.join(path, n), os.path.join(self.aside, n))
-            self.moved = names
+        self.before = set() if self.created else set(os.listdir(path))
+        self.moved = []
+        try:
+            os.makedirs(path, exist_ok=True)
+            if not self.created and is_run_dir(path):
+                self.moved = [n for n in sorted(self.before) if _written(path, n)]
+            if self.moved:
+                os.makedirs(self.aside)
+                for n in self.moved:
+                    os.replace(os.path.join(path, n), os.path.join(self.aside, n))
+        except OSError as e:
+            raise InputError(f"--output-dir {path}: cannot prepare it ({e.strerror})") from None
 
     def restore(self) -> None:
         """The new run failed: delete what it wrote, put the old run back."""
         if self.created:  # nothing was there: leave nothing behind
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        for n in os.listdir(self.path):
-            if n != REPLACED and _owned(self.path, n):  # the user's own files stay
+        for n in os.listdir(self.path):  # what the new run wrote; the user's files stay
+            if n != REPLACED and (n not in self.before or n in self.moved):
                 _remove(os.path.join(self.path, n))
         for n in self.moved:
             os.replace(os.path.join(self.aside, n), os.path.join(self.path, n))
-        shutil.rmtree(self.aside, ignore_errors=True)
+        if self.moved:
+            os.rmdir(self.aside)
 
 
 @contextlib.contextmanager
 def replacing(path: str, here: bool = True):
     """A new run in ``path`` (checked by :func:`check_output_dir`): the old run moved aside
-    while inside, put back when the block fails (not when it is ``Interrupted``: the new
-    run then has a checkpoint to resume). ``here=False`` (a rank but 0) does nothing."""
+    while inside; put back when the block fails before the new run made anything
+    resumable (:func:`has_progress`). ``here=False`` (a rank but 0) does nothing."""
     replacement = Replacement(path) if here else None
     try:
         yield
     except Interrupted:
         raise
     except BaseException:
-        if replacement is not None:
+        if replacement is not None and not has_progress(path):
             replacement.restore()
         raise
 
@@ -152,7 +167,7 @@ def discard_replaced(path: str) -> None:
 
 
 def _remove(path: str) -> None:
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     else:
         os.remove(path)

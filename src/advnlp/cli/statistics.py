@@ -40,19 +40,28 @@ def paired_difference(method: Sequence[float], baseline: Sequence[float],
                               "interval": None, "verdict": None}
     if s["n"] < 2:
         return out
-    if s["std"] == 0:  # every seed gave the same difference: the interval is that point
-        low = high = s["mean"]
-    else:
-        try:
-            from scipy import stats
-        except ImportError:
-            raise InputError("compare --seeds needs scipy for its intervals: "
-                             "pip install 'advnlp[cli]'") from None
-        low, high = stats.t.interval(level, df=s["n"] - 1, loc=s["mean"],
-                                     scale=s["std"] / math.sqrt(s["n"]))
+    if s["std"] == 0:
+        if s["mean"] == 0:  # not one seed differed: the method did exactly what none did
+            out.update(interval=[0.0, 0.0], verdict=NO_EFFECT)
+        else:  # identical nonzero differences give no spread to build an interval from
+            out.update(verdict=NO_EFFECT, note="every seed gave the same difference: no "
+                       "spread to build an interval from; run more seeds")
+        return out
+    low, high = require_scipy().t.interval(level, df=s["n"] - 1, loc=s["mean"],
+                                           scale=s["std"] / math.sqrt(s["n"]))
     out["interval"] = [float(low), float(high)]
     out["verdict"] = verdict(low, high)
     return out
+
+
+def require_scipy():
+    """``scipy.stats``, or a one-line error saying how to get it."""
+    try:
+        from scipy import stats
+    except ImportError:
+        raise InputError("compare --seeds needs scipy for its intervals: "
+                         "pip install 'advnlp[cli]'") from None
+    return stats
 
 
 def verdict(low: float, high: float) -> str:
@@ -64,6 +73,7 @@ def format_difference(d: Optional[dict]) -> str:
     if d is None:
         return "-"
     if d["interval"] is None:
-        return f"{d['mean_difference']:+.4f} (1 seed: no interval)"
+        why = "1 seed: no interval" if d["seeds"] < 2 else f"{d['verdict']}, no spread"
+        return f"{d['mean_difference']:+.4f} ({why})"
     low, high = d["interval"]
     return f"{d['mean_difference']:+.4f} [{low:+.4f}, {high:+.4f}] {d['verdict']}"
