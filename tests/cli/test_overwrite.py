@@ -168,3 +168,15 @@ def test_a_second_overwrite_does_not_drop_the_run_the_first_one_kept(old_run, se
     assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run, "--overwrite") == 2
     assert ".replaced/" in capsys.readouterr().err
     assert _tree(old_run / ".replaced") == kept
+
+
+def test_overwriting_a_compare_from_before_plans_moves_its_method_runs(sentiment_csv, tmp_path):
+    """A compare folder written before compare-config.json existed lists its methods only in
+    compare.json; --overwrite must still move their runs aside, not train over them."""
+    out = tmp_path / "cmp"
+    common = ["compare", *ARGS, "--train", sentiment_csv, "--output-dir", out, "--attack-samples", "4"]
+    assert run(*common, "--methods", "none") == 0
+    (out / "compare-config.json").unlink()
+    (out / "none" / "eval.json").write_text("{}", encoding="utf-8")  # a file only the old run had
+    assert run(*common, "--methods", "none", "--overwrite") == 0
+    assert not (out / "none" / "eval.json").exists()

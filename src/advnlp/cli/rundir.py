@@ -45,12 +45,17 @@ def is_run_dir(path: str) -> bool:
 
 
 def _compare_methods(path: str) -> set:
-    """The method folders a compare folder's own plan lists (they hold its runs)."""
-    try:
-        with open(os.path.join(path, "compare-config.json"), encoding="utf-8") as f:
-            return set(json.load(f)["methods"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+    """The method folders a compare folder lists (they hold its runs): in its plan, or in
+    the compare.json of a comparison written before plans existed."""
+    methods = set()
+    for name, read in (("compare-config.json", lambda d: d["methods"]),
+                       ("compare.json", lambda d: [r["method"] for r in d["methods"]])):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                methods.update(m for m in read(json.load(f)) if isinstance(m, str))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return methods
 
 
 def _written(path: str, name: str) -> bool:
