@@ -3,9 +3,8 @@ import math
 import statistics
 
 import pytest
-import torch
 
-from cli_helpers import ctrl_c_after, read_json, run, save_wordpiece
+from cli_helpers import ctrl_c_after, read_json, run
 
 ARGS = ["--model", "textcnn", "--epochs", "1", "--batch-size", "16", "--attack-samples", "8",
         "--attack-steps", "2", "--quiet"]
@@ -47,23 +46,6 @@ def test_three_seeds_per_method_with_intervals_and_verdicts(sentiment_csv, tmp_p
     assert "3 seeds (7..9)" in printed and "95% t-interval" in printed
     assert result["versus_none"]["fgm"]["accuracy"]["verdict"] in printed
     assert (out / "compare.png").is_file()
-
-
-@pytest.fixture(scope="module")
-def bert_without_dropout(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    from conftest import FILLER, NEG, POS
-
-    d = tmp_path_factory.mktemp("bert_no_dropout_seeds")
-    words = sorted(set(POS + NEG + FILLER))
-    save_wordpiece(d, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)
-    config = BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(d))
-    return str(d)
 
 
 def test_a_method_that_cannot_differ_from_none_has_no_detectable_effect(bert_without_dropout,

@@ -9,25 +9,7 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
 import advnlp.cli.engines.hf_trainer as E  # noqa: E402
-from cli_helpers import read_json, run, save_wordpiece, sigterm_after_first_step  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bert_without_dropout(tmp_path_factory):
-    """The CLI tests' tiny BERT with dropout off: both engines then compute the same thing."""
-    from transformers import BertConfig, BertModel
-
-    from conftest import FILLER, NEG, POS
-
-    d = tmp_path_factory.mktemp("bert_no_dropout")
-    words = sorted(set(POS + NEG + FILLER))
-    save_wordpiece(d, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)
-    config = BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(d))
-    return str(d)
+from cli_helpers import read_json, run, sigterm_after_first_step  # noqa: E402
 
 
 def weights(run_dir):
