@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from advnlp.text import UNIT
+from advnlp.text import UNIT, units
 
 from .errors import InputError
 
@@ -411,7 +411,7 @@ class Labels:
 
 
 def tokenize(text: str) -> List[str]:
-    return [m.group(0) for m in UNIT.finditer(text.lower())]
+    return units(text.lower())
 
 
 def token_prefix(text: str, n: int) -> str:

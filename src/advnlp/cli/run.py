@@ -160,7 +160,8 @@ class Run:
 
     def batch(self, idx: List[int]) -> dict:
         """The encoded training examples ``idx``, on the run's device."""
-        enc = self.clf.encode([self.train_set[i][0] for i in idx])
+        train = self.train_set  # a property that joins two lists: once per batch, not per example
+        enc = self.clf.encode([train[i][0] for i in idx])
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def augment(self) -> dict:

@@ -58,11 +58,11 @@ def _compare_methods(path: str) -> set:
     return methods
 
 
-def _written(path: str, name: str) -> bool:
-    """Whether ``name`` in the run folder ``path`` is something advnlp wrote there."""
-    return (name in _WRITTEN or name in _WRITTEN_TMP
-            or any(fnmatch.fnmatch(name, p) for p in _WRITTEN_PATTERNS)
-            or name in _compare_methods(path))
+def _written_names(path: str, names) -> list:
+    """Those of ``names`` in the run folder ``path`` that advnlp wrote there."""
+    methods = _compare_methods(path)
+    return [n for n in names if n in _WRITTEN or n in _WRITTEN_TMP or n in methods
+            or any(fnmatch.fnmatch(n, p) for p in _WRITTEN_PATTERNS)]
 
 
 def check_output_dir(path: str, overwrite: bool) -> None:
@@ -89,7 +89,7 @@ def check_output_dir(path: str, overwrite: bool) -> None:
                          f"{REPLACED}/ away if you no longer need the old run")
     names = sorted(os.listdir(path))
     if is_run_dir(path):
-        old = [n for n in names if _written(path, n)]
+        old = _written_names(path, names)
         if old and not overwrite:
             raise InputError(f"--output-dir {path} holds a previous run ({old[0]}); "
                              "pass --overwrite to replace it or --resume to continue it")
@@ -128,7 +128,7 @@ class Replacement:
         try:
             os.makedirs(path, exist_ok=True)
             if not self.created and is_run_dir(path):
-                self.moved = [n for n in sorted(self.before) if _written(path, n)]
+                self.moved = _written_names(path, sorted(self.before))
             if self.moved:
                 os.makedirs(self.aside)
                 for n in self.moved:
