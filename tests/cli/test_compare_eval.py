@@ -1,4 +1,6 @@
 """`advnlp compare` and `advnlp eval` on textcnn."""
+import pytest
+
 from cli_helpers import read_json, run
 
 
@@ -13,7 +15,7 @@ def test_compare_runs_every_method_on_the_same_budget(sentiment_csv, tmp_path, c
     assert rows["none"]["relative_cost"] == 1.0
     assert all(r["relative_cost"] > 0 for r in rows.values())  # wall-clock: no ordering asserted
     for m, r in rows.items():
-        assert 0 <= r["robust_accuracy"] <= 1
+        assert 0 <= r["robust_accuracy@5"] <= 1
         cfg = read_json(out, m, "config.json")
         assert cfg["method"] == m and cfg["seed"] == 42 and cfg["epochs"] == 2
     assert read_json(out, "pgd", "config.json")["steps"] == 2
@@ -80,3 +82,54 @@ def test_compare_with_a_char_attack_column(sentiment_csv, tmp_path, capsys):
         assert 0 <= r["attacked_accuracy"] <= 1
         assert 0 <= r["attack_success_rate"] <= 1
     assert "| acc under char attack |" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_compare_scores_several_radii_and_a_typod_test_copy(sentiment_csv, tmp_path, capsys):
+    import torch
+
+    from advnlp.attacks import random_typos
+    from advnlp.cli.data import load_splits
+    from advnlp.cli.rundir import load_run
+    from advnlp.cli.tasks.classify import predict
+
+    out = tmp_path / "cmp"
+    assert run("compare", "--methods", "none,fgm", "--model", "textcnn", "--train", sentiment_csv,
+               "--epochs", "2", "--attack-epsilon", "2,0.5", "--attack-steps", "2",
+               "--attack-samples", "1000", "--typo-rate", "0.3", "--output-dir", out,
+               "--quiet") == 0
+    result = read_json(out, "compare.json")
+    assert result["attack"]["epsilons"] == [0.5, 2.0]
+    assert result["typos"]["rate"] == 0.3
+    printed = capsys.readouterr().out
+    assert "robust acc (eps=0.5)" in printed and "robust acc (eps=2)" in printed
+    assert "acc on typo'd test (p=0.3)" in printed
+    for r in result["methods"]:
+        # The whole test split is attacked: robust at a bigger radius <= at a smaller <= clean.
+        assert r["robust_accuracy@2"] <= r["robust_accuracy@0.5"] <= r["accuracy"]
+        v = {k: r[f"validation_{k}"] for k in ("accuracy", "robust_accuracy@2",
+                                                "robust_accuracy@0.5", "typo_accuracy")}
+        assert 0 <= v["robust_accuracy@2"] <= v["robust_accuracy@0.5"] <= 1, v
+        cfg, labels, clf = load_run(r["run_dir"], "cpu")
+        test = load_splits(cfg.data, cfg.seed).test
+        noisy = [(t,) for t in random_typos([t[0] for t, _ in test], 0.3, seed=0)]
+        assert noisy != [t for t, _ in test]
+        pred = predict(clf, noisy, 8, torch.device("cpu")).argmax(-1)
+        gold = labels.encode([lab for _, lab in test], "test")
+        assert r["typo_accuracy"] == pytest.approx((pred == gold).float().mean().item())
+    assert (out / "compare.png").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--attack-epsilon", "0.5,0.5"], "more than once"),
+    (["--attack-epsilon", "0"], "radii > 0"),
+    (["--attack-epsilon", ","], "radii > 0"),
+    (["--typo-rate", "0"], "--typo-rate"),
+    (["--typo-rate", "1.5"], "--typo-rate"),
+])
+def test_bad_radii_and_typo_rates_are_refused_before_training(sentiment_csv, tmp_path, capsys,
+                                                              flags, message):
+    out = tmp_path / "cmp"
+    assert run("compare", "--methods", "none", "--model", "textcnn", "--train", sentiment_csv,
+               "--output-dir", out, "--quiet", *flags) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

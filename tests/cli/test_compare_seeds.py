@@ -29,7 +29,7 @@ def test_three_seeds_per_method_with_intervals_and_verdicts(sentiment_csv, tmp_p
     for (m, s), r in runs.items():
         cfg = read_json(out, m, f"seed-{s}", "config.json")
         assert cfg["seed"] == s and cfg["method"] == m
-    for key in ("accuracy", "robust_accuracy", "macro_f1"):
+    for key in ("accuracy", "robust_accuracy@0.5", "macro_f1", "validation_accuracy"):
         diffs = [runs["fgm", s][key] - runs["none", s][key] for s in (7, 8, 9)]
         got = result["versus_none"]["fgm"][key]
         assert got["mean_difference"] == pytest.approx(statistics.mean(diffs))
@@ -144,3 +144,14 @@ def test_identical_nonzero_differences_give_no_interval():
     d = paired_difference([0.6, 0.7], [0.5, 0.6])  # +0.1 on both seeds, no spread
     assert d["interval"] is None and d["verdict"] == "no detectable effect" and "spread" in d["note"]
     assert paired_difference([0.5, 0.5], [0.5, 0.5])["interval"] == [0.0, 0.0]
+
+
+def test_rows_written_before_several_radii_keep_their_one_radius():
+    """A compare folder from before --attack-epsilon took a list resumes: its plan holds one
+    number and its finished rows one robust_accuracy."""
+    from advnlp.cli.commands import _upgraded, metric_keys
+
+    plan = {"attack_epsilon": 0.5, "attack": None}
+    assert _upgraded({"accuracy": 0.9, "robust_accuracy": 0.4}, plan) == \
+        {"accuracy": 0.9, "robust_accuracy@0.5": 0.4}
+    assert metric_keys(plan)[:3] == ["accuracy", "macro_f1", "robust_accuracy@0.5"]

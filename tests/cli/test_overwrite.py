@@ -100,7 +100,7 @@ def test_a_compare_overwrite_drops_the_methods_it_no_longer_runs(sentiment_csv, 
     common = ["compare", *ARGS, "--train", sentiment_csv, "--output-dir", out, "--attack-samples", "4"]
     assert run(*common, "--methods", "none,fgm") == 0
     assert run(*common, "--methods", "none", "--overwrite") == 0
-    assert sorted(os.listdir(out)) == ["compare-config.json", "compare.json", "none"]
+    assert sorted(os.listdir(out)) == ["compare-config.json", "compare.json", "compare.png", "none"]
 
 
 def _crash_at(monkeypatch, n):

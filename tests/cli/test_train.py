@@ -3,6 +3,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from cli_helpers import read_json, run, write_csv
@@ -150,3 +151,22 @@ def test_relative_epsilon_is_refused_by_methods_without_it(method, sentiment_csv
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", method,
                "--relative-epsilon", "--output-dir", tmp_path / "r") == 2
     assert f"--method {method} takes no --relative-epsilon" in capsys.readouterr().err
+
+
+def test_epsilon_sizes_freelbs_ball_and_its_random_start(sentiment_csv, tmp_path):
+    """--epsilon is FreeLB's max_norm; init_mag keeps the released 1.0 : 0.6 ratio, so the
+    defaults are the library's and --epsilon alone rescales the whole perturbation."""
+    from advnlp import FreeLB
+    from advnlp.cli.config import TrainConfig, build_adversary
+    from advnlp.cli.data import DataSpec
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2))
+    spec = DataSpec(train=sentiment_csv)
+    default = build_adversary(TrainConfig(model="textcnn", method="freelb", data=spec).resolved(),
+                              model)
+    assert (default.max_norm, default.init_mag) == (FreeLB(model).max_norm, FreeLB(model).init_mag)
+    small = build_adversary(TrainConfig(model="textcnn", method="freelb", epsilon=0.3,
+                                        data=spec).resolved(), model)
+    assert small.max_norm == 0.3 and small.init_mag == pytest.approx(0.5)
+    old = TrainConfig(model="textcnn", method="freelb", data=spec)  # a config.json from before
+    assert build_adversary(old, model).init_mag == 1.0 and build_adversary(old, model).max_norm == 0.6

@@ -8,6 +8,8 @@ Three attacks, one report format:
   over ``(inputs, labels)`` batches. Returns a dict with robust accuracy per ε.
 * :func:`char_attack` - one typo per word (swap / delete / insert / QWERTY
   substitute; CJK characters: delete / duplicate / swap).
+* :func:`random_typos` - a typo'd copy of some texts (the same edits at random,
+  no model queried): natural noise to evaluate on, not an attack.
 * :func:`word_attack` - word deletion, duplication and substitution by nearest
   neighbours in the model's own input-embedding space (no downloads).
 
@@ -27,7 +29,7 @@ plus ``multi_label`` and optional embedding ``neighbours``. Adapters:
     print(res.summary()); res.to_csv("adversarial-char.csv", label_names)
 """
 from ._text import KEYBOARD, STOPWORDS
-from .char import CJK_TRANSFORMATIONS, LATIN_TRANSFORMATIONS, char_attack, word_typos
+from .char import CJK_TRANSFORMATIONS, LATIN_TRANSFORMATIONS, char_attack, random_typos, word_typos
 from .classifier import (EmbeddingNeighbours, TextClassifier, advnlp_classifier, as_classifier,
                          hf_classifier)
 from .embedding import embedding_attack
@@ -38,5 +40,5 @@ __all__ = [
     "AttackRecord", "AttackResult", "CJK_TRANSFORMATIONS", "EmbeddingNeighbours", "KEYBOARD",
     "LATIN_TRANSFORMATIONS", "STOPWORDS", "TextClassifier", "WORD_TRANSFORMATIONS",
     "advnlp_classifier", "as_classifier", "char_attack", "embedding_attack", "greedy_attack",
-    "hf_classifier", "word_attack", "word_typos",
+    "hf_classifier", "random_typos", "word_attack", "word_typos",
 ]

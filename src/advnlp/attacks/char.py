@@ -18,6 +18,7 @@ than 3 letters are never edited.
 """
 from __future__ import annotations
 
+import random
 from typing import FrozenSet, List, Sequence, Set
 
 from . import _text as T
@@ -92,3 +93,41 @@ def char_attack(classifier, texts: Sequence[str], labels, *,
                          stopwords=stopwords, min_length=min_length,
                          params={"transformations": list(transformations),
                                  "cjk_transformations": list(cjk_transformations)})
+
+
+def random_typos(texts: Sequence[str], rate: float = 0.1, *, seed: int = 0,
+                 transformations: Sequence[str] = LATIN_TRANSFORMATIONS,
+                 cjk_transformations: Sequence[str] = CJK_TRANSFORMATIONS,
+                 stopwords: FrozenSet[str] = T.STOPWORDS, min_length: int = 3) -> List[str]:
+    """A typo'd copy of ``texts``: natural noise, not an attack (no model is queried).
+
+    Every unit the attacks may edit (same rules as :func:`char_attack`: no stopwords,
+    numbers, punctuation or words shorter than ``min_length`` letters) independently gets
+    one random edit of the attack's kinds with probability ``rate``; a unit a CJK swap
+    has moved is not edited again. Text ``i`` draws from its own generator seeded with
+    ``(seed, i)``, so one text's copy does not depend on the others and the same call
+    always gives the same copy.
+    """
+    if not 0 <= rate <= 1:
+        raise ValueError(f"rate is a probability in [0, 1], got {rate!r}")
+    latin = check_names("character", transformations, LATIN_TRANSFORMATIONS)
+    cjk = check_names("CJK character", cjk_transformations, CJK_TRANSFORMATIONS)
+    out = []
+    for i, text in enumerate(texts):
+        rng = random.Random(f"{seed}/{i}")
+        seg = T.Segmented(text)
+        values, changed = list(seg.units), set()
+        for j, (unit, kind) in enumerate(zip(seg.units, seg.kinds)):
+            if j in changed or not T.eligible(unit, kind, stopwords, min_length):
+                continue
+            if rng.random() >= rate:
+                continue
+            edits = (cjk_edits(seg, values, j, changed, cjk) if kind == T.CJK
+                     else [{j: v} for v in word_typos(unit, latin)])
+            if edits:
+                edit = rng.choice(edits)
+                for k, v in edit.items():
+                    values[k] = v
+                changed.update(edit)
+        out.append(seg.render(values))
+    return out

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from typing import Callable, Optional, Sequence
+
+from advnlp.attacks import random_typos
 
 from .config import AUGMENT_ATTACKS, METHODS, TrainConfig, check_environment, default_run_dir
 from .data import load_splits, read_file
@@ -19,7 +22,7 @@ from .distributed import DistInfo, device_of, on_rank0
 from .engines import engine
 from .errors import InputError, Interrupted
 from .files import write_json
-from .robustness import ATTACKS, discrete_attack, embedding_robustness, robust_accuracy
+from .robustness import ATTACKS, discrete_attack, embedding_robustness
 from .run import Run
 from .report import compare_plot
 from .rundir import (check_output_dir, discard_replaced, has_checkpoint, load_run, read_config,
@@ -66,13 +69,33 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: bool = False,
 
 PLAN = "compare-config.json"  # what a compare runs, for compare --resume
 ROW = "compare-row.json"  # one finished run's row, kept in its run directory
-METRICS = ("accuracy", "macro_f1", "robust_accuracy", "attacked_accuracy")
 
 
-def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
+def robust_key(epsilon: float) -> str:
+    """The row key of the accuracy under the embedding attack at ``epsilon``."""
+    return f"robust_accuracy@{epsilon:g}"
+
+
+def attack_epsilons(plan: dict) -> list:
+    eps = plan["attack_epsilon"]  # one number in plans written before several radii
+    return [eps] if isinstance(eps, (int, float)) else list(eps)
+
+
+def metric_keys(plan: dict) -> list:
+    """The per-run numbers a compare reports with mean, spread and a paired difference."""
+    keys = ["accuracy", "macro_f1", *map(robust_key, attack_epsilons(plan))]
+    if plan.get("typo_rate"):
+        keys.append("typo_accuracy")
+    validation = [f"validation_{k}" for k in keys]
+    if plan["attack"] is not None:
+        keys.append("attacked_accuracy")
+    return keys + validation
+
+
+def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
             log: Callable[[str], None] = lambda s: None, attack: Optional[str] = None,
-            attack_limit: int = 50, seeds: int = 1) -> dict:
+            attack_limit: int = 50, seeds: int = 1, typo_rate: Optional[float] = None) -> dict:
     """Train every method on the same data, model and budget, ``seeds`` times each
     (seeds ``cfg.seed .. cfg.seed + seeds - 1``, seed s of every method paired with seed s
     of the others); one row per method, and with several seeds the paired difference of
@@ -80,8 +103,12 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
 
     Each method gets only the parameters it takes, so ``--steps`` for PGD does not
     stop FGM from running. Runs go to ``<output_dir>/<method>/`` (one seed) or
-    ``<output_dir>/<method>/seed-<s>/``. ``attack`` (char / word) also runs that discrete
-    attack on the first ``attack_limit`` test examples.
+    ``<output_dir>/<method>/seed-<s>/``. Every run is scored on the test split: clean,
+    under the embedding attack at each radius of ``attack_epsilon`` (one number or
+    several) on the first ``attack_samples`` examples, with ``typo_rate`` on a typo'd copy
+    of the whole split (:func:`advnlp.attacks.random_typos`, one copy for every run), and
+    with ``attack`` (char / word) under that discrete attack on the first ``attack_limit``.
+    The validation split's scores are in every row too: choose settings by those.
     """
     if attack is not None:
         if attack not in AUGMENT_ATTACKS:
@@ -89,6 +116,15 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
         check_single_segment(attack, cfg.data.text_columns)
         if attack_limit < 1:
             raise InputError("--attack-limit must be >= 1")
+    epsilons = [attack_epsilon] if isinstance(attack_epsilon, (int, float)) else list(attack_epsilon)
+    if not epsilons or any(isinstance(e, bool) or not 0 < e < math.inf for e in epsilons):
+        raise InputError(f"--attack-epsilon takes one or more radii > 0, got {attack_epsilon!r}")
+    if len(set(epsilons)) < len(epsilons):
+        raise InputError(f"--attack-epsilon lists a radius more than once: {attack_epsilon!r}")
+    epsilons = sorted(epsilons)  # robust at a radius = at it and every smaller one
+    if typo_rate is not None:
+        if not 0 < typo_rate <= 1:
+            raise InputError(f"--typo-rate is a probability in (0, 1], got {typo_rate:g}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InputError(f"unknown method {', '.join(map(repr, unknown)) or '(none)'}; "
@@ -103,9 +139,9 @@ def compare(cfg: TrainConfig, methods, attack_epsilon: float, attack_steps: int,
     if seeds > 1:
         require_scipy()  # before hours of training, not after
     plan = {"config": dataclasses.replace(cfg, output_dir=out_dir).to_json(),
-            "methods": list(methods), "seeds": seeds, "attack_epsilon": attack_epsilon,
+            "methods": list(methods), "seeds": seeds, "attack_epsilon": epsilons,
             "attack_steps": attack_steps, "attack_samples": attack_samples, "attack": attack,
-            "attack_limit": attack_limit}
+            "attack_limit": attack_limit, "typo_rate": typo_rate}
     runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
     first = next(iter(runs.values()))  # the model and the data, resolved and fingerprinted
     plan["config"]["model"], plan["config"]["data"] = first.model, dataclasses.asdict(first.data)
@@ -168,7 +204,7 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
         row_path = os.path.join(run_cfg.output_dir, ROW)
         if resuming and os.path.isfile(row_path):
             with open(row_path, encoding="utf-8") as f:
-                rows.append(json.load(f))
+                rows.append(_upgraded(json.load(f), plan))
             log("  finished before: kept")
             continue
         folder = run_cfg.output_dir
@@ -183,33 +219,52 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
                 trained = _start(run_cfg, progress, log)
             result = fit(trained)
             row = {"method": m, "seed": seed,
-                   **_scores(trained.cfg, trained.clf, trained.labels, trained.splits.test,
-                             trained.targets["test"], trained.device, result, plan, log)}
+                   **_scores(trained.cfg, trained.clf, trained.labels, trained.splits,
+                             trained.targets, trained.device, result, plan, log)}
         write_json(row_path, row)
         rows.append(row)
     out = _tabulate(plan, rows)
     path = os.path.join(plan["config"]["output_dir"], "compare.json")
     write_json(path, out)
-    if plan["seeds"] > 1:
-        compare_plot(os.path.dirname(path), out, log)
+    compare_plot(os.path.dirname(path), out, log)
     return {**out, "path": path}
 
 
-def _scores(cfg: TrainConfig, clf, labels, test: list, targets, device, result: dict, plan: dict,
-            log) -> dict:
-    """One trained run's row: test metrics, robust accuracy, the discrete attack, cost."""
-    sample = test[:plan["attack_samples"]]
-    robust = robust_accuracy(clf, [t for t, _ in sample], targets[: len(sample)],
-                             cfg.data.multi_label, plan["attack_epsilon"], plan["attack_steps"],
-                             cfg.batch_size, device)
-    row = {**result["final"]["test"], "robust_accuracy": robust,
-           "seconds_per_step": result["seconds_per_step"], "run_dir": cfg.output_dir,
-           "test_examples": len(test)}
+def _split_scores(clf, cfg: TrainConfig, examples: list, targets, device, plan: dict) -> dict:
+    """Robust accuracy at each radius (first ``attack_samples`` examples) and, with a typo
+    rate, accuracy on the typo'd copy of ``examples``."""
+    sample = examples[:plan["attack_samples"]]
+    curve = embedding_robustness(clf, [t for t, _ in sample], targets[: len(sample)],
+                                 cfg.data.multi_label, attack_epsilons(plan),
+                                 plan["attack_steps"], cfg.batch_size, device)["curve"]
+    out = {robust_key(p["epsilon"]): p["accuracy"] for p in curve[1:]}
+    if plan.get("typo_rate"):
+        typoed = typo_copy([t for t, _ in examples], plan["typo_rate"])
+        out["typo_accuracy"] = metrics(predict(clf, typoed, cfg.batch_size, device), targets,
+                                       cfg.data.multi_label)["accuracy"]
+    return out
+
+
+def _scores(cfg: TrainConfig, clf, labels, splits, targets: dict, device, result: dict,
+            plan: dict, log) -> dict:
+    """One trained run's row: test metrics, robust accuracy at each radius, accuracy on the
+    typo'd test copy and under the discrete attack, the same on the validation split
+    (``validation_*``: what to choose settings by), and the cost."""
+    test = splits.test
+    row = {**result["final"]["test"],
+           **_split_scores(clf, cfg, test, targets["test"], device, plan)}
+    validation = {**result["final"]["validation"],
+                  **_split_scores(clf, cfg, splits.validation, targets["validation"], device, plan)}
+    row.update({f"validation_{k}": v for k, v in validation.items() if k != "micro_f1"})
+    row.update(seconds_per_step=result["seconds_per_step"], run_dir=cfg.output_dir,
+               test_examples=len(test))
+    if "typo_accuracy" in row:
+        log(f"  typo'd test copy (rate {plan['typo_rate']:g}): accuracy {row['typo_accuracy']:.4f}")
     attack = plan["attack"]
     if attack is not None:
         sample = test[:plan["attack_limit"]]
         res = discrete_attack(attack, clf, labels, [t[0] for t, _ in sample],
-                              targets[: len(sample)], device, seed=cfg.seed,
+                              targets["test"][: len(sample)], device, seed=cfg.seed,
                               batch_size=cfg.batch_size * 2).summary()
         row.update(attacked_accuracy=res["attacked_accuracy"],
                    attack_success_rate=res["success_rate"])
@@ -218,16 +273,35 @@ def _scores(cfg: TrainConfig, clf, labels, test: list, targets, device, result: 
     return row
 
 
+TYPO_SEED = 0  # one typo'd copy of a test split for every method and seed of a compare
+
+
+def typo_copy(texts: Sequence[tuple], rate: float) -> list:
+    """The typo'd copy of a split's texts: each text column gets its own random typos."""
+    columns = list(zip(*texts)) if texts else []
+    noisy = [random_typos(col, rate, seed=TYPO_SEED + k) for k, col in enumerate(columns)]
+    return list(zip(*noisy))
+
+
 def _scores_of_saved(folder: str, plan: dict, log) -> dict:
     """The row of a run that finished training but was stopped before it was scored."""
     cfg, labels, clf = load_run(folder, plan["config"]["device"])
-    test = load_splits(cfg.data, cfg.seed).test
-    targets = labels.encode([lab for _, lab in test], "test split")
+    splits = load_splits(cfg.data, cfg.seed)
+    targets = {name: labels.encode([lab for _, lab in getattr(splits, name)], f"{name} split")
+               for name in ("validation", "test")}
     with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
         result = json.load(f)
     log("  trained before: scoring it")
-    return _scores(cfg, clf, labels, test, targets, device_of(plan["config"]["device"]), result,
+    return _scores(cfg, clf, labels, splits, targets, device_of(plan["config"]["device"]), result,
                    plan, log)
+
+
+def _upgraded(row: dict, plan: dict) -> dict:
+    """A row written before compare took several radii: its one robust accuracy, renamed."""
+    if isinstance(row.get("robust_accuracy"), (int, float)):
+        row = dict(row)
+        row[robust_key(attack_epsilons(plan)[0])] = row.pop("robust_accuracy")
+    return row
 
 
 def _tabulate(plan: dict, runs: list) -> dict:
@@ -235,25 +309,29 @@ def _tabulate(plan: dict, runs: list) -> dict:
     seeds each method's paired difference against ``none``."""
     methods, n_test = plan["methods"], runs[0]["test_examples"]
     by_method = {m: [r for r in runs if r["method"] == m] for m in methods}
+    keys = [k for k in metric_keys(plan) if all(k in r for r in runs)]
     rows = []
     for m in methods:
         mine = by_method[m]
         row = {"method": m}
-        for k in ("accuracy", "macro_f1", "micro_f1", "robust_accuracy", "attacked_accuracy",
-                  "attack_success_rate", "seconds_per_step"):
+        for k in keys + ["micro_f1", "attack_success_rate", "seconds_per_step"]:
             if k in mine[0]:
                 row[k] = summary([r[k] for r in mine])["mean"]
         if plan["seeds"] == 1:
             row["run_dir"] = mine[0]["run_dir"]
         else:
-            row["std"] = {k: summary([r[k] for r in mine])["std"] for k in METRICS if k in mine[0]}
+            row["std"] = {k: summary([r[k] for r in mine])["std"] for k in keys}
         rows.append(row)
     cost = next((r["seconds_per_step"] for r in rows if r["method"] == "none"), None)
     for r in rows:
         r["relative_cost"] = r["seconds_per_step"] / cost if cost else None
-    out = {"attack": {"norm": "l2", "epsilon": plan["attack_epsilon"], "steps": plan["attack_steps"],
+    out = {"attack": {"norm": "l2", "epsilons": attack_epsilons(plan), "steps": plan["attack_steps"],
                       "examples": min(plan["attack_samples"], n_test)},
-           "methods": rows}
+           "metrics": keys, "methods": rows}
+    if plan.get("typo_rate"):
+        out["typos"] = {"rate": plan["typo_rate"], "seed": TYPO_SEED, "examples": n_test,
+                        "what": "every run scored on one typo'd copy of the test split "
+                                "(advnlp.attacks.random_typos; no model queried)"}
     if plan["attack"] is not None:
         out["discrete_attack"] = {"attack": plan["attack"], "max_change": 0.15,
                                   "seed": plan["config"]["seed"] if plan["seeds"] == 1 else "each run's",
@@ -267,7 +345,7 @@ def _tabulate(plan: dict, runs: list) -> dict:
             out["versus_none"] = {
                 m: {k: paired_difference([r[k] for r in by_method[m]],
                                          [base[r["seed"]][k] for r in by_method[m]])
-                    for k in METRICS if k in by_method[m][0]}
+                    for k in keys}
                 for m in methods if m != "none"}
     return out
 

@@ -37,12 +37,16 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "fgsm": (FGSM, {"epsilon": "epsilon", "adv_weight": "adv_weight", **REL}),
     "pgd": (PGD, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps",
                   "adv_weight": "adv_weight", **REL}),
-    "freelb": (FreeLB, {"alpha": "adv_lr", "steps": "adv_steps", **REL}),
+    "freelb": (FreeLB, {"epsilon": "max_norm", "alpha": "adv_lr", "steps": "adv_steps", **REL}),
     "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
     "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha", **REL}),
     "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
                       "adv_weight": "alpha"}),
 }
+# Constructor arguments the CLI derives from another one: FreeLB's random start keeps the
+# released SST-2 script's ratio to the ball (init_mag 1.0 : max_norm 0.6), so --epsilon
+# alone sizes the whole perturbation (also in --relative-epsilon units).
+DERIVED = {"freelb": {"init_mag": ("max_norm", 1.0 / 0.6)}}
 AUGMENT_ATTACKS = ("char", "word")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
@@ -296,6 +300,9 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
     if cls is None:
         return None
     kwargs = {arg: getattr(cfg, k) for k, arg in takes.items() if getattr(cfg, k) is not None}
+    for arg, (source, factor) in DERIVED.get(cfg.method, {}).items():
+        if source in kwargs:  # runs written before --epsilon sized FreeLB keep its defaults
+            kwargs[arg] = kwargs[source] * factor
     if cls.needs_logits:  # SMART, VAT: the task loss comes from labels=y
         crit = loss_fn(cfg.data.multi_label)
         # In float32 whatever dtype autocast gave the logits (--precision).

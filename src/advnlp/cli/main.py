@@ -63,13 +63,11 @@ def _compare(args, progress: bool, log) -> None:
         print(f"written: {out['path']}")
         return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if len(args.attack_epsilon) != 1 or args.attack_epsilon[0] <= 0:
-        raise InputError("--attack-epsilon takes one number > 0")
     if args.attack_steps < 1 or args.attack_samples < 1:
         raise InputError("--attack-steps and --attack-samples must be >= 1")
-    out = compare(config_from_args(args), methods, args.attack_epsilon[0], args.attack_steps,
+    out = compare(config_from_args(args), methods, args.attack_epsilon, args.attack_steps,
                   args.attack_samples, args.overwrite, progress, log, args.attack, args.attack_limit,
-                  args.seeds)
+                  args.seeds, args.typo_rate)
     print(compare_table(out))
     print(f"written: {out['path']}")
 

@@ -91,7 +91,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str) -> None:
     g = p.add_argument_group("robustness: L2 PGD attack on the input embeddings")
     g.add_argument(eps_flag, type=_floats, default=_floats(eps_default),
-                   help=f"attack radius{'es' if eps_flag.endswith('s') else ''} (default {eps_default})")
+                   help=f"attack radii, comma-separated (default {eps_default})")
     g.add_argument("--attack-steps", type=int, default=5, help="default 5")
     g.add_argument("--attack-samples", type=int, default=100, help="test examples attacked (default 100)")
 
@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish an interrupted compare: finished runs are kept")
     _training_options(c)
     _attack_options(c, "--attack-epsilon", "0.5")
+    c.add_argument("--typo-rate", type=float, metavar="P",
+                   help="also score every run on a typo'd copy of the test split: each word the "
+                        "char attack may edit gets one random typo with probability P (one "
+                        "fixed copy for every method and seed; no model is queried)")
     c.add_argument("--attack", metavar="char|word",
                    help="also tabulate accuracy under this discrete attack")
     c.add_argument("--attack-limit", type=int, default=50,

@@ -21,56 +21,57 @@ def summary(run_dir: str, result: dict) -> str:
             f"macro-F1 {test['macro_f1']:.4f}{extra}")
 
 
+def column(key: str, out: dict) -> str:
+    """A compare metric's column heading."""
+    if key.startswith("robust_accuracy@"):
+        return f"robust acc (eps={key.split('@', 1)[1]})"
+    if key == "typo_accuracy":
+        return f"acc on typo'd test (p={out['typos']['rate']:g})"
+    if key == "attacked_accuracy":
+        return f"acc under {out['discrete_attack']['attack']} attack"
+    return {"accuracy": "accuracy", "macro_f1": "macro-F1", "validation_accuracy": "val accuracy",
+            "validation_macro_f1": "val macro-F1"}.get(key, key)
+
+
+def _shown(out: dict) -> list:
+    """The metrics a printed table shows: the test split's (validation is in compare.json)."""
+    return [k for k in out["metrics"] if not k.startswith("validation_")]
+
+
+def _cost_cells(r: dict) -> list:
+    cost = None if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
+    return [f"{r['seconds_per_step']:.3f}", _fmt(cost)]
+
+
 def compare_table(out: dict) -> str:
     """The compare table; with several seeds, mean ± std per method and, against ``none``,
-    the mean paired difference with its 95% interval and verdict (clean and robust)."""
-    if "seeds" in out:
-        return _seeds_table(out)
-    eps = out["attack"]["epsilon"]
-    head = ["method", "accuracy", "macro-F1", f"robust acc (eps={eps:g})", "s/step", "cost vs none"]
-    discrete = out.get("discrete_attack")
-    if discrete:
-        head.insert(4, f"acc under {discrete['attack']} attack")
+    the mean paired difference with its 95% interval and verdict for every metric."""
+    keys = _shown(out)
+    head = ["method"] + [column(k, out) for k in keys] + ["s/step", "cost vs none"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seeds = out.get("seeds")
+    if seeds:
+        lines.insert(0, f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) per method; "
+                        "mean ± std over seeds")
     for r in out["methods"]:
-        cost = None if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
-        cells = [r["method"], r["accuracy"], r["macro_f1"], r["robust_accuracy"],
-                 f"{r['seconds_per_step']:.3f}", cost]
-        if discrete:
-            cells.insert(4, r["attacked_accuracy"])
-        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def _seeds_table(out: dict) -> str:
-    from .statistics import format_difference
-
-    eps, seeds = out["attack"]["epsilon"], out["seeds"]
-    discrete = out.get("discrete_attack")
-    metrics = [("accuracy", "accuracy"), ("robust_accuracy", f"robust acc (eps={eps:g})")]
-    if discrete:
-        metrics.append(("attacked_accuracy", f"acc under {discrete['attack']} attack"))
-    head = ["method"] + [name for _, name in metrics] + ["s/step", "cost vs none"]
-    lines = [f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) per method; mean ± std over seeds",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in out["methods"]:
-        cost = None if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
-        cells = [r["method"]] + [f"{r[k]:.4f} ± {r['std'][k]:.4f}" for k, _ in metrics]
-        lines.append("| " + " | ".join(cells + [f"{r['seconds_per_step']:.3f}", _fmt(cost)]) + " |")
+        cells = [f"{r[k]:.4f} ± {r['std'][k]:.4f}" if seeds else _fmt(r[k]) for k in keys]
+        lines.append("| " + " | ".join([r["method"], *cells, *_cost_cells(r)]) + " |")
     versus = out.get("versus_none")
     if versus:
+        from .statistics import format_difference
+
         lines += ["", "against none: mean paired difference [95% t-interval over seeds] verdict",
-                  "| method | " + " | ".join(name for _, name in metrics) + " |",
-                  "|" + "---|" * (len(metrics) + 1)]
+                  "| method | " + " | ".join(column(k, out) for k in keys) + " |",
+                  "|" + "---|" * (len(keys) + 1)]
         for m, diffs in versus.items():
-            lines.append(f"| {m} | " + " | ".join(format_difference(diffs.get(k)) for k, _ in metrics)
+            lines.append(f"| {m} | " + " | ".join(format_difference(diffs.get(k)) for k in keys)
                          + " |")
     return "\n".join(lines)
 
 
 def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
-    """compare.png: each method's clean and robust accuracy (mean, std over seeds) and,
-    against ``none``, the clean difference with its 95% interval."""
+    """compare.png: accuracy against the attack radius per method (ε = 0 is clean; mean and
+    std over seeds) and, against ``none``, the clean difference with its 95% interval."""
     try:
         import matplotlib
 
@@ -79,20 +80,20 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
     except ImportError:
         log("note: no compare.png (pip install matplotlib to get one)")
         return
-    rows = out["methods"]
-    names = [r["method"] for r in rows]
+    rows, seeds = out["methods"], out.get("seeds")
     versus = out.get("versus_none") or {}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    x = range(len(rows))
-    for shift, key, label in ((-0.2, "accuracy", "clean"),
-                              (0.2, "robust_accuracy", f"robust (eps={out['attack']['epsilon']:g})")):
-        left.bar([i + shift for i in x], [r[key] for r in rows], width=0.4,
-                 yerr=[r["std"][key] for r in rows], capsize=3, label=label)
-    left.set_xticks(list(x), names)
-    left.set_ylabel(f"accuracy, mean ± std over {len(out['seeds'])} seeds")
+    eps = out["attack"]["epsilons"]
+    keys = ["accuracy"] + [f"robust_accuracy@{e:g}" for e in eps]
+    for r in rows:
+        left.errorbar([0.0] + list(eps), [r[k] for k in keys],
+                      yerr=[r["std"][k] for k in keys] if seeds else None,
+                      marker="o", capsize=3, label=r["method"])
+    left.set_xlabel(f"embedding attack radius (L2, {out['attack']['steps']}-step PGD; 0 = clean)")
+    left.set_ylabel("test accuracy" + (f", mean ± std over {len(seeds)} seeds" if seeds else ""))
     left.set_ylim(0, 1)
-    left.legend(loc="lower right")
-    others = [m for m in names if m in versus and versus[m]["accuracy"]["interval"] is not None]
+    left.legend(loc="lower left", fontsize=8)
+    others = [m for m in versus if versus[m]["accuracy"]["interval"] is not None]
     for i, m in enumerate(others):
         d = versus[m]["accuracy"]
         low, high = d["interval"]
@@ -103,7 +104,8 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
                        ha="center", fontsize=8)
     right.axhline(0, color="grey", lw=0.8)
     right.set_xticks(range(len(others)), others)
-    right.set_ylabel("clean accuracy - none (95% interval)")
+    right.set_ylabel("clean accuracy - none (95% interval)" if others else
+                     "(an interval needs several seeds and none)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "compare.png"), dpi=100)
     plt.close(fig)

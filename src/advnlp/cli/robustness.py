@@ -3,7 +3,7 @@
 The embedding attack is :func:`advnlp.attacks.embedding_attack`: the training
 methods' own hook and norm/projection helpers, so it perturbs the space they
 defend (the input-embedding output, one ball per example, padding untouched).
-``advnlp eval``, ``compare``'s robust-accuracy column and ``advnlp attack
+``advnlp eval``, ``compare``'s robust-accuracy columns and ``advnlp attack
 --attack embedding`` all use it. :func:`discrete_attack` runs the character- and
 word-level attacks (``advnlp attack``, ``compare --attack``, ``--augment-with-attack``).
 """
@@ -41,14 +41,6 @@ def embedding_robustness(clf: Classifier, texts: Sequence[tuple], targets: torch
                                 random_start=random_start, multi_label=multi_label, seed=seed)
     except ValueError as e:
         raise InputError(str(e)) from None
-
-
-def robust_accuracy(clf: Classifier, texts: Sequence[tuple], targets: torch.Tensor,
-                    multi_label: bool, epsilon: float, steps: int, batch_size: int,
-                    device) -> float:
-    """Accuracy under the L2 embedding PGD attack of :func:`embedding_robustness` at one ε."""
-    out = embedding_robustness(clf, texts, targets, multi_label, [epsilon], steps, batch_size, device)
-    return out["curve"][-1]["accuracy"]
 
 
 ATTACKS = ("char", "word", "embedding")
