@@ -31,8 +31,8 @@ def ctrl_c_after(monkeypatch, n):
     calls = {"n": 0}
     step = T.train_step
 
-    def step_then_sigint(*args):
-        loss = step(*args)
+    def step_then_sigint(*args, **kwargs):
+        loss = step(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == n:
             signal.raise_signal(signal.SIGINT)

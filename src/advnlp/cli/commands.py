@@ -92,6 +92,26 @@ def metric_keys(plan: dict) -> list:
     return keys + validation
 
 
+def compare_entry(name: str):
+    """``(method, config overrides)`` of one ``--methods`` entry: a method (``fgm``), a
+    discrete-attack training alone (``online-char``: none + ``--online-attack char``;
+    ``augment-word``: none + ``--augment-with-attack word``) or both joined by ``+``
+    (``fgm+online-char``)."""
+    parts = name.split("+")
+    method = parts[0] if parts[0] in METHODS else "none"
+    overrides = {}
+    for extra in parts[1:] if parts[0] in METHODS else parts:
+        kind, _, attack = extra.partition("-")
+        key = {"online": "online_attack", "augment": "augment_with_attack"}.get(kind)
+        if key is None or attack not in AUGMENT_ATTACKS or key in overrides:
+            raise InputError(
+                f"unknown method {name!r}; choose from {', '.join(METHODS)}, or online-char, "
+                "online-word, augment-char, augment-word, alone or after a method and '+' "
+                "(e.g. fgm+online-char)")
+        overrides[key] = attack
+    return method, overrides
+
+
 def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
             log: Callable[[str], None] = lambda s: None, attack: Optional[str] = None,
@@ -125,10 +145,10 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     if typo_rate is not None:
         if not 0 < typo_rate <= 1:
             raise InputError(f"--typo-rate is a probability in (0, 1], got {typo_rate:g}")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InputError(f"unknown method {', '.join(map(repr, unknown)) or '(none)'}; "
-                         f"choose from {', '.join(METHODS)}")
+    if not methods:
+        raise InputError(f"--methods is empty; choose from {', '.join(METHODS)}")
+    for m in methods:
+        compare_entry(m)
     repeated = sorted({m for m in methods if methods.count(m) > 1})
     if repeated:
         raise InputError(f"--methods lists {', '.join(repeated)} more than once; each method "
@@ -179,14 +199,15 @@ def _planned_runs(plan: dict) -> dict:
     cfg = TrainConfig.from_json(plan["config"])
     runs = {}
     for m in plan["methods"]:
-        params = {k: getattr(cfg, k) if k in METHODS[m][1] else None
+        method, overrides = compare_entry(m)
+        params = {k: getattr(cfg, k) if k in METHODS[method][1] else None
                   for k in ("epsilon", "alpha", "steps", "adv_weight")}
-        params["relative_epsilon"] = cfg.relative_epsilon and "relative_epsilon" in METHODS[m][1]
+        params["relative_epsilon"] = cfg.relative_epsilon and "relative_epsilon" in METHODS[method][1]
         for s in range(cfg.seed, cfg.seed + plan["seeds"]):
             folder = os.path.join(cfg.output_dir, m) if plan["seeds"] == 1 else \
                 os.path.join(cfg.output_dir, m, f"seed-{s}")
-            runs[m, s] = dataclasses.replace(cfg, method=m, seed=s, output_dir=folder,
-                                             **params).resolved()
+            runs[m, s] = dataclasses.replace(cfg, method=method, seed=s, output_dir=folder,
+                                             **params, **overrides).resolved()
     return runs
 
 

@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, FreeLB
+from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, DiscreteAT, FreeLB
 
 from .data import DataSpec
 from .distributed import device_of
@@ -48,6 +48,8 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
 # alone sizes the whole perturbation (also in --relative-epsilon units).
 DERIVED = {"freelb": {"init_mag": ("max_norm", 1.0 / 0.6)}}
 AUGMENT_ATTACKS = ("char", "word")
+# The methods --online-attack composes with: embedding methods whose closure returns the loss.
+ONLINE_METHODS = ("none", "fgm", "fgsm", "pgd", "freelb")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
 METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}}
@@ -76,6 +78,8 @@ class TrainConfig:
     augment_with_attack: Optional[str] = None  # char / word: adversarial data augmentation
     augment_every: int = 1  # epochs between augmentation rounds
     augment_samples: int = 64  # training examples attacked per round
+    online_attack: Optional[str] = None  # char / word: DiscreteAT edits inside every step
+    online_fraction: float = 0.5  # the share of each batch DiscreteAT edits
     world_size: int = 1  # processes (torchrun); batch_size is per process
     engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
     precision: str = "fp32"  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
@@ -117,6 +121,21 @@ class TrainConfig:
                 raise InputError(f"--augment-with-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
                                  f"got {cfg.augment_with_attack!r}")
             check_single_segment(cfg.augment_with_attack, cfg.data.text_columns)
+        if cfg.online_attack is not None:
+            if cfg.online_attack not in AUGMENT_ATTACKS:
+                raise InputError(f"--online-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
+                                 f"got {cfg.online_attack!r}")
+            if cfg.method not in ONLINE_METHODS:
+                raise InputError(f"--online-attack combines with --method "
+                                 f"{', '.join(ONLINE_METHODS)}; {cfg.method} "
+                                 f"{'compares logits' if cfg.method in ('vat', 'smart') else 'perturbs weights'}"
+                                 ", which the edited pass does not feed")
+            if cfg.engine != "loop":
+                raise InputError("--online-attack edits the texts of each batch, which only "
+                                 "--engine loop hands to the step; drop --engine trainer")
+        if not (isinstance(cfg.online_fraction, (int, float)) and 0 < cfg.online_fraction <= 1):
+            raise InputError(f"--online-fraction is a share of the batch in (0, 1], got "
+                             f"{cfg.online_fraction!r}")
         if cfg.augment_every < 1 or cfg.augment_samples < 1:
             raise InputError("--augment-every and --augment-samples must be >= 1")
         if cfg.data.multi_label and not cfg.data.label_delimiter:
@@ -286,6 +305,27 @@ class _StandIn(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embedding
+
+
+def build_online(cfg: TrainConfig, clf, inner, seed: int):
+    """``--online-attack``: :class:`advnlp.DiscreteAT` around the method's adversary
+    (``inner``, None for none) on ``clf``'s model, reading ``clf``'s tokens."""
+    if cfg.online_attack is None:
+        return inner
+    from advnlp.attacks import EmbeddingNeighbours
+
+    neighbours = None
+    if cfg.online_attack == "word":
+        emb = clf.model.module.get_input_embeddings() if hasattr(clf.model, "module") \
+            else clf.model.get_input_embeddings()
+        neighbours = (EmbeddingNeighbours.from_hf(clf.tokenizer, emb) if clf.is_hf
+                      else EmbeddingNeighbours.from_vocab(clf.tokenizer.tokens, emb))
+    try:
+        return DiscreteAT(clf.model, clf.encode_with_offsets, attack=cfg.online_attack,
+                          fraction=cfg.online_fraction, method=inner, neighbours=neighbours,
+                          seed=seed)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--online-attack {cfg.online_attack}: {e}") from None
 
 
 def check_method(cfg: TrainConfig) -> None:

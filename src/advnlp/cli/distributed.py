@@ -102,6 +102,7 @@ STREAMS = {
     "augment-attack": (700_001, ("epoch",)),
     "dropout": (900_001, ("rank",)),
     "dropout-resumed": (950_001, ("rank", "epoch", "step")),
+    "online-attack": (300_007, ("rank", "epoch")),
 }
 _SEED_STRIDE, _COUNTER_STRIDE = 1_000_003, 10_007
 

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from advnlp.text import UNIT
+
 from .data import token_prefix, tokenize
 from .errors import InputError
 from .files import write_json
@@ -91,20 +93,32 @@ class Vocab:
 
     def encode(self, texts: Sequence[Tuple[str, ...]], max_length: int, min_length: int
                ) -> Dict[str, torch.Tensor]:
+        return self.encode_with_offsets(texts, max_length, min_length)[0]
+
+    def encode_with_offsets(self, texts: Sequence[Tuple[str, ...]], max_length: int,
+                            min_length: int):
+        """The batch and, per example and token, ``(segment, start, end)`` of the unit it
+        reads (None for a separator, an empty text's [UNK] or padding)."""
         unk, sep = self.index[UNK], self.index[SEP]
-        rows = []
+        rows, offsets = [], []
         for parts in texts:
             ids: List[int] = []
+            spans: List[Optional[tuple]] = []
             for k, part in enumerate(parts):
                 if k:
                     ids.append(sep)
-                ids.extend(self.index.get(tok, unk) for tok in tokenize(part))
+                    spans.append(None)
+                for m in UNIT.finditer(part.lower()):
+                    ids.append(self.index.get(m.group(0), unk))
+                    spans.append((k, m.start(), m.end()))
             rows.append(ids[:max_length] or [unk])
+            offsets.append(spans[:max_length] or [None])
         width = max(min_length, max(len(r) for r in rows))
         input_ids = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
             input_ids[i, : len(r)] = torch.tensor(r)
-        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+        offsets = [o + [None] * (width - len(o)) for o in offsets]
+        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}, offsets
 
 
 # --------------------------------------------------------------------------
@@ -125,6 +139,23 @@ class Classifier:
         columns = list(zip(*texts))
         return dict(self.tokenizer(*map(list, columns), truncation=True, padding=True,
                                    max_length=self.max_length, return_tensors="pt"))
+
+    def encode_with_offsets(self, texts: Sequence[Tuple[str, ...]]):
+        """``(batch, offsets)`` as :class:`advnlp.DiscreteAT` takes them: per token the
+        ``(segment, start, end)`` characters it reads, None for special tokens and padding."""
+        if not self.is_hf:
+            return self.tokenizer.encode_with_offsets(texts, self.max_length, self.model.min_length)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise InputError("--online-attack needs a fast tokenizer (tokenizer.json) to align "
+                             "tokens with words; this model's tokenizer is a slow one")
+        columns = list(zip(*texts))
+        enc = self.tokenizer(*map(list, columns), truncation=True, padding=True,
+                             max_length=self.max_length, return_offsets_mapping=True,
+                             return_tensors="pt")
+        spans = enc.pop("offset_mapping").tolist()
+        offsets = [[None if s is None or a == b else (s, a, b)
+                    for s, (a, b) in zip(enc.sequence_ids(i), row)] for i, row in enumerate(spans)]
+        return dict(enc), offsets
 
     def visible_prefix(self, text: str) -> str:
         """The part of a single-segment ``text`` the model reads (its first ``max_length``

@@ -71,6 +71,13 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     x.add_argument("--augment-with-attack", metavar="char|word",
                    help="after each epoch but the last, attack a sample of the training set and "
                         "train on the successful adversarial texts too")
+    x.add_argument("--online-attack", metavar="char|word",
+                   help="online discrete adversarial training (advnlp.DiscreteAT): in every step, "
+                        "edit the highest-gradient words of a share of the batch (typos, or word "
+                        "deletions/duplications/substitutions) and train on the edited texts too; "
+                        "combines with --method none, fgm, fgsm, pgd, freelb")
+    x.add_argument("--online-fraction", type=float, default=0.5,
+                   help="share of each batch --online-attack edits (default 0.5: ~1.5x a plain step)")
     x.add_argument("--augment-every", type=int, default=1, help="epochs between rounds (default 1)")
     x.add_argument("--augment-samples", type=int, default=64,
                    help="training examples attacked per round (default 64)")
@@ -109,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "process); --batch-size is per process")
     _training_options(t)
     c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
-    c.add_argument("--methods", default="none,fgm,pgd", help="comma-separated (default none,fgm,pgd)")
+    c.add_argument("--methods", default="none,fgm,pgd",
+                   help="comma-separated (default none,fgm,pgd): methods, online-char / online-word "
+                        "(none + --online-attack), augment-char / augment-word (none + "
+                        "--augment-with-attack), or a method joined to one by + (fgm+online-char)")
     c.add_argument("--seeds", type=int, default=1,
                    help="train every method this many times, seeds --seed, --seed+1, ... paired "
                         "across methods; reports mean, spread and each method's difference "
@@ -175,5 +185,6 @@ def config_from_args(args) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
         device=args.device, output_dir=args.output_dir,
         augment_with_attack=args.augment_with_attack, augment_every=args.augment_every,
-        augment_samples=args.augment_samples, engine=args.engine,
+        augment_samples=args.augment_samples, online_attack=args.online_attack,
+        online_fraction=args.online_fraction, engine=args.engine,
         precision=args.precision, data=data)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import PRECISIONS, TrainConfig, build_adversary
+from .config import PRECISIONS, TrainConfig, build_adversary, build_online
 from .data import Example, Labels, Splits, load_splits
 from .distributed import DistInfo, derive_seed, device_of, seed_everything
 from .files import write_json
@@ -88,7 +88,9 @@ class Run:
             self.train_clf.model = ddp
             # Same initial weights everywhere (DDP broadcast rank 0's); own dropout noise per rank.
             self.reseed_rank()
-        self.adv = build_adversary(cfg, self.train_clf.model)
+        self.adv = build_online(cfg, self.train_clf, build_adversary(cfg, self.train_clf.model),
+                                derive_seed(cfg.seed, "online-attack", self.rank, 0))
+        self._online_before = (0, 0)
         params = [p for p in self.clf.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
         self.epoch, self.step, self.history = 0, 0, []
@@ -206,10 +208,28 @@ class Run:
         self.history, self.partial = state["history"], state["partial"]
         self.set_extra([(tuple(t), lab) for t, lab in state.get("extra", [])])
 
+    def texts(self, idx: List[int]) -> List[tuple]:
+        """The training texts ``idx`` (what ``--online-attack`` edits)."""
+        train = self.train_set
+        return [train[i][0] for i in idx]
+
+    def online_step(self) -> None:
+        """Before a step: --online-attack's draws depend on (seed, rank, epoch, step) alone,
+        so a resumed run edits exactly what the uninterrupted one did."""
+        adv = self.adv
+        if self.cfg.online_attack is not None:
+            adv.seed = derive_seed(self.cfg.seed, "online-attack", self.rank, self.epoch)
+            adv.steps = self.step
+            self._online_before = (adv.edited_examples, adv.unedited_examples)
+
     def end_step(self, loss: torch.Tensor, seconds: float) -> Tuple[float, bool]:
         """Book one finished step: its (globally averaged) loss and time. Returns the loss
         and whether any rank asked to stop."""
         self.partial["seconds"] += seconds
+        if self.cfg.online_attack is not None:
+            for key, before, now in zip(("edited_examples", "unedited_examples"), self._online_before,
+                                        (self.adv.edited_examples, self.adv.unedited_examples)):
+                self.partial[key] = self.partial.get(key, 0) + now - before
         value, stop = self.agree(loss)
         self.partial["losses"].append(value)
         self.step += 1
@@ -249,6 +269,13 @@ class Run:
             "train_seconds": self.partial["seconds"],
             "validation": self.evaluate("validation") if self.is_main else {},
         }
+        if self.cfg.online_attack is not None:
+            counts = torch.tensor([self.partial.get("edited_examples", 0),
+                                   self.partial.get("unedited_examples", 0)], device=self.device)
+            if self.dist is not None:
+                dist.all_reduce(counts)
+            entry["online_attack"] = {"edited_examples": int(counts[0]),
+                                      "unedited_examples": int(counts[1])}
         self.barrier()
         self.history.append(entry)
         if self.is_main:
@@ -313,6 +340,11 @@ class Run:
             "validation_examples": len(self.splits.validation),
             "test_examples": len(self.splits.test),
         }
+        if self.cfg.online_attack is not None:  # selected examples with no word to edit, counted
+            result["online_attack"] = {
+                "attack": self.cfg.online_attack, "fraction": self.cfg.online_fraction,
+                **{k: sum(h["online_attack"][k] for h in self.history)
+                   for k in ("edited_examples", "unedited_examples")}}
         self.clf.save(os.path.join(self.run_dir, "model"))
         write_json(os.path.join(self.run_dir, "metrics.json"), result)
         if self.adv is not None:

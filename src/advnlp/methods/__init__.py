@@ -1,5 +1,6 @@
 """One file per method; each holds the method's math and its paper."""
 from .awp import AWP
+from .discrete import DiscreteAT
 from .fgm import FGM
 from .fgsm import FGSM
 from .freeat import FreeAT
@@ -8,4 +9,4 @@ from .pgd import PGD
 from .smart import SMART
 from .vat import VAT
 
-__all__ = ["AWP", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT"]
+__all__ = ["AWP", "DiscreteAT", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT"]

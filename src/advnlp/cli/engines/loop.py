@@ -48,11 +48,14 @@ def _run_epoch(run: Run) -> None:
     try:
         for span in spans[run.step:]:
             idx = [order[i] for i in span]
-            batch = run.batch(idx)
+            online = run.cfg.online_attack is not None  # DiscreteAT encodes the texts itself
+            batch = None if online else run.batch(idx)
             y = run.targets["train"][idx].to(run.device)
             start = time.perf_counter()
+            run.online_step()
+            extra = {"texts": run.texts(idx)} if online else {}
             loss = classify.train_step(run.train_clf, run.adv, run.criterion, batch, y,
-                                       run.autocast, run.backward_fn)
+                                       run.autocast, run.backward_fn, **extra)
             _optimizer_step(run)
             if run.device.type == "cuda":
                 torch.cuda.synchronize()

@@ -71,12 +71,17 @@ def check_single_segment(attack: str, text_columns) -> None:
 
 
 def train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nullcontext,
-               backward_fn=None) -> torch.Tensor:
+               backward_fn=None, texts=None) -> torch.Tensor:
     """One step's gradients: clean only, or clean + adversarial through ``adv.backward``.
-    ``autocast`` wraps every forward pass (--precision); ``backward_fn`` scales for fp16."""
-    def logits():
+    ``autocast`` wraps every forward pass (--precision); ``backward_fn`` scales for fp16.
+    With ``texts`` (--online-attack) ``adv`` is a DiscreteAT that encodes them itself."""
+    def logits(b=batch):
         with autocast():
-            return clf(batch)
+            return clf(b)
+
+    if texts is not None:
+        return adv.backward(lambda b, labels: criterion(logits(b).float(), labels), texts, y,
+                            backward_fn)
 
     if adv is not None and adv.needs_logits:  # SMART, VAT compare logits: the closure returns them
         return adv.backward(logits, backward_fn, labels=y)
