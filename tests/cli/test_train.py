@@ -170,3 +170,33 @@ def test_epsilon_sizes_freelbs_ball_and_its_random_start(sentiment_csv, tmp_path
     assert small.max_norm == 0.3 and small.init_mag == pytest.approx(0.5)
     old = TrainConfig(model="textcnn", method="freelb", data=spec)  # a config.json from before
     assert build_adversary(old, model).init_mag == 1.0 and build_adversary(old, model).max_norm == 0.6
+
+
+@pytest.mark.parametrize("flags, relative, sizes", [
+    (["--method", "fgm"], True, {"epsilon": 0.03}),
+    (["--method", "pgd"], True, {"epsilon": 0.03, "alpha": 0.009}),
+    (["--method", "fgm", "--epsilon", "1.0"], False, {"epsilon": 1.0}),  # a given size: absolute
+    (["--method", "pgd", "--alpha", "0.2"], False, {"epsilon": 1.0, "alpha": 0.2}),
+    (["--method", "fgm", "--absolute-epsilon"], False, {"epsilon": 1.0}),  # the library's default
+    (["--method", "fgm", "--epsilon", "0.1", "--relative-epsilon"], True, {"epsilon": 0.1}),
+    (["--method", "fgsm"], False, {"epsilon": 0.01}),
+])
+def test_the_measured_defaults_apply_only_when_no_size_is_given(flags, relative, sizes, sentiment_csv,
+                                                                tmp_path):
+    from advnlp.cli.config import MEASURED, TrainConfig
+    from advnlp.cli.parser import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--model", "textcnn", "--train", sentiment_csv, *flags])
+    cfg = config_from_args(args).resolved()
+    assert cfg.relative_epsilon is relative
+    assert {k: getattr(cfg, k) for k in sizes} == pytest.approx(sizes)
+    if relative and "--epsilon" not in flags:
+        assert {k: v for k, v in MEASURED[cfg.method].items() if k != "relative_epsilon"} == sizes
+    old = TrainConfig.from_json({**cfg.to_json(), "relative_epsilon": False})  # a config from before
+    assert old.relative_epsilon is False
+
+
+def test_relative_and_absolute_epsilon_exclude_each_other(sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--relative-epsilon",
+               "--absolute-epsilon", "--output-dir", tmp_path / "r") == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -202,7 +202,10 @@ def _planned_runs(plan: dict) -> dict:
         method, overrides = compare_entry(m)
         params = {k: getattr(cfg, k) if k in METHODS[method][1] else None
                   for k in ("epsilon", "alpha", "steps", "adv_weight")}
-        params["relative_epsilon"] = cfg.relative_epsilon and "relative_epsilon" in METHODS[method][1]
+        if cfg.relative_epsilon is None:  # every method its own measured default
+            params["relative_epsilon"] = None
+        else:
+            params["relative_epsilon"] = cfg.relative_epsilon and "relative_epsilon" in METHODS[method][1]
         for s in range(cfg.seed, cfg.seed + plan["seeds"]):
             folder = os.path.join(cfg.output_dir, m) if plan["seeds"] == 1 else \
                 os.path.join(cfg.output_dir, m, f"seed-{s}")

@@ -53,6 +53,13 @@ ONLINE_METHODS = ("none", "fgm", "fgsm", "pgd", "freelb")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
 METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}}
+# The sizes benchmarks/sweep_epsilon.py chose on validation data (docs/methods.md, "How big
+# a perturbation"): the command line's defaults when neither --epsilon nor --alpha is given.
+# Fractions of each example's embedding (--relative-epsilon), so they carry across models.
+MEASURED: Dict[str, Dict[str, object]] = {
+    "fgm": {"relative_epsilon": True, "epsilon": 0.03},
+    "pgd": {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.009},
+}
 
 DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
 ENGINES = ("loop", "trainer")
@@ -67,7 +74,9 @@ class TrainConfig:
     alpha: Optional[float] = None
     steps: Optional[int] = None
     adv_weight: Optional[float] = None
-    relative_epsilon: bool = False  # epsilon and step sizes as fractions of each example's embedding
+    # epsilon and step sizes as fractions of each example's embedding; None: the method's
+    # measured default (MEASURED) when no size is given, else absolute
+    relative_epsilon: Optional[bool] = None
     epochs: Optional[int] = None  # None: 1 for a pretrained model, 5 from scratch
     batch_size: int = 16
     lr: Optional[float] = None  # None: 1e-4 for a pretrained model, 2e-3 from scratch
@@ -98,6 +107,10 @@ class TrainConfig:
         if cfg.data.train is None and cfg.data.max_train_samples is None:
             cfg.data.max_train_samples = DEFAULT_TRAIN_SAMPLES
         takes = METHODS[cfg.method][1]
+        if cfg.relative_epsilon is None:  # a size the user gives keeps its absolute meaning
+            sized = any(getattr(cfg, k) is not None for k in ("epsilon", "alpha"))
+            cfg.relative_epsilon = bool(MEASURED.get(cfg.method, {}).get("relative_epsilon")) \
+                and not sized
         if cfg.relative_epsilon and "relative_epsilon" not in takes:
             raise InputError(f"--method {cfg.method} takes no --relative-epsilon (fgm, fgsm, pgd, "
                              "freelb and vat do)")
@@ -110,7 +123,7 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be "
                                  f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
             if value is None and name in takes:
-                setattr(cfg, name, _method_default(cfg.method, name))
+                setattr(cfg, name, _method_default(cfg.method, name, cfg.relative_epsilon))
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
@@ -270,8 +283,11 @@ def check_environment(cfg: TrainConfig) -> None:
                          "pick one with CUDA_VISIBLE_DEVICES=0")
 
 
-def _method_default(method: str, name: str):
-    """The CLI's or else the library's default, so config.json records actual values."""
+def _method_default(method: str, name: str, relative: bool = False):
+    """The measured default (relative units), the CLI's, or else the library's, so
+    config.json records actual values."""
+    if relative and name in MEASURED.get(method, {}):
+        return MEASURED[method][name]
     if name in METHOD_DEFAULTS.get(method, {}):
         return METHOD_DEFAULTS[method][name]
     cls, takes = METHODS[method]
@@ -321,9 +337,10 @@ def build_online(cfg: TrainConfig, clf, inner, seed: int):
         neighbours = (EmbeddingNeighbours.from_hf(clf.tokenizer, emb) if clf.is_hf
                       else EmbeddingNeighbours.from_vocab(clf.tokenizer.tokens, emb))
     try:
-        return DiscreteAT(clf.model, clf.encode_with_offsets, attack=cfg.online_attack,
-                          fraction=cfg.online_fraction, method=inner, neighbours=neighbours,
-                          seed=seed)
+        return DiscreteAT(clf.model, clf.tokenizer if clf.is_hf else clf.encode_with_offsets,
+                          max_length=clf.max_length if clf.is_hf else None,
+                          attack=cfg.online_attack, fraction=cfg.online_fraction, method=inner,
+                          neighbours=neighbours, seed=seed)
     except (TypeError, ValueError) as e:
         raise InputError(f"--online-attack {cfg.online_attack}: {e}") from None
 

@@ -141,21 +141,9 @@ class Classifier:
                                    max_length=self.max_length, return_tensors="pt"))
 
     def encode_with_offsets(self, texts: Sequence[Tuple[str, ...]]):
-        """``(batch, offsets)`` as :class:`advnlp.DiscreteAT` takes them: per token the
-        ``(segment, start, end)`` characters it reads, None for special tokens and padding."""
-        if not self.is_hf:
-            return self.tokenizer.encode_with_offsets(texts, self.max_length, self.model.min_length)
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise InputError("--online-attack needs a fast tokenizer (tokenizer.json) to align "
-                             "tokens with words; this model's tokenizer is a slow one")
-        columns = list(zip(*texts))
-        enc = self.tokenizer(*map(list, columns), truncation=True, padding=True,
-                             max_length=self.max_length, return_offsets_mapping=True,
-                             return_tensors="pt")
-        spans = enc.pop("offset_mapping").tolist()
-        offsets = [[None if s is None or a == b else (s, a, b)
-                    for s, (a, b) in zip(enc.sequence_ids(i), row)] for i, row in enumerate(spans)]
-        return dict(enc), offsets
+        """A scratch model's ``(batch, offsets)`` as :class:`advnlp.DiscreteAT` takes them
+        (a Hugging Face model gives DiscreteAT its fast tokenizer instead)."""
+        return self.tokenizer.encode_with_offsets(texts, self.max_length, self.model.min_length)
 
     def visible_prefix(self, text: str) -> str:
         """The part of a single-segment ``text`` the model reads (its first ``max_length``

@@ -63,10 +63,18 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--alpha", type=float, help="PGD step size")
     a.add_argument("--steps", type=int, help="PGD ascent steps")
     a.add_argument("--adv-weight", type=float, help="weight of the adversarial loss (default 1)")
-    a.add_argument("--relative-epsilon", action="store_true",
-                   help="--epsilon and the step sizes are fractions of each example's own "
-                        "embedding (L2 norm over its real tokens; RMS coordinate for fgsm): "
-                        "0.05 means 5%% on every model (fgm, fgsm, pgd, freelb, vat)")
+    units = a.add_mutually_exclusive_group()
+    units.add_argument("--relative-epsilon", dest="relative_epsilon", action="store_const",
+                       const=True, default=None,
+                       help="--epsilon and the step sizes are fractions of each example's own "
+                            "embedding (L2 norm over its real tokens; RMS coordinate for fgsm): "
+                            "0.05 means 5%% on every model (fgm, fgsm, pgd, freelb, vat). The "
+                            "default for fgm and pgd when no --epsilon/--alpha is given (their "
+                            "measured sizes, docs/methods.md)")
+    units.add_argument("--absolute-epsilon", dest="relative_epsilon", action="store_const",
+                       const=False,
+                       help="--epsilon and the step sizes in the model's own embedding units (the "
+                            "library's default; the CLI's whenever --epsilon or --alpha is given)")
     x = p.add_argument_group("adversarial data augmentation (discrete attacks)")
     x.add_argument("--augment-with-attack", metavar="char|word",
                    help="after each epoch but the last, attack a sample of the training set and "
