@@ -180,6 +180,8 @@ def test_epsilon_sizes_freelbs_ball_and_its_random_start(sentiment_csv, tmp_path
     (["--method", "fgm", "--absolute-epsilon"], False, {"epsilon": 1.0}),  # the library's default
     (["--method", "fgm", "--epsilon", "0.1", "--relative-epsilon"], True, {"epsilon": 0.1}),
     (["--method", "fgsm"], False, {"epsilon": 0.01}),
+    (["--method", "vat"], False, {"epsilon": 3.0}),
+    (["--method", "freelb"], False, {"epsilon": 0.6, "alpha": 0.1}),  # nothing measured helped
 ])
 def test_the_measured_defaults_apply_only_when_no_size_is_given(flags, relative, sizes, sentiment_csv,
                                                                 tmp_path):

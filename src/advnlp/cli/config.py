@@ -52,7 +52,8 @@ AUGMENT_ATTACKS = ("char", "word")
 ONLINE_METHODS = ("none", "fgm", "fgsm", "pgd", "freelb")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
-METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}}
+# vat: epsilon 3.0, the size benchmarks/sweep_epsilon.py chose on both models (absolute).
+METHOD_DEFAULTS = {"fgsm": {"epsilon": 0.01}, "vat": {"epsilon": 3.0}}
 # The sizes benchmarks/sweep_epsilon.py chose on validation data (docs/methods.md, "How big
 # a perturbation"): the command line's defaults when neither --epsilon nor --alpha is given.
 # Fractions of each example's embedding (--relative-epsilon), so they carry across models.
