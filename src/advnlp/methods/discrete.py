@@ -62,6 +62,7 @@ Example::
 """
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Union
@@ -231,13 +232,17 @@ class DiscreteAT(Adversary):
             text = parts[s]
             seg = T.Segmented(text)
             spans = [m.span() for m in UNIT.finditer(text)]
+            starts = [a for a, _ in spans]
             score = [0.0] * len(seg)
             for t, o in enumerate(offsets):
                 if o is None or o[0] != s or t >= importance.shape[0]:
                     continue
-                for u, (a, b) in enumerate(spans):  # the units the token overlaps
-                    if a < o[2] and o[1] < b:
-                        score[u] += float(importance[t])
+                # the units the token overlaps: those starting before its end, back to the
+                # first that ends after its start (units are sorted and do not overlap)
+                u = bisect.bisect_left(starts, o[2]) - 1
+                while u >= 0 and spans[u][1] > o[1]:
+                    score[u] += float(importance[t])
+                    u -= 1
             editable = [u for u in range(len(seg)) if score[u] > 0
                         and T.eligible(seg.units[u], seg.kinds[u], self.stopwords, self.min_length)]
             limit = max(1, math.floor(self.max_change * seg.n_words))
