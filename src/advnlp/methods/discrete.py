@@ -162,9 +162,7 @@ class DiscreteAT(Adversary):
         segs = [t if pairs else (t,) for t in texts]
         if any(not isinstance(s, str) for t in segs for s in t):
             raise TypeError("texts must be strings (or tuples of strings, for pairs)")
-        batch, offsets = self._encode(texts)
-        device = _device(self.model)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch, offsets = self._encoded(texts)
 
         self._grads, self._capture = [], True
         try:
@@ -213,12 +211,17 @@ class DiscreteAT(Adversary):
         idx = [i for i, _ in edited]
         new = [v[0] for _, v in edited]
         self.last_edits = [(i, texts[i], n if pairs else n[0]) for i, n in zip(idx, new)]
-        adv_batch, _ = self._encode(new if pairs else [n[0] for n in new])
-        adv_batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in adv_batch.items()}
+        adv_batch, _ = self._encoded(new if pairs else [n[0] for n in new])
         adv_loss = as_loss(step.closure(adv_batch, _subset(labels, idx)))
         step.backward(adv_loss, self.adv_weight)
         step.adv_loss = adv_loss.detach()
         return step.clean_loss
+
+    def _encoded(self, texts):
+        """``encode(texts)`` with the batch's tensors on the model's device."""
+        batch, offsets = self._encode(texts)
+        device = _device(self.model)
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, offsets
 
     # -- the edits -------------------------------------------------------------------------
     def _edit(self, parts: tuple, importance: torch.Tensor, offsets, rng: random.Random):
@@ -269,12 +272,11 @@ class DiscreteAT(Adversary):
         (the closure returns a batch's loss, not each example's)."""
         idx = [i for i, _ in edited]
         rounds = len(edited[0][1])
-        device, best, best_loss = _device(self.model), 0, -math.inf
+        best, best_loss = 0, -math.inf
         with torch.no_grad():
             for j in range(rounds):
                 texts = [vs[j % len(vs)] for _, vs in edited]
-                b, _ = self._encode(texts if pairs else [t[0] for t in texts])
-                b = {k: x.to(device) if torch.is_tensor(x) else x for k, x in b.items()}
+                b, _ = self._encoded(texts if pairs else [t[0] for t in texts])
                 loss = float(as_loss(step.closure(b, _subset(labels, idx))))
                 if loss > best_loss:
                     best, best_loss = j, loss
