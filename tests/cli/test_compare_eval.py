@@ -76,12 +76,38 @@ def test_compare_with_a_char_attack_column(sentiment_csv, tmp_path, capsys):
                "--epochs", "1", "--attack", "char", "--attack-limit", "10", "--output-dir", out,
                "--quiet") == 0
     result = read_json(out, "compare.json")
-    assert result["discrete_attack"]["attack"] == "char"
+    assert result["discrete_attack"]["attacks"] == ["char"]
     assert result["discrete_attack"]["examples"] == 10
     for r in result["methods"]:
-        assert 0 <= r["attacked_accuracy"] <= 1
-        assert 0 <= r["attack_success_rate"] <= 1
+        assert 0 <= r["attacked_accuracy@char"] <= 1
+        assert 0 <= r["attack_success_rate@char"] <= 1
     assert "| acc under char attack |" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_compare_with_char_and_word_attacks_matches_advnlp_attack(sentiment_csv, tmp_path, capsys):
+    """Each discrete attack of --attack char,word is the one `advnlp attack` runs on the saved
+    run (same examples, same seed): the columns agree with it, attack by attack."""
+    out = tmp_path / "cmp"
+    assert run("compare", "--methods", "none,online-char", "--model", "textcnn", "--train",
+               sentiment_csv, "--epochs", "1", "--attack", "char,word", "--attack-limit", "10",
+               "--output-dir", out, "--quiet") == 0
+    result = read_json(out, "compare.json")
+    assert result["discrete_attack"]["attacks"] == ["char", "word"]
+    assert "| acc under char attack | acc under word attack |" in capsys.readouterr().out
+    for r in result["methods"]:
+        for attack in ("char", "word"):
+            assert run("attack", out / r["method"], "--attack", attack, "--limit", "10") == 0
+            alone = read_json(out, r["method"], f"attack-{attack}.json")
+            assert r[f"attacked_accuracy@{attack}"] == alone["attacked_accuracy"]
+            assert r[f"attack_success_rate@{attack}"] == alone["success_rate"]
+
+
+@pytest.mark.parametrize("attack, message", [("char,char", "more than once"), ("char,emoji", "--attack"),
+                                             (",", "--attack")])
+def test_compare_refuses_a_bad_attack_list(sentiment_csv, tmp_path, capsys, attack, message):
+    assert run("compare", "--methods", "none", "--model", "textcnn", "--train", sentiment_csv,
+               "--attack", attack, "--output-dir", tmp_path / "cmp", "--quiet") == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "cmp").exists()
 
 
 def test_compare_scores_several_radii_and_a_typod_test_copy(sentiment_csv, tmp_path, capsys):

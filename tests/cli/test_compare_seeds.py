@@ -155,3 +155,12 @@ def test_rows_written_before_several_radii_keep_their_one_radius():
     assert _upgraded({"accuracy": 0.9, "robust_accuracy": 0.4}, plan) == \
         {"accuracy": 0.9, "robust_accuracy@0.5": 0.4}
     assert metric_keys(plan)[:3] == ["accuracy", "macro_f1", "robust_accuracy@0.5"]
+
+
+def test_rows_written_before_several_discrete_attacks_keep_their_one_attack():
+    from advnlp.cli.commands import _upgraded, metric_keys
+
+    plan = {"attack_epsilon": [0.5], "attack": "word"}  # one name: a plan from before the lists
+    assert _upgraded({"attacked_accuracy": 0.3, "attack_success_rate": 0.6}, plan) == \
+        {"attacked_accuracy@word": 0.3, "attack_success_rate@word": 0.6}
+    assert "attacked_accuracy@word" in metric_keys(plan)

@@ -81,14 +81,23 @@ def attack_epsilons(plan: dict) -> list:
     return [eps] if isinstance(eps, (int, float)) else list(eps)
 
 
+def attack_key(attack: str) -> str:
+    """The row key of the accuracy under the discrete attack ``attack`` (char / word)."""
+    return f"attacked_accuracy@{attack}"
+
+
+def discrete_attacks(plan: dict) -> list:
+    attack = plan["attack"]  # None or one name in plans written before several attacks
+    return [] if attack is None else [attack] if isinstance(attack, str) else list(attack)
+
+
 def metric_keys(plan: dict) -> list:
     """The per-run numbers a compare reports with mean, spread and a paired difference."""
     keys = ["accuracy", "macro_f1", *map(robust_key, attack_epsilons(plan))]
     if plan.get("typo_rate"):
         keys.append("typo_accuracy")
     validation = [f"validation_{k}" for k in keys]
-    if plan["attack"] is not None:
-        keys.append("attacked_accuracy")
+    keys += map(attack_key, discrete_attacks(plan))
     return keys + validation
 
 
@@ -127,13 +136,20 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     under the embedding attack at each radius of ``attack_epsilon`` (one number or
     several) on the first ``attack_samples`` examples, with ``typo_rate`` on a typo'd copy
     of the whole split (:func:`advnlp.attacks.random_typos`, one copy for every run), and
-    with ``attack`` (char / word) under that discrete attack on the first ``attack_limit``.
+    with ``attack`` (``"char"``, ``"word"`` or a list of them) under each discrete attack
+    on the first ``attack_limit``.
     The validation split's scores are in every row too: choose settings by those.
     """
+    attacks = discrete_attacks({"attack": attack})
     if attack is not None:
-        if attack not in AUGMENT_ATTACKS:
-            raise InputError(f"--attack takes {' or '.join(AUGMENT_ATTACKS)}, got {attack!r}")
-        check_single_segment(attack, cfg.data.text_columns)
+        bad = [a for a in attacks if a not in AUGMENT_ATTACKS]
+        if bad or not attacks:
+            raise InputError(f"--attack takes {' and/or '.join(AUGMENT_ATTACKS)} (comma-separated), "
+                             f"got {attack!r}")
+        if len(set(attacks)) < len(attacks):
+            raise InputError(f"--attack lists an attack more than once: {attack!r}")
+        for a in attacks:
+            check_single_segment(a, cfg.data.text_columns)
         if attack_limit < 1:
             raise InputError("--attack-limit must be >= 1")
     epsilons = [attack_epsilon] if isinstance(attack_epsilon, (int, float)) else list(attack_epsilon)
@@ -160,7 +176,8 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
         require_scipy()  # before hours of training, not after
     plan = {"config": dataclasses.replace(cfg, output_dir=out_dir).to_json(),
             "methods": list(methods), "seeds": seeds, "attack_epsilon": epsilons,
-            "attack_steps": attack_steps, "attack_samples": attack_samples, "attack": attack,
+            "attack_steps": attack_steps, "attack_samples": attack_samples,
+            "attack": attacks or None,
             "attack_limit": attack_limit, "typo_rate": typo_rate}
     runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
     first = next(iter(runs.values()))  # the model and the data, resolved and fingerprinted
@@ -284,14 +301,13 @@ def _scores(cfg: TrainConfig, clf, labels, splits, targets: dict, device, result
                test_examples=len(test))
     if "typo_accuracy" in row:
         log(f"  typo'd test copy (rate {plan['typo_rate']:g}): accuracy {row['typo_accuracy']:.4f}")
-    attack = plan["attack"]
-    if attack is not None:
-        sample = test[:plan["attack_limit"]]
+    sample = test[:plan["attack_limit"]]
+    for attack in discrete_attacks(plan):
         res = discrete_attack(attack, clf, labels, [t[0] for t, _ in sample],
                               targets["test"][: len(sample)], device, seed=cfg.seed,
                               batch_size=cfg.batch_size * 2).summary()
-        row.update(attacked_accuracy=res["attacked_accuracy"],
-                   attack_success_rate=res["success_rate"])
+        row[attack_key(attack)] = res["attacked_accuracy"]
+        row[f"attack_success_rate@{attack}"] = res["success_rate"]
         log(f"  {attack} attack: accuracy {res['clean_accuracy']:.4f} -> "
             f"{res['attacked_accuracy']:.4f} on {res['examples']} test examples")
     return row
@@ -321,10 +337,15 @@ def _scores_of_saved(folder: str, plan: dict, log) -> dict:
 
 
 def _upgraded(row: dict, plan: dict) -> dict:
-    """A row written before compare took several radii: its one robust accuracy, renamed."""
+    """A row written before compare took several radii or several discrete attacks: its
+    one robust accuracy and its one attacked accuracy, renamed."""
+    row = dict(row)
     if isinstance(row.get("robust_accuracy"), (int, float)):
-        row = dict(row)
         row[robust_key(attack_epsilons(plan)[0])] = row.pop("robust_accuracy")
+    if "attacked_accuracy" in row and discrete_attacks(plan):
+        attack = discrete_attacks(plan)[0]
+        row[attack_key(attack)] = row.pop("attacked_accuracy")
+        row[f"attack_success_rate@{attack}"] = row.pop("attack_success_rate")
     return row
 
 
@@ -338,7 +359,8 @@ def _tabulate(plan: dict, runs: list) -> dict:
     for m in methods:
         mine = by_method[m]
         row = {"method": m}
-        for k in keys + ["micro_f1", "attack_success_rate", "seconds_per_step"]:
+        rates = [f"attack_success_rate@{a}" for a in discrete_attacks(plan)]
+        for k in keys + ["micro_f1", *rates, "seconds_per_step"]:
             if k in mine[0]:
                 row[k] = summary([r[k] for r in mine])["mean"]
         if plan["seeds"] == 1:
@@ -356,8 +378,8 @@ def _tabulate(plan: dict, runs: list) -> dict:
         out["typos"] = {"rate": plan["typo_rate"], "seed": TYPO_SEED, "examples": n_test,
                         "what": "every run scored on one typo'd copy of the test split "
                                 "(advnlp.attacks.random_typos; no model queried)"}
-    if plan["attack"] is not None:
-        out["discrete_attack"] = {"attack": plan["attack"], "max_change": 0.15,
+    if discrete_attacks(plan):
+        out["discrete_attack"] = {"attacks": discrete_attacks(plan), "max_change": 0.15,
                                   "seed": plan["config"]["seed"] if plan["seeds"] == 1 else "each run's",
                                   "query_budget": 500, "examples": min(plan["attack_limit"], n_test)}
     if plan["seeds"] > 1:

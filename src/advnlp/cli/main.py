@@ -65,8 +65,9 @@ def _compare(args, progress: bool, log) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.attack_steps < 1 or args.attack_samples < 1:
         raise InputError("--attack-steps and --attack-samples must be >= 1")
+    attacks = None if args.attack is None else [a.strip() for a in args.attack.split(",")]
     out = compare(config_from_args(args), methods, args.attack_epsilon, args.attack_steps,
-                  args.attack_samples, args.overwrite, progress, log, args.attack, args.attack_limit,
+                  args.attack_samples, args.overwrite, progress, log, attacks, args.attack_limit,
                   args.seeds, args.typo_rate)
     print(compare_table(out))
     print(f"written: {out['path']}")

@@ -140,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score every run on a typo'd copy of the test split: each word the "
                         "char attack may edit gets one random typo with probability P (one "
                         "fixed copy for every method and seed; no model is queried)")
-    c.add_argument("--attack", metavar="char|word",
-                   help="also tabulate accuracy under this discrete attack")
+    c.add_argument("--attack", metavar="char|word|char,word",
+                   help="also tabulate accuracy under these discrete attacks (comma-separated)")
     c.add_argument("--attack-limit", type=int, default=50,
-                   help="test examples for --attack (default 50)")
+                   help="test examples for each --attack (default 50)")
     e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")

@@ -27,8 +27,8 @@ def column(key: str, out: dict) -> str:
         return f"robust acc (eps={key.split('@', 1)[1]})"
     if key == "typo_accuracy":
         return f"acc on typo'd test (p={out['typos']['rate']:g})"
-    if key == "attacked_accuracy":
-        return f"acc under {out['discrete_attack']['attack']} attack"
+    if key.startswith("attacked_accuracy@"):
+        return f"acc under {key.split('@', 1)[1]} attack"
     return {"accuracy": "accuracy", "macro_f1": "macro-F1", "validation_accuracy": "val accuracy",
             "validation_macro_f1": "val macro-F1"}.get(key, key)
 
