@@ -79,6 +79,44 @@ def job_args(job: str, out: str, args) -> list:
     return common + ["--model", "textcnn", "--train", data, "--attack-epsilon", "7"]
 
 
+COLUMNS = [("accuracy", "clean"), ("attacked_accuracy@char", "char attack"),
+           ("attacked_accuracy@word", "word attack"), ("typo_accuracy", "typo'd test (p=0.3)")]
+
+
+def training_seconds(run_dir: str) -> float:
+    """A run's training time: its epochs plus the offline attacks between them."""
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+        epochs = json.load(f)["epochs"]
+    return sum(e["train_seconds"] + e.get("augmentation", {}).get("seconds", 0.0) for e in epochs)
+
+
+def table(result: dict) -> str:
+    """Markdown: mean ± std over seeds per method, the paired difference from none with its
+    95% interval and verdict, and the training time (wall clock, offline attacks included)
+    relative to none's, mean over seeds."""
+    from advnlp.cli.statistics import format_difference
+
+    time_of = {}
+    for r in result["runs"]:
+        time_of.setdefault(r["method"], []).append(training_seconds(r["run_dir"]))
+    base = sum(time_of["none"]) / len(time_of["none"])
+    head = ["method", *(c for _, c in COLUMNS), "training time vs none"]
+    lines = [f"{len(result['seeds'])} seeds per method; mean ± std, then against none: mean paired "
+             "difference [95% t-interval] verdict",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    versus = result.get("versus_none", {})
+    for row in result["methods"]:
+        m, cells = row["method"], []
+        for key, _ in COLUMNS:
+            cell = f"{row[key]:.3f} ± {row['std'][key]:.3f}"
+            if m in versus:
+                cell += f"<br>{format_difference(versus[m][key])}"
+            cells.append(cell)
+        t = sum(time_of[m]) / len(time_of[m]) / base
+        lines.append("| " + " | ".join([m, *cells, f"{t:.2f}x"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", default="minilm,zh", help="comma list of minilm, zh")
@@ -87,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--attack-limit", type=int, default=50)
     ap.add_argument("--zh-examples", type=int, default=2000, help="reviews per class (2000)")
     ap.add_argument("--out", default="runs/online-attack")
+    ap.add_argument("--table-only", action="store_true",
+                    help="no training: tabulate the compare folders already under --out")
     args = ap.parse_args(argv)
     advnlp = shutil.which("advnlp") or os.path.join(os.path.dirname(sys.executable), "advnlp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -94,17 +134,26 @@ def main(argv=None):
         if job not in ("minilm", "zh"):
             raise SystemExit(f"unknown job {job!r}; choose minilm, zh")
         cmd = ["compare", *job_args(job, args.out, args)]
-        print("advnlp " + " ".join(cmd), flush=True)
+        print(("(tabulating) " if args.table_only else "") + "advnlp " + " ".join(cmd), flush=True)
         t0 = time.perf_counter()
-        subprocess.run([advnlp, *cmd], env=env, check=True)
+        if not args.table_only:
+            subprocess.run([advnlp, *cmd], env=env, check=True)
         with open(os.path.join(args.out, job, "compare.json"), encoding="utf-8") as f:
             result = json.load(f)
         result["benchmark"] = {"script": "benchmarks/online_attack.py", "job": job,
-                               "command": "advnlp " + " ".join(cmd), "wall_s": round(time.perf_counter() - t0)}
-        dest = os.path.join(HERE, "results", f"online-attack-{job}-cpu.json")
-        with open(dest, "w", encoding="utf-8") as f:
+                               "command": "advnlp " + " ".join(cmd)}
+        if not args.table_only:
+            result["benchmark"]["wall_s"] = round(time.perf_counter() - t0)
+        result["training_seconds"] = {r["run_dir"]: training_seconds(r["run_dir"])
+                                      for r in result["runs"]}
+        dest = os.path.join(HERE, "results", f"online-attack-{job}-cpu")
+        with open(dest + ".json", "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
-        print(f"JSON: {os.path.relpath(dest)}", flush=True)
+        md = table(result)
+        with open(dest + ".md", "w", encoding="utf-8") as f:
+            f.write(f"`{result['benchmark']['command']}`\n\n{md}\n")
+        print(md, flush=True)
+        print(f"written: {os.path.relpath(dest)}.json, .md", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,28 @@ def test_texts_with_nothing_to_edit_are_counted_not_a_crash(tmp_path):
     assert counts["unedited_examples"] == 2 * 32  # every training example, every epoch
 
 
+def test_multi_label_runs_edit_and_count_like_single_label_ones(multilabel_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", *ARGS, "--train", multilabel_jsonl, "--label-column", "tags",
+               "--multi-label", "--online-attack", "char", "--method", "fgm",
+               "--output-dir", out) == 0
+    metrics = read_json(out, "metrics.json")
+    assert "micro_f1" in metrics["final"]["test"]
+    n = metrics["train_examples"]  # in batches of 16, ceil(half) of each batch edited
+    per_epoch = sum(math.ceil(min(16, n - b) / 2) for b in range(0, n, 16))
+    assert metrics["online_attack"]["edited_examples"] == 2 * per_epoch
+    assert metrics["online_attack"]["unedited_examples"] == 0
+
+
+def test_chinese_text_is_edited_character_by_character(chinese_csv, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", *ARGS, "--train", chinese_csv, "--text-column", "评论", "--label-column",
+               "标签", "--online-attack", "char", "--method", "none", "--output-dir", out) == 0
+    # 80 training examples, batches of 16: 5 steps of 8 edited examples an epoch; every
+    # review holds at least two sentiment characters, which may be edited.
+    assert read_json(out, "metrics.json")["online_attack"]["edited_examples"] == 2 * 40
+
+
 @pytest.mark.parametrize("stop_after", [2, 8], ids=["mid-epoch-1", "mid-epoch-2"])
 def test_resume_edits_what_the_uninterrupted_run_edited(sentiment_csv, tmp_path, monkeypatch,
                                                          stop_after):

@@ -86,6 +86,26 @@ def test_edits_respect_max_change_and_the_untouched_word_rules():
         model.zero_grad()
 
 
+def test_a_truncated_text_is_edited_and_budgeted_only_where_the_model_reads_it():
+    """max_length=10 tokens ([CLS] + 8 + [SEP]): the edits fall in the first 8 words, their
+    number is max_change of those 8 (not of all 40), and the unread tail is kept."""
+    tok = _tokenizer()
+    model = BagOfTokens(tok.vocab_size)
+    long = ["the film was really good and the music was great " * 4] * 4
+    adv = DiscreteAT(model, tok, attack="char", fraction=1.0, max_change=0.25, max_length=10,
+                     seed=1)
+    for _ in range(3):
+        adv.backward(_loss(model), long, torch.tensor([1, 0, 1, 0]))
+        assert len(adv.last_edits) == 4
+        for _, before, after in adv.last_edits:
+            a, b = before.split(), after.split()
+            changed = [k for k, (x, y) in enumerate(zip(a, b)) if x != y]
+            assert a[8:] == b[8:] and len(a) == len(b)
+            assert changed and max(changed) < 8
+            assert len(changed) <= int(0.25 * 8)  # 4 words of the 8 may be edited
+        model.zero_grad()
+
+
 def test_words_are_ranked_by_the_gradient_at_the_embedding_output():
     """Only the token 'music' reaches the output, so only its gradient is non-zero: with one
     edit per example allowed, 'music' is the word edited."""

@@ -21,10 +21,13 @@ QWERTY neighbour; CJK characters: delete, duplicate, swap), ``"word"`` - delete 
 duplicate it, or substitute one of its nearest neighbours in the model's own input
 embedding (taken when the method is built). The constraints are the attacks': stopwords,
 anything with a digit or numeral, punctuation and words under ``min_length`` letters are
-never edited, and words past the model's ``max_length`` tokens (no gradient) neither.
+never edited.
 With ``candidates=k`` the step draws k random edit sets for the selected examples and
 trains on the one with the highest loss (k no-grad forwards over the |S| edited texts;
 the closure gives a batch's loss, so the choice is per batch, not per example).
+
+Only the words the model reads are edited, and ``max_change`` counts those: a text longer
+than ``max_length`` tokens keeps its unread tail as it is.
 
 An example the step selected but could not edit (no editable word: only stopwords,
 numbers, one character, an empty text) is counted in ``unedited_examples`` and left out of
@@ -233,13 +236,19 @@ class DiscreteAT(Adversary):
             if not 0 <= s < len(parts):
                 raise ValueError(f"segments={self.segments!r}: the texts have {len(parts)} segment(s)")
             text = parts[s]
-            seg = T.Segmented(text)
+            mine = [(t, o) for t, o in enumerate(offsets)
+                    if o is not None and o[0] == s and t < importance.shape[0]]
+            if not mine:  # the segment was truncated away: the model reads none of it
+                continue
+            # Only what the model reads is edited and counted in the word budget: the text up
+            # to the first unit after the last token; the rest is kept as it is.
             spans = [m.span() for m in UNIT.finditer(text)]
             starts = [a for a, _ in spans]
+            visible = bisect.bisect_left(starts, max(o[2] for _, o in mine))
+            cut = spans[visible][0] if visible < len(spans) else len(text)
+            seg, spans, starts = T.Segmented(text[:cut]), spans[:visible], starts[:visible]
             score = [0.0] * len(seg)
-            for t, o in enumerate(offsets):
-                if o is None or o[0] != s or t >= importance.shape[0]:
-                    continue
+            for t, o in mine:
                 # the units the token overlaps: those starting before its end, back to the
                 # first that ends after its start (units are sorted and do not overlap)
                 u = bisect.bisect_left(starts, o[2]) - 1
@@ -263,7 +272,7 @@ class DiscreteAT(Adversary):
                         values[j] = v
                     changed.update(edit)
             if changed:
-                out[s], any_edit = seg.render(values), True
+                out[s], any_edit = seg.render(values) + text[cut:], True
         return tuple(out) if any_edit else None
 
     def _hardest(self, step: Step, edited: list, labels, pairs: bool) -> list:
