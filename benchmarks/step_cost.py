@@ -335,6 +335,8 @@ def method_specs(quick: bool, extra: bool):
     ]
     for k in ((1, 3) if quick else (1, 2, 3, 5)):
         specs.append((f"pgd{k}", f"PGD(steps={k})", "adv", lambda m, k=k: A.PGD(m, steps=k)))
+    specs += [("yopo3", "YOPO(steps=3, layers=1)", "adv", lambda m: A.YOPO(m, steps=3, layers=1)),
+              ("yopo3_l2", "YOPO(steps=3, layers=2)", "adv", lambda m: A.YOPO(m, steps=3, layers=2))]
     if extra:
         specs += [
             ("fgm_weight", "FGM target=weight", "adv", lambda m: A.FGM(m, target="weight")),
@@ -630,6 +632,8 @@ def check_targets(rows, emb_bytes):
         rel = statistics.median(x / y for x, y in zip(rows["pgd3"]["times_s"], rows["seed_pgd3"]["times_s"]))
         add("PGD(steps=3) >= 25% cheaper than seed-style PGD K=3", 1 - rel, 0.25, 1 - rel >= 0.25,
             "value = 1 - t(advnlp PGD3)/t(seed PGD3), median over rounds")
+    v = ratio("yopo3")
+    add("YOPO(steps=3, layers=1) <= 2.2x", v, 2.2, v is not None and v <= 2.2)
     v = ratio("online_char")
     add("DiscreteAT char <= 1.5x", v, 1.5, v is not None and v <= 1.5)
     a, b = ratio("online_char"), ratio("augment_char")

@@ -30,6 +30,23 @@ class MeanPoolClassifier(nn.Module):
         return self.encode(self.emb(ids))
 
 
+class StackClassifier(nn.Module):
+    """nn.Embedding -> a stack of two (Linear, tanh) layers in an nn.ModuleList -> mean ->
+    Linear: the smallest model with a "stack of layers" (YOPO's inner steps stop in it)."""
+
+    def __init__(self, vocab=VOCAB, dim=8, classes=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=PAD)
+        self.layers = nn.ModuleList([nn.Linear(dim, dim), nn.Linear(dim, dim)])
+        self.out = nn.Linear(dim, classes)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return self.out(h.mean(dim=1))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self, vocab=VOCAB, dim=8, classes=3):
         super().__init__()

@@ -202,3 +202,20 @@ def test_relative_and_absolute_epsilon_exclude_each_other(sentiment_csv, tmp_pat
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--relative-epsilon",
                "--absolute-epsilon", "--output-dir", tmp_path / "r") == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_yopo_trains_a_hugging_face_model_at_pgds_measured_sizes(sentiment_csv, tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--model", tiny_bert, "--train", sentiment_csv, "--method", "yopo",
+               "--epochs", "1", "--max-length", "16", "--output-dir", out, "--quiet") == 0
+    cfg = read_json(out, "config.json")
+    assert (cfg["method"], cfg["epsilon"], cfg["alpha"], cfg["relative_epsilon"]) == \
+        ("yopo", 0.03, 0.009, True)
+
+
+def test_yopo_on_a_model_without_a_stack_of_layers_exits_2(sentiment_csv, tmp_path, capsys):
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", "yopo",
+               "--epochs", "1", "--output-dir", tmp_path / "run", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "--method yopo" in err and "layer_list" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

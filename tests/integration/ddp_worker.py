@@ -14,9 +14,9 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from tinymodels import MeanPoolClassifier, batch  # noqa: E402
+from tinymodels import MeanPoolClassifier, StackClassifier, batch  # noqa: E402
 
-from advnlp import FGM, PGD  # noqa: E402
+from advnlp import FGM, PGD, YOPO  # noqa: E402
 
 STEPS = 3
 
@@ -26,14 +26,21 @@ def make(method, model):
         return FGM(model, epsilon=0.5)
     if method == "pgd":
         return PGD(model, epsilon=0.5, alpha=0.2, steps=3)
+    if method == "yopo":
+        return YOPO(model, epsilon=0.5, alpha=0.2, steps=3, layers=1)
     return None
+
+
+def model_for(method):
+    """YOPO needs a stack of layers; "none-stack" is its plain baseline."""
+    return StackClassifier() if method in ("yopo", "none-stack") else MeanPoolClassifier()
 
 
 def main(out_dir, method):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model = MeanPoolClassifier()
+    model = model_for(method)
     ddp = DDP(model)
     calls = []
 

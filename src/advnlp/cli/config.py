@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, DiscreteAT, FreeLB
+from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, YOPO, DiscreteAT, FreeLB
 
 from .data import DataSpec
 from .distributed import device_of
@@ -37,6 +37,8 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "fgsm": (FGSM, {"epsilon": "epsilon", "adv_weight": "adv_weight", **REL}),
     "pgd": (PGD, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps",
                   "adv_weight": "adv_weight", **REL}),
+    "yopo": (YOPO, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps",
+                    "adv_weight": "adv_weight", **REL}),
     "freelb": (FreeLB, {"epsilon": "max_norm", "alpha": "adv_lr", "steps": "adv_steps", **REL}),
     "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
     "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha", **REL}),
@@ -49,7 +51,7 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
 DERIVED = {"freelb": {"init_mag": ("max_norm", 1.0 / 0.6)}}
 AUGMENT_ATTACKS = ("char", "word")
 # The methods --online-attack composes with: embedding methods whose closure returns the loss.
-ONLINE_METHODS = ("none", "fgm", "fgsm", "pgd", "freelb")
+ONLINE_METHODS = ("none", "fgm", "fgsm", "pgd", "yopo", "freelb")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
 # vat: epsilon 3.0, the size benchmarks/sweep_epsilon.py chose on both models (absolute).
@@ -61,6 +63,7 @@ MEASURED: Dict[str, Dict[str, object]] = {
     "fgm": {"relative_epsilon": True, "epsilon": 0.03},
     "pgd": {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.009},
 }
+MEASURED["yopo"] = MEASURED["pgd"]  # not swept itself: YOPO approximates PGD at PGD's sizes
 
 DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
 ENGINES = ("loop", "trainer")
@@ -313,12 +316,14 @@ def _default_model() -> str:
 
 
 class _StandIn(nn.Module):
-    """The smallest model every method accepts (an embedding and a linear layer): building
-    a method on it checks the method's arguments before any data or model is loaded."""
+    """The smallest model every method accepts (an embedding, a stack of two layers for
+    YOPO, a linear layer): building a method on it checks the method's arguments before
+    any data or model is loaded."""
 
     def __init__(self):
         super().__init__()
         self.embedding, self.out = nn.Embedding(2, 2), nn.Linear(2, 2)
+        self.layers = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embedding

@@ -8,5 +8,6 @@ from .freelb import FreeLB
 from .pgd import PGD
 from .smart import SMART
 from .vat import VAT
+from .yopo import YOPO
 
-__all__ = ["AWP", "DiscreteAT", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT"]
+__all__ = ["AWP", "DiscreteAT", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT", "YOPO"]
