@@ -86,6 +86,11 @@ def attack_key(attack: str) -> str:
     return f"attacked_accuracy@{attack}"
 
 
+def success_key(attack: str) -> str:
+    """The row key of the discrete attack's success rate (over originally-correct examples)."""
+    return f"attack_success_rate@{attack}"
+
+
 def discrete_attacks(plan: dict) -> list:
     attack = plan["attack"]  # None or one name in plans written before several attacks
     return [] if attack is None else [attack] if isinstance(attack, str) else list(attack)
@@ -307,7 +312,7 @@ def _scores(cfg: TrainConfig, clf, labels, splits, targets: dict, device, result
                               targets["test"][: len(sample)], device, seed=cfg.seed,
                               batch_size=cfg.batch_size * 2).summary()
         row[attack_key(attack)] = res["attacked_accuracy"]
-        row[f"attack_success_rate@{attack}"] = res["success_rate"]
+        row[success_key(attack)] = res["success_rate"]
         log(f"  {attack} attack: accuracy {res['clean_accuracy']:.4f} -> "
             f"{res['attacked_accuracy']:.4f} on {res['examples']} test examples")
     return row
@@ -345,7 +350,7 @@ def _upgraded(row: dict, plan: dict) -> dict:
     if "attacked_accuracy" in row and discrete_attacks(plan):
         attack = discrete_attacks(plan)[0]
         row[attack_key(attack)] = row.pop("attacked_accuracy")
-        row[f"attack_success_rate@{attack}"] = row.pop("attack_success_rate")
+        row[success_key(attack)] = row.pop("attack_success_rate")
     return row
 
 
@@ -359,7 +364,7 @@ def _tabulate(plan: dict, runs: list) -> dict:
     for m in methods:
         mine = by_method[m]
         row = {"method": m}
-        rates = [f"attack_success_rate@{a}" for a in discrete_attacks(plan)]
+        rates = [success_key(a) for a in discrete_attacks(plan)]
         for k in keys + ["micro_f1", *rates, "seconds_per_step"]:
             if k in mine[0]:
                 row[k] = summary([r[k] for r in mine])["mean"]
