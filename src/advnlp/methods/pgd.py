@@ -63,14 +63,18 @@ class PGD(GradientAdversary):
         if self.random_start:
             delta = step.space.mask([P.random_like(g, self.epsilon, self.norm, self._scope(),
                                                    self.generator) for g in grads])
-            _, grads = step.grad_at(delta)
+            grads = self._grad_at(step, delta)
         else:
             delta = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
         for t in range(self.steps):
             if t > 0:
-                _, grads = step.grad_at(delta)
+                grads = self._grad_at(step, delta)
             delta = self._ascend(delta, grads)
         return delta
+
+    def _grad_at(self, step: EmbeddingStep, delta: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The ascent direction's gradient at ``delta`` (YOPO replaces it by a cheaper one)."""
+        return step.grad_at(delta)[1]
 
     def _ascend(self, delta: List[torch.Tensor], grads: List[torch.Tensor]) -> List[torch.Tensor]:
         moved = [d + self.alpha * u for d, u in zip(delta, self._direction(grads))]

@@ -136,26 +136,15 @@ class YOPO(PGD):
         return super()._step(step)
 
     def perturb(self, step: EmbeddingStep, grads: List[torch.Tensor]) -> List[torch.Tensor]:
-        if self._boundary is None or self.steps == 1:
-            return super().perturb(step, grads)
-        adjoint, self._adjoint = self._adjoint, None
-        if adjoint is None:
+        if self._boundary is not None and self._adjoint is None:
             raise RuntimeError(f"YOPO: the clean pass's gradient never reached {self.layer_name}; "
                                "does the loss depend on it? (pass layer_list= otherwise)")
-        if self.random_start:
-            delta = step.space.mask([P.random_like(g, self.epsilon, self.norm, self._scope(),
-                                                   self.generator) for g in grads])
-            grads = self._inner_grad(step, delta, adjoint)
-        else:
-            delta = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
-        for t in range(self.steps):
-            if t > 0:
-                grads = self._inner_grad(step, delta, adjoint)
-            delta = self._ascend(delta, grads)
-        return delta
+        return super().perturb(step, grads)
 
-    def _inner_grad(self, step: EmbeddingStep, delta, adjoint: torch.Tensor):
+    def _grad_at(self, step: EmbeddingStep, delta: List[torch.Tensor]) -> List[torch.Tensor]:
         """d (p . h_k(x + delta)) / d delta, from a forward that stops after layer k."""
+        if self._boundary is None:
+            return super()._grad_at(step, delta)
         leaves = step.space.leaves(delta)
         self._mode = "stop"
         try:
@@ -168,7 +157,7 @@ class YOPO(PGD):
         finally:
             self._mode = None
             step.space.end_pass()
-        surrogate = (h.float() * adjoint).sum()
+        surrogate = (h.float() * self._adjoint).sum()
         return step.check_finite(step.space.grads_of(surrogate, leaves))
 
     def _at_boundary(self, module, inputs, output):
