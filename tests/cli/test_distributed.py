@@ -191,3 +191,36 @@ def test_ctrl_c_on_one_rank_stops_both_and_resumes_exactly(setup, ddp_trainer, t
     losses = [x for e in read_json(cut, "metrics.json")["epochs"] for x in e["step_losses"]]
     want_losses = [x for e in read_json(whole, "metrics.json")["epochs"] for x in e["step_losses"]]
     assert losses == pytest.approx(want_losses, rel=1e-5, abs=1e-6)
+
+
+def test_freeat_under_torchrun_matches_one_process_and_resumes_mid_replay(setup, tmp_path):
+    """FreeAT's delta is per example and its step g/||g|| does not see the loss's scale, so
+    2 ranks with batch 4 replay the batches of one process with batch 8 and train its
+    weights; a stop after rank 1's 3rd step (between the two replays of a batch) saves
+    both ranks' deltas, and the resumed run ends where the uninterrupted one does."""
+    freeat = [*setup["common"], "--method", "freeat", "--steps", "2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    proc = torchrun(setup, *freeat, "--batch-size", "4", "--output-dir", str(whole))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert run("train", *freeat, "--batch-size", "8", "--output-dir", tmp_path / "single") == 0
+    got = load_file(str(whole / "model" / "model.safetensors"))
+    want = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
+    # Looser than FGM's test: delta's step g/||g|| carries the rounding of the two
+    # reductions (a mean over 4 per rank vs over 8) into every later replay.
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=1e-3, msg=lambda m: f"{k}: {m}")
+    fgm = load_file(str(setup["dir"] / "ddp" / "model" / "model.safetensors"))
+    assert max((fgm[k] - want[k]).abs().max().item() for k in want) > 1e-2  # not vacuous
+    assert [e["steps"] for e in read_json(whole, "metrics.json")["epochs"]] == [6, 6]
+
+    proc = torchrun(setup, *freeat, "--batch-size", "4", "--output-dir", str(cut), sigint="1,3")
+    assert proc.returncode != 0 and "interrupted; checkpoint saved" in proc.stderr, proc.stderr[-3000:]
+    saved = torch.load(cut / "checkpoint.pt", weights_only=True)["replay_state"]
+    assert [s["calls"] for s in saved] == [1, 1]
+    assert not saved[0]["delta"][0].equal(saved[1]["delta"][0])  # each rank's own examples
+    proc = torchrun(setup, "--resume", str(cut), "--quiet")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    got = load_file(str(cut / "model" / "model.safetensors"))
+    want = load_file(str(whole / "model" / "model.safetensors"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=lambda m: f"{k}: {m}")

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 from advnlp.attacks import random_typos
 
+from . import cost
 from .config import AUGMENT_ATTACKS, METHODS, TrainConfig, check_environment, default_run_dir
 from .data import load_splits, read_file
 from .distributed import DistInfo, device_of, on_rank0
@@ -129,7 +130,8 @@ def compare_entry(name: str):
 def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
             log: Callable[[str], None] = lambda s: None, attack: Optional[str] = None,
-            attack_limit: int = 50, seeds: int = 1, typo_rate: Optional[float] = None) -> dict:
+            attack_limit: int = 50, seeds: int = 1, typo_rate: Optional[float] = None,
+            cost_rounds: int = 5) -> dict:
     """Train every method on the same data, model and budget, ``seeds`` times each
     (seeds ``cfg.seed .. cfg.seed + seeds - 1``, seed s of every method paired with seed s
     of the others); one row per method, and with several seeds the paired difference of
@@ -144,6 +146,11 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     with ``attack`` (``"char"``, ``"word"`` or a list of them) under each discrete attack
     on the first ``attack_limit``.
     The validation split's scores are in every row too: choose settings by those.
+
+    Cost: every row has its wall-clock seconds per step while it trained and, unless
+    ``cost_rounds`` is 0, its step cost against ``none`` measured after training by
+    :mod:`advnlp.cli.cost` (all methods' steps interleaved on one batch, ``cost_rounds``
+    rounds): the figure to read, as wall clock moves with the machine's other load.
     """
     attacks = discrete_attacks({"attack": attack})
     if attack is not None:
@@ -176,6 +183,9 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
                          "is one run (one row)")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds takes a number of seeds >= 1, got {seeds!r}")
+    if isinstance(cost_rounds, bool) or not isinstance(cost_rounds, int) or cost_rounds < 0:
+        raise InputError(f"--cost-rounds takes a number of rounds >= 0 (0: no step-cost "
+                         f"measurement), got {cost_rounds!r}")
     out_dir = cfg.output_dir or default_run_dir("compare")
     if seeds > 1:
         require_scipy()  # before hours of training, not after
@@ -183,7 +193,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             "methods": list(methods), "seeds": seeds, "attack_epsilon": epsilons,
             "attack_steps": attack_steps, "attack_samples": attack_samples,
             "attack": attacks or None,
-            "attack_limit": attack_limit, "typo_rate": typo_rate}
+            "attack_limit": attack_limit, "typo_rate": typo_rate, "cost_rounds": cost_rounds}
     runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
     first = next(iter(runs.values()))  # the model and the data, resolved and fingerprinted
     plan["config"]["model"], plan["config"]["data"] = first.model, dataclasses.asdict(first.data)
@@ -269,11 +279,32 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
                              trained.targets, trained.device, result, plan, log)}
         write_json(row_path, row)
         rows.append(row)
-    out = _tabulate(plan, rows)
+    out = _tabulate(plan, rows, _step_cost(plan, runs, log))
     path = os.path.join(plan["config"]["output_dir"], "compare.json")
     write_json(path, out)
     compare_plot(os.path.dirname(path), out, log)
     return {**out, "path": path}
+
+
+def _step_cost(plan: dict, runs: dict, log) -> Optional[dict]:
+    """Every row's training step timed against none's, interleaved (:mod:`cost`), on fresh
+    untrained runs of the first seed's configurations (none's added if it is not a row)."""
+    if not plan.get("cost_rounds"):
+        return None
+    seed = plan["config"]["seed"]
+    configs = {m: runs[m, seed] for m in plan["methods"]}
+    if "none" not in configs:
+        first = next(iter(configs.values()))
+        configs["none"] = dataclasses.replace(
+            first, method="none", epsilon=None, alpha=None, steps=None, adv_weight=None,
+            relative_epsilon=False, online_attack=None, augment_with_attack=None)
+    fresh = {m: Run(c) for m, c in configs.items()}
+    try:
+        return cost.measure(fresh, plan["cost_rounds"], log)
+    finally:
+        for r in fresh.values():
+            if r.adv is not None:
+                r.adv.remove()
 
 
 def _split_scores(clf, cfg: TrainConfig, examples: list, targets, device, plan: dict) -> dict:
@@ -354,9 +385,9 @@ def _upgraded(row: dict, plan: dict) -> dict:
     return row
 
 
-def _tabulate(plan: dict, runs: list) -> dict:
-    """compare.json: one row per method (means over seeds), every run, and with several
-    seeds each method's paired difference against ``none``."""
+def _tabulate(plan: dict, runs: list, step_cost: Optional[dict] = None) -> dict:
+    """compare.json: one row per method (means over seeds), every run, with several
+    seeds each method's paired difference against ``none``, and the measured step cost."""
     methods, n_test = plan["methods"], runs[0]["test_examples"]
     by_method = {m: [r for r in runs if r["method"] == m] for m in methods}
     keys = [k for k in metric_keys(plan) if all(k in r for r in runs)]
@@ -375,10 +406,14 @@ def _tabulate(plan: dict, runs: list) -> dict:
         rows.append(row)
     cost = next((r["seconds_per_step"] for r in rows if r["method"] == "none"), None)
     for r in rows:
-        r["relative_cost"] = r["seconds_per_step"] / cost if cost else None
+        r["relative_cost"] = r["seconds_per_step"] / cost if cost else None  # wall clock
+        if step_cost is not None:
+            r["step_cost"] = step_cost["ratios"][r["method"]]
     out = {"attack": {"norm": "l2", "epsilons": attack_epsilons(plan), "steps": plan["attack_steps"],
                       "examples": min(plan["attack_samples"], n_test)},
            "metrics": keys, "methods": rows}
+    if step_cost is not None:
+        out["step_cost"] = step_cost
     if plan.get("typo_rate"):
         out["typos"] = {"rate": plan["typo_rate"], "seed": TYPO_SEED, "examples": n_test,
                         "what": "every run scored on one typo'd copy of the test split "

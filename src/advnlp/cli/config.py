@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, YOPO, DiscreteAT, FreeLB
+from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, YOPO, DiscreteAT, FreeAT, FreeLB
 
 from .data import DataSpec
 from .distributed import device_of
@@ -40,6 +40,8 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "yopo": (YOPO, {"epsilon": "epsilon", "alpha": "alpha", "steps": "steps",
                     "adv_weight": "adv_weight", **REL}),
     "freelb": (FreeLB, {"epsilon": "max_norm", "alpha": "adv_lr", "steps": "adv_steps", **REL}),
+    # --steps is m, the replays of each batch (the run's epochs keep plain-training cost)
+    "freeat": (FreeAT, {"epsilon": "epsilon", "alpha": "step_size", "steps": "replays", **REL}),
     "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
     "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha", **REL}),
     "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
@@ -116,8 +118,9 @@ class TrainConfig:
             cfg.relative_epsilon = bool(MEASURED.get(cfg.method, {}).get("relative_epsilon")) \
                 and not sized
         if cfg.relative_epsilon and "relative_epsilon" not in takes:
-            raise InputError(f"--method {cfg.method} takes no --relative-epsilon (fgm, fgsm, pgd, "
-                             "freelb and vat do)")
+            which = [m for m, (_, t) in METHODS.items() if "relative_epsilon" in t]
+            raise InputError(f"--method {cfg.method} takes no --relative-epsilon "
+                             f"({', '.join(which)} do)")
         for name in ("epsilon", "alpha", "steps", "adv_weight"):
             value = getattr(cfg, name)
             if value is not None and name not in takes:
@@ -128,6 +131,8 @@ class TrainConfig:
                                  f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
             if value is None and name in takes:
                 setattr(cfg, name, _method_default(cfg.method, name, cfg.relative_epsilon))
+        if cfg.method == "freeat" and cfg.alpha is None:  # FreeAT's own L2 default, recorded
+            cfg.alpha = cfg.epsilon / 6
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
@@ -171,6 +176,13 @@ class TrainConfig:
             if cfg.augment_with_attack is not None:
                 raise InputError("--augment-with-attack grows the training set between epochs, "
                                  "which only --engine loop does; drop one of the two")
+            if cfg.method == "freeat":
+                raise InputError("--method freeat replays each batch --steps times, which only "
+                                 "--engine loop does; drop --engine trainer")
+        if cfg.method == "freeat" and cfg.augment_with_attack is not None:
+            raise InputError("--method freeat splits each pass over the data into --steps epochs, "
+                             "and --augment-with-attack would change the data mid-pass; drop "
+                             "one of the two")
         check_method(cfg)
         check_environment(cfg)
         cfg.data = cfg.data.pinned()

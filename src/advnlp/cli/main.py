@@ -68,7 +68,7 @@ def _compare(args, progress: bool, log) -> None:
     attacks = None if args.attack is None else [a.strip() for a in args.attack.split(",")]
     out = compare(config_from_args(args), methods, args.attack_epsilon, args.attack_steps,
                   args.attack_samples, args.overwrite, progress, log, attacks, args.attack_limit,
-                  args.seeds, args.typo_rate)
+                  args.seeds, args.typo_rate, args.cost_rounds)
     print(compare_table(out))
     print(f"written: {out['path']}")
 

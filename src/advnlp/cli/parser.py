@@ -61,7 +61,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("adversarial method parameters (each method takes some)")
     a.add_argument("--epsilon", type=float, help="perturbation radius (fgm, fgsm, pgd)")
     a.add_argument("--alpha", type=float, help="PGD step size")
-    a.add_argument("--steps", type=int, help="PGD ascent steps")
+    a.add_argument("--steps", type=int, help="ascent steps (pgd, yopo, freelb, smart); for freeat "
+                   "m, the replays of each batch")
     a.add_argument("--adv-weight", type=float, help="weight of the adversarial loss (default 1)")
     units = a.add_mutually_exclusive_group()
     units.add_argument("--relative-epsilon", dest="relative_epsilon", action="store_const",
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also tabulate accuracy under these discrete attacks (comma-separated)")
     c.add_argument("--attack-limit", type=int, default=50,
                    help="test examples for each --attack (default 50)")
+    c.add_argument("--cost-rounds", type=int, default=5, metavar="N",
+                   help="after training, time every method's step against none's, interleaved "
+                        "on one batch, N rounds: the table's step-cost column (0: none; the "
+                        "wall-clock column remains) (default 5)")
     e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")

@@ -38,16 +38,22 @@ def _shown(out: dict) -> list:
     return [k for k in out["metrics"] if not k.startswith("validation_")]
 
 
+def _cost_head(out: dict) -> list:
+    measured = ["step cost vs none (interleaved)"] if "step_cost" in out else []
+    return ["s/step (training)", "training time vs none (wall clock)", *measured]
+
+
 def _cost_cells(r: dict) -> list:
-    cost = None if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
-    return [f"{r['seconds_per_step']:.3f}", _fmt(cost)]
+    times = lambda x: _fmt(None if x is None else f"{x:.2f}x")  # noqa: E731
+    measured = [times(r["step_cost"])] if "step_cost" in r else []
+    return [f"{r['seconds_per_step']:.3f}", times(r["relative_cost"]), *measured]
 
 
 def compare_table(out: dict) -> str:
     """The compare table; with several seeds, mean ± std per method and, against ``none``,
     the mean paired difference with its 95% interval and verdict for every metric."""
     keys = _shown(out)
-    head = ["method"] + [column(k, out) for k in keys] + ["s/step", "cost vs none"]
+    head = ["method"] + [column(k, out) for k in keys] + _cost_head(out)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     seeds = out.get("seeds")
     if seeds:

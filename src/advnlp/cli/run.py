@@ -28,6 +28,7 @@ from torch import nn
 from .config import PRECISIONS, TrainConfig, build_adversary, build_online
 from .data import Example, Labels, Splits, load_splits
 from .distributed import DistInfo, derive_seed, device_of, seed_everything
+from .errors import InputError
 from .files import write_json
 from .models import build, check_tokenizer
 from .report import plot
@@ -91,6 +92,14 @@ class Run:
         self.adv = build_online(cfg, self.train_clf, build_adversary(cfg, self.train_clf.model),
                                 derive_seed(cfg.seed, "online-attack", self.rank, 0))
         self._online_before = (0, 0)
+        # --method freeat replays each batch m (--steps) times; an epoch keeps a plain
+        # epoch's number of optimizer steps (see epoch_schedule).
+        self.replays = cfg.steps if cfg.method == "freeat" else 1
+        if self.batches_per_pass() < self.replays:
+            raise InputError(f"--method freeat replays each batch --steps {self.replays} times and "
+                             f"splits every pass over the data into that many epochs, but a pass "
+                             f"has {self.batches_per_pass()} batch(es); lower --steps or "
+                             "--batch-size, or give more training data")
         params = [p for p in self.clf.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
         self.epoch, self.step, self.history = 0, 0, []
@@ -127,12 +136,33 @@ class Run:
         """Examples per rank and epoch (the epoch order padded to a multiple of the ranks)."""
         return -(-len(self.train_set) // self.world)
 
-    def steps_per_epoch(self) -> int:
+    def batches_per_pass(self) -> int:
         return len(batches(self.shard_size(), self.cfg.batch_size))
+
+    def _chunk(self, epoch: int) -> Tuple[int, int]:
+        """The batches [start, end) of its pass that ``epoch`` trains on."""
+        n, m, c = self.batches_per_pass(), self.replays, epoch % self.replays
+        return c * n // m, (c + 1) * n // m
+
+    def epoch_schedule(self, epoch: Optional[int] = None) -> List[Tuple[List[int], int]]:
+        """The epoch's optimizer steps, in order, as (positions in this rank's order,
+        replay). One step per batch and replay 0, except for FreeAT: its m replays of a
+        batch are m steps, so that an epoch costs what a plain one does (one forward and
+        backward per step), each pass over the data is split into m consecutive chunks of
+        batches, and epoch e trains on chunk e mod m of pass e div m, each batch m times in
+        a row. E epochs of FreeAT thus cost E plain epochs and see the data E/m times."""
+        epoch = self.epoch if epoch is None else epoch
+        spans = batches(self.shard_size(), self.cfg.batch_size)
+        start, end = self._chunk(epoch)
+        return [(span, r) for span in spans[start:end] for r in range(self.replays)]
+
+    def steps_per_epoch(self, epoch: Optional[int] = None) -> int:
+        start, end = self._chunk(self.epoch if epoch is None else epoch)
+        return (end - start) * self.replays
 
     def _total_steps(self) -> int:
         done = sum(h["steps"] for h in self.history[: self.epoch])
-        return done + (self.cfg.epochs - self.epoch) * self.steps_per_epoch()
+        return done + sum(self.steps_per_epoch(e) for e in range(self.epoch, self.cfg.epochs))
 
     def _lr_factor(self, s: int) -> float:
         total, warmup = self._total_steps(), self.warmup
@@ -143,8 +173,10 @@ class Run:
         self.targets["train"] = self.labels.encode([lab for _, lab in self.train_set], "train data")
 
     def epoch_order(self) -> torch.Tensor:
-        # A function of (seed, epoch) alone, so a resumed run sees the same batches.
-        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "epoch-order", self.epoch))
+        # A function of (seed, pass) alone, so a resumed run sees the same batches. A pass
+        # is an epoch, except under FreeAT, whose m epochs share one pass's order.
+        data_pass = self.epoch // self.replays
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "epoch-order", data_pass))
         return torch.randperm(len(self.train_set), generator=g)
 
     def rank_order(self) -> List[int]:

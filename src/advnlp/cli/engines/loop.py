@@ -6,7 +6,8 @@ schedule and fp16 loss scaling are the loop's, exactly as in a hand-written loop
 
 Checkpoints: ``checkpoint.pt`` at the end of every epoch and on Ctrl-C (written
 atomically; loaded with ``weights_only=True``, so nothing is unpickled): weights,
-optimizer, schedule, scaler, RNG states and the run's progress.
+optimizer, schedule, scaler, RNG states and the run's progress, and FreeAT's delta
+between two replays of a batch, so a resumed run goes on exactly where it stopped.
 """
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ import time
 from typing import Tuple
 
 import torch
+import torch.distributed as dist
+
+from advnlp import FreeAT
 
 from ..errors import InputError, Interrupted
 from ..progress import progress_bar
 from ..run import Run
 from ..rundir import CHECKPOINT
 from ..tasks import classify
-from ..tasks.classify import batches
 
 
 def fit(run: Run) -> None:
@@ -41,22 +44,21 @@ def fit(run: Run) -> None:
 
 def _run_epoch(run: Run) -> None:
     order = run.rank_order()
-    spans = batches(len(order), run.cfg.batch_size)
-    bar = progress_bar(run.progress, run.log, total=len(spans), initial=run.step,
+    schedule = run.epoch_schedule()
+    bar = progress_bar(run.progress, run.log, total=len(schedule), initial=run.step,
                        desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}")
     run.clf.model.train()
+    batch, encoded = None, None
     try:
-        for span in spans[run.step:]:
+        for span, replay in schedule[run.step:]:
             idx = [order[i] for i in span]
             online = run.cfg.online_attack is not None  # DiscreteAT encodes the texts itself
-            batch = None if online else run.batch(idx)
-            y = run.targets["train"][idx].to(run.device)
+            if replay == 0 and isinstance(run.adv, FreeAT):
+                run.adv.new_batch()  # FreeAT: delta starts at 0 on every new batch
+            if not online and encoded != span:  # FreeAT's replays reuse the encoded batch
+                batch, encoded = run.batch(idx), span
             start = time.perf_counter()
-            run.online_step()
-            extra = {"texts": run.texts(idx)} if online else {}
-            loss = classify.train_step(run.train_clf, run.adv, run.criterion, batch, y,
-                                       run.autocast, run.backward_fn, **extra)
-            _optimizer_step(run)
+            loss = train_step(run, idx, batch)
             if run.device.type == "cuda":
                 torch.cuda.synchronize()
             loss, stop = run.end_step(loss, time.perf_counter() - start)
@@ -67,6 +69,18 @@ def _run_epoch(run: Run) -> None:
                 raise Interrupted(run.run_dir, run.stop_signal)
     finally:
         bar.close()
+
+
+def train_step(run: Run, idx, batch) -> torch.Tensor:
+    """One optimizer step on the training examples ``idx`` (``batch``: their encoding;
+    None under --online-attack, whose DiscreteAT encodes the texts itself)."""
+    y = run.targets["train"][idx].to(run.device)
+    run.online_step()
+    extra = {"texts": run.texts(idx)} if batch is None else {}
+    loss = classify.train_step(run.train_clf, run.adv, run.criterion, batch, y,
+                               run.autocast, run.backward_fn, **extra)
+    _optimizer_step(run)
+    return loss
 
 
 def _optimizer_step(run: Run) -> None:
@@ -91,7 +105,32 @@ def has_checkpoint(run_dir: str) -> Tuple[bool, str]:
     return os.path.exists(os.path.join(run_dir, CHECKPOINT)), CHECKPOINT
 
 
+def _replay_state(run: Run):
+    """FreeAT between two replays of a batch: delta and the replays it has had, one entry
+    per rank (each rank's shard has its own delta; rank 0 writes them all). None for the
+    other methods, whose state between steps is the model's and the optimizer's."""
+    adv = run.adv
+    if not isinstance(adv, FreeAT):
+        return None
+    mine = {"delta": None if adv.delta is None else [d.detach().cpu() for d in adv.delta],
+            "calls": adv.calls_on_batch}
+    if run.dist is None:
+        return [mine]
+    every = [None] * run.world if run.is_main else None
+    dist.gather_object(mine, every, dst=0)
+    return every
+
+
+def _load_replay_state(run: Run, states) -> None:
+    if not isinstance(run.adv, FreeAT) or not states:
+        return
+    mine = states[run.rank]
+    run.adv.delta = None if mine["delta"] is None else [d.to(run.device) for d in mine["delta"]]
+    run.adv.calls_on_batch = mine["calls"]
+
+
 def save_checkpoint(run: Run) -> None:
+    replay = _replay_state(run)  # every rank takes part in the gather
     if not run.is_main:  # rank 0 holds the same weights and optimizer state
         return
     state = {
@@ -100,6 +139,7 @@ def save_checkpoint(run: Run) -> None:
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         **run.progress_state(),
+        "replay_state": replay,
         "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -135,6 +175,7 @@ def _load_state(run: Run, state: dict) -> None:
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.load_progress_state(state)
+    _load_replay_state(run, state.get("replay_state"))
     torch.set_rng_state(state["rng_torch"].cpu())
     random.setstate(state["rng_python"])
     if state["rng_cuda"] and torch.cuda.is_available():
