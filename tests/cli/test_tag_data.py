@@ -227,3 +227,18 @@ def test_pgd_and_smart_on_a_tagger_leave_weights_and_buffers(method):
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_metrics_are_plain_python_numbers():
+    m = TG.tag_metrics([["B-X", "O"]], [["B-X", "B-X"]])
+    values = [m["token_accuracy"], m["entity_f1"], *m["default"]["macro"].values(),
+              *m["strict"]["micro"].values(), *m["per_type"]["X"].values()]
+    assert all(type(v) in (float, int) for v in values)
+
+
+def test_bmes_reads_as_bioes(tmp_path):
+    path = tmp_path / "msra.txt"
+    path.write_text("中 B-ORG\r\n国 M-ORG\r\n队 E-ORG\r\n好 O\r\n\r\n李 S-PER\r\n", encoding="utf-8")
+    data = read_tagged(str(path))
+    assert data.sentences[0] == (list("中国队好"), ["B-ORG", "I-ORG", "E-ORG", "O"])
+    assert data.bmes and data.scheme() == "BIOES" and data.invalid_continuations == 0

@@ -24,7 +24,7 @@ from .engines import engine
 from .errors import InputError, Interrupted
 from .files import write_json
 from .robustness import ATTACKS, discrete_attack, embedding_robustness
-from .run import Run
+from .run import Run, new_run
 from .report import compare_plot
 from .rundir import (check_output_dir, discard_replaced, has_checkpoint, load_run, read_config,
                      replacing)
@@ -45,7 +45,7 @@ def fit(run: Run) -> Optional[dict]:
 
 def _start(cfg: TrainConfig, progress: bool, log, dist_info: Optional[DistInfo] = None) -> Run:
     """A new run of a resolved ``cfg`` in its (checked, replaced) output folder."""
-    run = Run(cfg, progress, log, dist_info)
+    run = new_run(cfg, progress, log, dist_info)
     if run.is_main:
         os.makedirs(cfg.output_dir, exist_ok=True)
         write_json(os.path.join(cfg.output_dir, "config.json"), cfg.to_json())
@@ -152,6 +152,9 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     :mod:`advnlp.cli.cost` (all methods' steps interleaved on one batch, ``cost_rounds``
     rounds): the figure to read, as wall clock moves with the machine's other load.
     """
+    if cfg.task != "classification":
+        raise InputError(f"compare does not take --task {cfg.task} yet; train each method with "
+                         "advnlp train --task token-classification and read their metrics.json")
     attacks = discrete_attacks({"attack": attack})
     if attack is not None:
         bad = [a for a in attacks if a not in AUGMENT_ATTACKS]
@@ -466,7 +469,7 @@ def _resumed_run(run_dir: str, progress: bool, log, dist_info: Optional[DistInfo
         cfg = read_config(run_dir)
         cfg.output_dir = run_dir
         cfg.data.check_unchanged()
-    run = Run(cfg, progress, log, dist_info)
+    run = new_run(cfg, progress, log, dist_info)
     engine(cfg.engine).resume(run)
     log(f"resuming at epoch {run.epoch + 1}, step {run.step}")
     return run

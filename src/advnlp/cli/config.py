@@ -98,6 +98,9 @@ class TrainConfig:
     world_size: int = 1  # processes (torchrun); batch_size is per process
     engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
     precision: str = "fp32"  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
+    task: str = "classification"  # or token-classification (a tag per word)
+    crf: bool = False  # token-classification, bilstm: a CRF layer over the tags
+    label_all_subtokens: bool = False  # token-classification: every sub-token gets the tag
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -108,6 +111,7 @@ class TrainConfig:
         if cfg.model is None:
             cfg.model = _default_model()
         scratch = cfg.model in SCRATCH
+        _check_task(cfg)  # first: what a task refuses is said in its own terms
         cfg.epochs = cfg.epochs if cfg.epochs is not None else (5 if scratch else 1)
         cfg.lr = cfg.lr if cfg.lr is not None else (2e-3 if scratch else 1e-4)
         if cfg.data.train is None and cfg.data.max_train_samples is None:
@@ -299,6 +303,35 @@ def check_environment(cfg: TrainConfig) -> None:
                          "pick one with CUDA_VISIBLE_DEVICES=0")
 
 
+TASKS = ("classification", "token-classification")
+
+
+def _check_task(cfg: TrainConfig) -> None:
+    if cfg.task not in TASKS:
+        raise InputError(f"--task takes {' or '.join(TASKS)}, got {cfg.task!r}")
+    if cfg.task == "classification":
+        if cfg.crf or cfg.label_all_subtokens:
+            raise InputError("--crf and --label-all-subtokens are for --task token-classification")
+        return
+    if cfg.data.train is None:
+        raise InputError("--task token-classification needs --train: a CoNLL file (token and tag "
+                         "columns) or JSONL (tokens/tags, or text/entities)")
+    if cfg.model == "textcnn":
+        raise InputError("--model textcnn classifies texts; a tagger is --model bilstm or a "
+                         "Hugging Face model directory")
+    if cfg.crf and cfg.model != "bilstm":
+        raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
+    refused = {"--engine trainer": cfg.engine != "loop",
+               "--online-attack": cfg.online_attack is not None,
+               "--augment-with-attack": cfg.augment_with_attack is not None,
+               "--multi-label": cfg.data.multi_label,
+               "--text-columns": len(cfg.data.text_columns) != 1}
+    for flag, given in refused.items():
+        if given:
+            raise InputError(f"--task token-classification does not take {flag} (it edits or "
+                             "reads whole texts); drop it")
+
+
 def _method_default(method: str, name: str, relative: bool = False):
     """The measured default (relative units), the CLI's, or else the library's, so
     config.json records actual values."""
@@ -378,7 +411,8 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
     for arg, (source, factor) in DERIVED.get(cfg.method, {}).items():
         if source in kwargs:  # runs written before --epsilon sized FreeLB keep its defaults
             kwargs[arg] = kwargs[source] * factor
-    if cls.needs_logits:  # SMART, VAT: the task loss comes from labels=y
+    if cls.needs_logits and cfg.task == "classification":  # SMART, VAT: loss from labels=y
+        # (a tagger's closure returns the model's output, whose .loss is the task loss)
         crit = loss_fn(cfg.data.multi_label)
         # In float32 whatever dtype autocast gave the logits (--precision).
         kwargs.update(loss_fn=lambda logits, y: crit(logits.float(), y),

@@ -55,6 +55,15 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default); bf16 or fp16: autocast mixed precision "
                         "(fp16 with dynamic loss scaling)")
+    g.add_argument("--task", default="classification",
+                   choices=("classification", "token-classification"),
+                   help="classification (default): a label (or label set) per text; "
+                        "token-classification: a tag per word (NER; CoNLL or JSONL data)")
+    g.add_argument("--crf", action="store_true",
+                   help="token-classification with --model bilstm: a CRF layer over the tags")
+    g.add_argument("--label-all-subtokens", action="store_true",
+                   help="token-classification: train on every sub-token of a word (I- on the "
+                        "later ones), not only the first")
     g.add_argument("--engine", default="loop", choices=("loop", "trainer"),
                    help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
                         "(AdversarialTrainer), Hugging Face models only")
@@ -200,4 +209,5 @@ def config_from_args(args) -> TrainConfig:
         augment_with_attack=args.augment_with_attack, augment_every=args.augment_every,
         augment_samples=args.augment_samples, online_attack=args.online_attack,
         online_fraction=args.online_fraction, engine=args.engine,
-        precision=args.precision, data=data)
+        precision=args.precision, task=args.task, crf=args.crf,
+        label_all_subtokens=args.label_all_subtokens, data=data)

@@ -11,6 +11,14 @@ def _fmt(x) -> str:
 
 def summary(run_dir: str, result: dict) -> str:
     test = result["final"]["test"]
+    if "entity_f1" in test:  # a tagger
+        micro, strict = test["default"]["micro"], test["strict"]["micro"]
+        return (f"done: {run_dir}\n"
+                f"  {result['train_examples']} training sentences, {len(result['epochs'])} "
+                f"epoch(s), {result['seconds_per_step']:.2f} s/step\n"
+                f"  test ({result['test_examples']} sentences): entity F1 {micro['f1']:.4f} "
+                f"(P {micro['precision']:.4f}, R {micro['recall']:.4f}; strict F1 "
+                f"{strict['f1']:.4f}), token accuracy {test['token_accuracy']:.4f}")
     extra = f", micro-F1 {test['micro_f1']:.4f}" if "micro_f1" in test else ""
     return (f"done: {run_dir}\n"
             f"  {result['train_examples']} training examples"
@@ -117,8 +125,9 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
     plt.close(fig)
 
 
-def plot(run_dir: str, history: list, log: Callable[[str], None]) -> None:
-    """plot.png: training loss per step and validation accuracy per epoch (needs matplotlib)."""
+def plot(run_dir: str, history: list, log: Callable[[str], None], key: str = "accuracy") -> None:
+    """plot.png: training loss per step and validation ``key`` (accuracy; entity_f1 for a
+    tagger) per epoch (needs matplotlib)."""
     try:
         import matplotlib
 
@@ -134,8 +143,8 @@ def plot(run_dir: str, history: list, log: Callable[[str], None]) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (clean)")
     acc = ax.twinx()
-    acc.plot(ends, [h["validation"]["accuracy"] for h in history], "s-", color="tab:orange")
-    acc.set_ylabel("validation accuracy (end of epoch)")
+    acc.plot(ends, [h["validation"][key] for h in history], "s-", color="tab:orange")
+    acc.set_ylabel(f"validation {key.replace('_', ' ')} (end of epoch)")
     acc.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "plot.png"), dpi=100)

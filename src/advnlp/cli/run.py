@@ -34,11 +34,23 @@ from .models import build, check_tokenizer
 from .report import plot
 from .robustness import discrete_attack
 from .rundir import CHECKPOINT, CHECKPOINTS
+from .tasks import classify
 from .tasks.classify import batches, loss_fn, metrics, predict
 
 # What stops a run after its current step with a checkpoint: Ctrl-C, and what schedulers,
 # `timeout` and container runtimes send.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def new_run(cfg: TrainConfig, progress: bool = False, log: Callable[[str], None] = lambda s: None,
+            dist_info: Optional[DistInfo] = None) -> "Run":
+    """The Run of ``cfg``'s task: :class:`Run` (classification) or a token-classification
+    :class:`~advnlp.cli.tag_run.TagRun`."""
+    if cfg.task == "token-classification":
+        from .tag_run import TagRun
+
+        return TagRun(cfg, progress, log, dist_info)
+    return Run(cfg, progress, log, dist_info)
 
 
 class Run:
@@ -56,29 +68,11 @@ class Run:
         self.is_main = self.rank == 0
         self.run_dir = cfg.output_dir
         self.device = dist_info.device if dist_info else device_of(cfg.device)
-        self.splits: Splits = load_splits(cfg.data, cfg.seed)
-        multi = cfg.data.multi_label
-        self.labels = Labels.from_examples(self.splits.train, multi)
-        self.targets = {
-            name: self.labels.encode([lab for _, lab in getattr(self.splits, name)], f"{name} data")
-            for name in ("train", "validation", "test")
-        }
         # --augment-with-attack: successful adversarial texts with their original labels,
         # trained on from the epoch after they were found (kept in the checkpoint).
         self.extra: List[Example] = []
-        seed_everything(cfg.seed)  # before the random initialisation of the model (head)
-        self.clf = build(cfg.model, len(self.labels.names),
-                         [t for t, _ in self.splits.train], cfg.max_length)
-        cfg.max_length = self.clf.max_length  # the default resolved: config.json records it
-        check_tokenizer(self.clf, [t for t, _ in self.splits.train], log)
-        if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
-            config = self.clf.model.config
-            config.id2label = dict(enumerate(self.labels.names))
-            config.label2id = {n: i for i, n in config.id2label.items()}
-            config.problem_type = ("multi_label_classification" if multi
-                                   else "single_label_classification")
+        self._setup_task(cfg, log)
         self.clf.model.to(self.device)
-        self.criterion = loss_fn(multi)
         # What the training step calls: the model itself, or its DDP wrapper (the adversary
         # is built on the wrapper so that every pass but the last skips the all-reduce).
         self.train_clf = self.clf
@@ -120,6 +114,39 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.backward_fn = (None if self.scaler is None else
                             lambda loss: self.scaler.scale(loss).backward())
+
+    # -- the task: what a subclass for another task replaces -------------------------------
+    headline = "accuracy"  # the validation metric each epoch's log line shows
+
+    def _setup_task(self, cfg: TrainConfig, log) -> None:
+        """Data, labels, targets, the model (``clf``, not yet on the device) and the loss."""
+        self.splits: Splits = load_splits(cfg.data, cfg.seed)
+        multi = cfg.data.multi_label
+        self.labels = Labels.from_examples(self.splits.train, multi)
+        self.targets = {
+            name: self.labels.encode([lab for _, lab in getattr(self.splits, name)], f"{name} data")
+            for name in ("train", "validation", "test")
+        }
+        seed_everything(cfg.seed)  # before the random initialisation of the model (head)
+        self.clf = build(cfg.model, len(self.labels.names),
+                         [t for t, _ in self.splits.train], cfg.max_length)
+        cfg.max_length = self.clf.max_length  # the default resolved: config.json records it
+        check_tokenizer(self.clf, [t for t, _ in self.splits.train], log)
+        if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
+            config = self.clf.model.config
+            config.id2label = dict(enumerate(self.labels.names))
+            config.label2id = {n: i for i, n in config.id2label.items()}
+            config.problem_type = ("multi_label_classification" if multi
+                                   else "single_label_classification")
+        self.criterion = loss_fn(multi)
+
+    def task_step(self, idx: List[int], batch: Optional[dict]) -> torch.Tensor:
+        """One step's gradients on the training examples ``idx`` (``batch``: their encoding,
+        None under --online-attack); the loss."""
+        y = self.targets["train"][idx].to(self.device)
+        extra = {"texts": self.texts(idx)} if batch is None else {}
+        return classify.train_step(self.train_clf, self.adv, self.criterion, batch, y,
+                                   self.autocast, self.backward_fn, **extra)
 
     def reseed_rank(self, resumed: bool = False) -> None:
         """Own dropout noise for this rank (after a DDP broadcast, or on resume: the
@@ -312,7 +339,8 @@ class Run:
         self.history.append(entry)
         if self.is_main:
             self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
-                     f"validation accuracy {entry['validation']['accuracy']:.4f}")
+                     f"validation {self.headline.replace('_', ' ')} "
+                     f"{entry['validation'][self.headline]:.4f}")
         return entry
 
     def next_epoch(self) -> None:
@@ -386,6 +414,6 @@ class Run:
         if os.path.exists(checkpoint):
             os.remove(checkpoint)
         shutil.rmtree(os.path.join(self.run_dir, CHECKPOINTS), ignore_errors=True)
-        plot(self.run_dir, self.history, self.log)
+        plot(self.run_dir, self.history, self.log, self.headline)
         self.barrier()
         return result

@@ -203,6 +203,10 @@ def read_config(run_dir: str) -> TrainConfig:
 def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, Classifier]:
     """The configuration, labels and trained classifier of a finished run."""
     cfg = read_config(run_dir)
+    if cfg.task != "classification":
+        raise InputError(f"{run_dir} is a {cfg.task} run: eval and attack read classifiers "
+                         "only so far; its test scores are in metrics.json and its test "
+                         "predictions in predictions-test.jsonl")
     try:
         with open(os.path.join(run_dir, "labels.json"), encoding="utf-8") as f:
             labels = Labels.from_json(json.load(f))

@@ -25,7 +25,6 @@ from ..errors import InputError, Interrupted
 from ..progress import progress_bar
 from ..run import Run
 from ..rundir import CHECKPOINT
-from ..tasks import classify
 
 
 def fit(run: Run) -> None:
@@ -74,11 +73,8 @@ def _run_epoch(run: Run) -> None:
 def train_step(run: Run, idx, batch) -> torch.Tensor:
     """One optimizer step on the training examples ``idx`` (``batch``: their encoding;
     None under --online-attack, whose DiscreteAT encodes the texts itself)."""
-    y = run.targets["train"][idx].to(run.device)
     run.online_step()
-    extra = {"texts": run.texts(idx)} if batch is None else {}
-    loss = classify.train_step(run.train_clf, run.adv, run.criterion, batch, y,
-                               run.autocast, run.backward_fn, **extra)
+    loss = run.task_step(idx, batch)
     _optimizer_step(run)
     return loss
 

@@ -17,10 +17,15 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
+import json
+import os
+from collections import Counter
+
 import torch
 from torch import nn
 
 from ..errors import InputError
+from ..files import write_json
 
 IGNORE = -100
 
@@ -68,9 +73,9 @@ def words_from_subtokens(word_ids: Sequence[Optional[int]], token_preds: Sequenc
 
 
 def _require_seqeval():
-    try:
-        import seqeval.metrics  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("seqeval") is None:
         raise InputError("token classification's metrics need seqeval: pip install "
                          "'advnlp[tag]'") from None
 
@@ -86,13 +91,16 @@ def tag_metrics(gold: List[List[str]], pred: List[List[str]], scheme: str = "BIO
     strict = {"mode": "strict", "scheme": IOBES if scheme == "BIOES" else IOB2}
     out: Dict = {}
     for mode, kw in (("default", {}), ("strict", strict)):
-        out[mode] = {avg: {"precision": precision_score(gold, pred, average=avg, zero_division=0, **kw),
-                           "recall": recall_score(gold, pred, average=avg, zero_division=0, **kw),
-                           "f1": f1_score(gold, pred, average=avg, zero_division=0, **kw)}
+        # float(): seqeval gives numpy scalars, which neither checkpoints (weights_only
+        # loading) nor a reader of metrics.json should have to know about
+        out[mode] = {avg: {"precision": float(precision_score(gold, pred, average=avg,
+                                                              zero_division=0, **kw)),
+                           "recall": float(recall_score(gold, pred, average=avg, zero_division=0, **kw)),
+                           "f1": float(f1_score(gold, pred, average=avg, zero_division=0, **kw))}
                      for avg in ("micro", "macro")}
     report = classification_report(gold, pred, output_dict=True, zero_division=0)
-    out["per_type"] = {k: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
-                           "support": int(v["support"])}
+    out["per_type"] = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                           "f1": float(v["f1-score"]), "support": int(v["support"])}
                        for k, v in report.items() if not k.endswith(" avg")}
     tokens = sum(len(g) for g in gold)
     out["token_accuracy"] = (sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
@@ -165,3 +173,146 @@ class BiLSTMTagger(nn.Module):
             best = logits.argmax(-1).tolist()
             return [row[:n] for row, n in zip(best, lengths)]
         return self.crf.decode(logits.float(), mask=attention_mask.bool())
+
+
+# --------------------------------------------------------------------------
+# The command line's tagger: a model, its tokenizer, its tag names
+# --------------------------------------------------------------------------
+PAD, UNK = "[PAD]", "[UNK]"
+MAX_VOCAB = 50_000
+WEIGHTS = "model.safetensors"
+SCRATCH_TAGGERS = ("bilstm",)
+
+
+class Tagger:
+    """What a token-classification run trains: ``encode`` sentences (lists of words) into
+    a batch and each row's word ids, ``labels`` aligned to it, ``predict`` word-level tags,
+    ``save`` without pickle. A Hugging Face token-classification model, or ``bilstm``
+    (:class:`BiLSTMTagger` on a vocabulary of the training words, case kept)."""
+
+    def __init__(self, kind: str, model: nn.Module, tokenizer, names: List[str], max_length: int,
+                 all_subtokens: bool = False, meta: Optional[dict] = None):
+        self.kind, self.model, self.tokenizer, self.names = kind, model, tokenizer, names
+        self.max_length, self.all_subtokens, self.meta = max_length, all_subtokens, meta or {}
+        self.continuation = continuation_map(names)
+        self.outside = names.index("O") if "O" in names else 0
+
+    @property
+    def is_hf(self) -> bool:
+        return self.kind not in SCRATCH_TAGGERS
+
+    def encode(self, sentences: Sequence[Sequence[str]]):
+        """``(batch, word_ids)``: the model's inputs, and per row the word of every position
+        (None for special tokens and padding)."""
+        if self.is_hf:
+            enc = self.tokenizer([list(s) for s in sentences], is_split_into_words=True,
+                                 truncation=True, max_length=self.max_length, padding=True,
+                                 return_tensors="pt")
+            return dict(enc), [enc.word_ids(i) for i in range(len(sentences))]
+        index = self.tokenizer
+        rows = [[index.get(w, 1) for w in s[: self.max_length]] or [1] for s in sentences]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        word_ids = [list(range(min(len(s), self.max_length))) + [None] * (width - min(len(s), self.max_length))
+                    for s in sentences]
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}, word_ids
+
+    def labels(self, word_ids, tag_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        return torch.tensor([align(w, t, self.all_subtokens, self.continuation)
+                             for w, t in zip(word_ids, tag_ids)])
+
+    def __call__(self, batch: dict, labels: Optional[torch.Tensor] = None):
+        """The model's output (``.logits``, and ``.loss`` with labels)."""
+        return self.model(**batch, labels=labels)
+
+    def truncated(self, sentences: Sequence[Sequence[str]]) -> int:
+        """How many of ``sentences`` lose words to the token budget."""
+        _, word_ids = self.encode(sentences)
+        return sum(1 for s, w in zip(sentences, word_ids)
+                   if len({i for i in w if i is not None}) < len(s))
+
+    @torch.no_grad()
+    def predict(self, sentences: Sequence[Sequence[str]], batch_size: int, device) -> List[List[str]]:
+        """Word-level tag names (a truncated word is O)."""
+        self.model.eval()
+        out: List[List[str]] = []
+        for start in range(0, len(sentences), batch_size):
+            chunk = sentences[start:start + batch_size]
+            batch, word_ids = self.encode(chunk)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if self.is_hf:
+                tokens = self.model(**batch).logits.argmax(-1).tolist()
+            else:
+                tokens = self.model.decode(batch["input_ids"], batch["attention_mask"])
+            for s, w, t in zip(chunk, word_ids, tokens):
+                ids = words_from_subtokens(w, t, len(s), self.outside)
+                out.append([self.names[i] for i in ids])
+        return out
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        if self.is_hf:
+            self.model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+            return
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, os.path.join(directory, WEIGHTS))
+        write_json(os.path.join(directory, "vocab.json"),
+                   sorted(self.tokenizer, key=self.tokenizer.get))
+        write_json(os.path.join(directory, "model_config.json"), self.meta)
+
+
+def build_tagger(name: str, names: List[str], train_sentences: Sequence[Sequence[str]],
+                 max_length: Optional[int], crf: bool = False, all_subtokens: bool = False) -> Tagger:
+    """A fresh tagger (call ``torch.manual_seed`` first)."""
+    if name in SCRATCH_TAGGERS:
+        counts = Counter(w for s in train_sentences for w in s)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_VOCAB]
+        vocab = {t: i for i, t in enumerate([PAD, UNK] + [w for w, _ in ranked])}
+        meta = {"kind": name, "vocab_size": len(vocab), "num_labels": len(names), "crf": crf}
+        model = BiLSTMTagger(len(vocab), len(names), crf=crf)
+        return Tagger(name, model, vocab, names, max_length or 128, all_subtokens, meta)
+    if crf:
+        raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
+    if not os.path.isfile(os.path.join(name, "config.json")):
+        raise InputError(f"--model {name!r}: not bilstm and not a model directory (no config.json)")
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(f"--model {name}: token classification needs a fast tokenizer (its word "
+                         "ids align the tags); save one with tokenizer.save_pretrained")
+    model = AutoModelForTokenClassification.from_pretrained(
+        name, num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    max_length = max_length or min(128, limit or 128)
+    if limit is not None and max_length > limit:
+        raise InputError(f"--max-length {max_length} is more than the {limit} tokens --model "
+                         f"{name} can read")
+    return Tagger("hf", model, tokenizer, names, max_length, all_subtokens, {"kind": "hf", "source": name})
+
+
+def load_tagger(directory: str, names: List[str], max_length: int, all_subtokens: bool) -> Tagger:
+    """A saved tagger (safetensors and JSON only)."""
+    if os.path.isfile(os.path.join(directory, "model_config.json")):
+        from safetensors.torch import load_file
+
+        with open(os.path.join(directory, "model_config.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        with open(os.path.join(directory, "vocab.json"), encoding="utf-8") as f:
+            vocab = {t: i for i, t in enumerate(json.load(f))}
+        model = BiLSTMTagger(meta["vocab_size"], meta["num_labels"], crf=meta["crf"])
+        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS)))
+        return Tagger(meta["kind"], model, vocab, names, max_length, all_subtokens, meta)
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    model = AutoModelForTokenClassification.from_pretrained(directory)
+    return Tagger("hf", model, AutoTokenizer.from_pretrained(directory), names, max_length,
+                  all_subtokens, {"kind": "hf", "source": directory})

@@ -12,7 +12,8 @@ else CoNLL columns):
   optional fourth element the mention (checked against ``text[start:end]``). Every
   character that is not whitespace becomes a token; the spans become BIO tags.
 
-Tags are ``O`` or ``B-``/``I-`` (BIO) and ``E-``/``S-`` too (BIOES) followed by a type.
+Tags are ``O`` or ``B-``/``I-`` (BIO) and ``E-``/``S-`` too (BIOES) followed by a type;
+``M-`` (BMES, as in the MSRA corpus) is read as ``I-``, so BMES is BIOES.
 What is refused, with the file and line: a tag of another form, tokens and tags of
 different lengths, a span outside the text, a span whose mention differs from the text,
 overlapping spans, a line that is not JSON. What is counted and kept: an ``I-`` that
@@ -41,6 +42,7 @@ class Tagged:
     lines: List[int] = field(default_factory=list)  # the line each sentence starts on
     skipped_empty: int = 0
     invalid_continuations: int = 0  # I-X not after B-X / I-X (BIOES: nor after nothing)
+    bmes: bool = False  # the file used M- (BMES), read as I- (BIOES)
 
     @property
     def tags(self) -> List[str]:
@@ -65,6 +67,9 @@ def read_tagged(path: str) -> Tagged:
         if not tokens:
             out.skipped_empty += 1
             continue
+        if any(t.startswith("M-") for t in tags):  # BMES: M (middle) is BIOES's I
+            out.bmes = True
+            tags = ["I-" + t[2:] if t.startswith("M-") else t for t in tags]
         for tag in tags:
             _check_tag(tag, path, line_no)
         out.invalid_continuations += count_invalid_continuations(tags)
@@ -81,8 +86,8 @@ def _check_tag(tag: str, path: str, line_no: int) -> None:
         return
     prefix, sep, kind = tag.partition("-")
     if not sep or prefix not in PREFIXES or not kind:
-        raise InputError(f"{path}:{line_no}: tag {tag!r} is neither O nor B-/I-/E-/S- and an "
-                         "entity type (BIO or BIOES, e.g. B-PER, I-PER)")
+        raise InputError(f"{path}:{line_no}: tag {tag!r} is neither O nor B-/I-/E-/S-/M- and an "
+                         "entity type (BIO, BIOES or BMES, e.g. B-PER, I-PER)")
 
 
 def count_invalid_continuations(tags: Sequence[str]) -> int:

@@ -1,0 +1,159 @@
+"""A token-classification run (``--task token-classification``): a :class:`Run` whose data
+are tagged sentences, whose model is a :class:`~advnlp.cli.tasks.tag.Tagger`, and whose
+metrics are seqeval's entity scores.
+
+Everything else is the classification run's: the loop, the schedule, checkpoints and
+--resume, Ctrl-C, fp16/bf16, every method through ``adv.backward(closure)``. The closure
+returns the model's own output (``.loss`` over the labelled sub-tokens, ``.logits`` per
+token), so SMART and VAT compare per-token outputs; advnlp masks padding and special tokens
+through the attention mask (the perturbation covers real tokens only).
+
+Splits: ``--validation`` / ``--test`` files, or else 10% of the training sentences each,
+split off with the run's seed. The tag set is the training file's; a validation or test
+file with another tag is refused (file and line). Predictions of the test split are written
+to ``predictions-test.jsonl`` (tokens, gold tags, predicted tags) beside ``metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from types import SimpleNamespace
+from typing import Dict, List, Optional
+
+import torch
+
+from .errors import InputError
+from .files import write_json
+from .run import Run
+from .distributed import seed_everything
+from .tasks import tag as TG
+from .tasks.tag_data import Tagged, check_known_tags, read_tagged
+
+
+class TagLabels:
+    """The tag names (labels.json of a tagger)."""
+
+    def __init__(self, names: List[str], scheme: str):
+        self.names, self.scheme = names, scheme
+
+    def to_json(self) -> dict:
+        return {"task": "token-classification", "names": self.names, "scheme": self.scheme}
+
+
+def _split_off(sentences: list, share: float, seed: int, what: str):
+    k = max(1, round(len(sentences) * share))
+    if len(sentences) - k < 1:
+        raise InputError(f"{len(sentences)} training sentence(s): too few to split off a {what} "
+                         f"split; give --{what} FILE")
+    order = list(range(len(sentences)))
+    random.Random(seed).shuffle(order)
+    held = sorted(order[:k])
+    kept = sorted(order[k:])
+    return [sentences[i] for i in kept], [sentences[i] for i in held]
+
+
+def tag_splits(spec, seed: int, log) -> tuple:
+    """(train, validation, test) sentence lists and the training file's :class:`Tagged`."""
+    train = read_tagged(spec.train)
+    notes = []
+    if train.invalid_continuations:
+        notes.append(f"{train.invalid_continuations} I- tag(s) that continue no entity of their "
+                     "type (e.g. O I-PER): kept; seqeval's default mode reads them as a "
+                     "beginning, its strict mode drops them")
+    if train.bmes:
+        notes.append("BMES tags: M- read as I- (BIOES)")
+    if train.skipped_empty:
+        notes.append(f"{train.skipped_empty} empty sentence(s) skipped")
+    for n in notes:
+        log(f"note: {spec.train}: {n}")
+    sentences = list(train.sentences)
+    splits = {}
+    for name, path in (("test", spec.test), ("validation", spec.validation)):
+        if path is not None:
+            other = read_tagged(path)
+            check_known_tags(train, other, name)
+            splits[name] = list(other.sentences)
+        else:
+            sentences, splits[name] = _split_off(sentences, 0.1, seed + (name == "test"), name)
+    if spec.max_train_samples is not None and spec.max_train_samples < len(sentences):
+        order = list(range(len(sentences)))
+        random.Random(seed).shuffle(order)
+        sentences = [sentences[i] for i in sorted(order[: spec.max_train_samples])]
+    return sentences, splits["validation"], splits["test"], train
+
+
+class TagRun(Run):
+    headline = "entity_f1"
+
+    def _setup_task(self, cfg, log) -> None:
+        if self.dist is not None:
+            raise InputError("--task token-classification does not run under torchrun yet; "
+                             "train in one process")
+        train, validation, test, tagged = tag_splits(cfg.data, cfg.seed, log)
+        tags = tagged.tags
+        names = ["O"] + [t for t in tags if t != "O"]
+        self.labels = TagLabels(names, tagged.scheme())
+        self.splits = SimpleNamespace(train=train, validation=validation, test=test)
+        index = {n: i for i, n in enumerate(names)}
+        self.targets = {split: [[index[t] for t in tags] for _, tags in getattr(self.splits, split)]
+                        for split in ("train", "validation", "test")}
+        seed_everything(cfg.seed)  # before the random initialisation of the model (head)
+        self.clf = TG.build_tagger(cfg.model, names, [s for s, _ in train], cfg.max_length,
+                                   crf=cfg.crf, all_subtokens=cfg.label_all_subtokens)
+        cfg.max_length = self.clf.max_length
+        cut = self.clf.truncated([s for s, _ in train])
+        if cut:
+            log(f"warning: {cut} of {len(train)} training sentences are longer than --max-length "
+                f"{cfg.max_length} tokens: their last words are not trained on (and are "
+                "predicted O when scored); raise --max-length")
+        self.criterion = None
+        self._predictions: Dict[str, List[List[str]]] = {}
+
+    def set_extra(self, extra) -> None:  # no --augment-with-attack for taggers
+        if extra:
+            raise InputError("a tagger's checkpoint holds augmented examples, which taggers "
+                             "never have: not a checkpoint of this run")
+        self.extra = []
+
+    def batch(self, idx: List[int]) -> dict:
+        train = self.train_set
+        enc, word_ids = self.clf.encode([train[i][0] for i in idx])
+        enc["labels"] = self.clf.labels(word_ids, [self.targets["train"][i] for i in idx])
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def task_step(self, idx: List[int], batch: Optional[dict]) -> torch.Tensor:
+        model, adv = self.train_clf.model, self.adv
+
+        def output():
+            with self.autocast():
+                return model(**batch)
+
+        if adv is None:
+            loss = output().loss.float()
+            (self.backward_fn or torch.Tensor.backward)(loss)
+            return loss.detach()
+        if adv.needs_logits:  # SMART, VAT: the output's .loss and its per-token .logits
+            return adv.backward(output, self.backward_fn)
+        return adv.backward(lambda: output().loss.float(), self.backward_fn)
+
+    def evaluate(self, split: str) -> dict:
+        sentences = getattr(self.splits, split)
+        pred = self.clf.predict([s for s, _ in sentences], self.cfg.batch_size * 2, self.device)
+        self._predictions[split] = pred
+        return TG.tag_metrics([t for _, t in sentences], pred, self.labels.scheme)
+
+    def finish(self) -> Optional[dict]:
+        result = super().finish()
+        if result is not None:
+            path = os.path.join(self.run_dir, "predictions-test.jsonl")
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                for (tokens, gold), pred in zip(self.splits.test, self._predictions["test"]):
+                    f.write(json.dumps({"tokens": tokens, "tags": gold, "predicted": pred},
+                                       ensure_ascii=False) + "\n")
+            os.replace(path + ".tmp", path)
+            write_json(os.path.join(self.run_dir, "metrics.json"), {**result, "task": "token-classification"})
+        return result
+
+
+__all__ = ["TagRun", "TagLabels", "tag_splits", "Tagged"]

@@ -1,0 +1,214 @@
+"""advnlp train --task token-classification: CoNLL / JSONL in, seqeval metrics out, every
+method, resume, and the clear errors."""
+import json
+import os
+import random
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from advnlp.cli.tag_run import TagRun
+from cli_helpers import read_json, run, save_wordpiece
+
+LOWER = "the a of runs met said in today with and visits likes from".split()
+CAPS = "Alice Bob Paris London Google Acme Berlin Carol".split()
+
+
+def _sentences(n, seed):
+    """Capitalised words are entities (one or two words, B-ENT I-ENT), never adjacent to
+    another entity: a trivially learnable tagging."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(3, 7)):
+            tokens.append(rng.choice(LOWER))
+            tags.append("O")
+            if rng.random() < 0.4:
+                tokens.append(rng.choice(CAPS))
+                tags.append("B-ENT")
+                if rng.random() < 0.3:
+                    tokens.append(rng.choice(CAPS))
+                    tags.append("I-ENT")
+        out.append((tokens, tags))
+    return out
+
+
+def _conll(path, sentences):
+    path.write_text("-DOCSTART- O\n\n" + "".join(
+        "\n".join(f"{w} {t}" for w, t in zip(*s)) + "\n\n" for s in sentences), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def ner(tmp_path):
+    return {"train": _conll(tmp_path / "train.conll", _sentences(160, 0)),
+            "validation": _conll(tmp_path / "dev.conll", _sentences(30, 1)),
+            "test": _conll(tmp_path / "test.conll", _sentences(30, 2))}
+
+
+def _files(ner):
+    return ["--train", ner["train"], "--validation", ner["validation"], "--test", ner["test"]]
+
+
+BILSTM = ["--task", "token-classification", "--model", "bilstm", "--batch-size", "16", "--quiet"]
+
+
+@pytest.mark.parametrize("crf", [False, True], ids=["softmax", "crf"])
+def test_a_bilstm_tagger_learns_capitalised_entities(ner, tmp_path, crf):
+    out = tmp_path / "run"
+    assert run("train", *BILSTM, *_files(ner), *(["--crf"] if crf else []), "--method", "fgm",
+               "--epochs", "8", "--lr", "1e-2", "--output-dir", out) == 0
+    m = read_json(out, "metrics.json")
+    assert m["task"] == "token-classification"
+    assert m["final"]["test"]["entity_f1"] > 0.9
+    assert set(m["final"]["test"]["per_type"]) == {"ENT"}
+    assert read_json(out, "labels.json")["names"] == ["O", "B-ENT", "I-ENT"]
+
+
+def test_metrics_json_equals_seqeval_on_the_written_predictions(ner, tmp_path):
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    out = tmp_path / "run"
+    assert run("train", *BILSTM, *_files(ner), "--method", "none", "--epochs", "2",
+               "--output-dir", out) == 0
+    rows = [json.loads(line) for line in open(out / "predictions-test.jsonl", encoding="utf-8")]
+    assert len(rows) == 30
+    gold, pred = [r["tags"] for r in rows], [r["predicted"] for r in rows]
+    test = read_json(out, "metrics.json")["final"]["test"]
+    assert test["default"]["micro"]["f1"] == pytest.approx(f1_score(gold, pred))
+    assert test["default"]["micro"]["precision"] == pytest.approx(precision_score(gold, pred))
+    assert test["strict"]["micro"]["recall"] == pytest.approx(
+        recall_score(gold, pred, mode="strict", scheme=IOB2))
+    tokens = sum(len(g) for g in gold)
+    assert test["token_accuracy"] == pytest.approx(
+        sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p)) / tokens)
+    assert [r["tokens"] for r in rows][0] == [line.split()[0] for line in open(ner["test"])
+                                              .read().split("\n\n")[1].splitlines()]
+
+
+@pytest.fixture
+def tiny_tagger(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    d = tmp_path / "bert"
+    d.mkdir()
+    # London and Berlin are two word pieces each (lon ##don, ber ##lin)
+    words = sorted(w.lower() for w in set(LOWER + CAPS) if w not in ("London", "Berlin"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + ["lon", "##don", "ber", "##lin"]
+    save_wordpiece(d, vocab)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(str(d))
+    return str(d)
+
+
+@pytest.mark.parametrize("method", ["fgm", "pgd", "smart", "vat", "awp", "freeat"])
+def test_every_method_trains_a_hugging_face_tagger(ner, tmp_path, tiny_tagger, method):
+    out = tmp_path / "run"
+    assert run("train", "--task", "token-classification", "--model", tiny_tagger, *_files(ner),
+               "--method", method, "--epochs", "1", "--batch-size", "16", "--quiet",
+               "--output-dir", out) == 0
+    m = read_json(out, "metrics.json")
+    assert all(torch.isfinite(torch.tensor(x)) for x in m["epochs"][0]["step_losses"])
+    assert 0 <= m["final"]["test"]["entity_f1"] <= 1
+    from transformers import AutoModelForTokenClassification
+
+    saved = AutoModelForTokenClassification.from_pretrained(str(out / "model"))
+    assert saved.config.id2label == {0: "O", 1: "B-ENT", 2: "I-ENT"}
+
+
+def test_all_subtokens_labels_the_later_pieces(ner, tmp_path, tiny_tagger, monkeypatch):
+    seen = {}
+    batch = TagRun.batch
+
+    def recording(self, idx):
+        out = batch(self, idx)
+        seen.setdefault("labels", out["labels"])
+        return out
+
+    monkeypatch.setattr(TagRun, "batch", recording)
+    args = ["--task", "token-classification", "--model", tiny_tagger, *_files(ner),
+            "--method", "none", "--epochs", "1", "--batch-size", "16", "--quiet"]
+    assert run("train", *args, "--output-dir", tmp_path / "first") == 0
+    first = seen.pop("labels")
+    assert run("train", *args, "--label-all-subtokens", "--output-dir", tmp_path / "all") == 0
+    every = seen.pop("labels")
+    # the same batch: every first piece labelled alike; the second pieces of London and
+    # Berlin (B-ENT or I-ENT words) are -100 by default and I-ENT (id 2) with the option
+    both = first != -100
+    assert torch.equal(first[both], every[both])
+    later = (first == -100) & (every != -100)
+    assert later.sum() > 0 and bool((every[later] == 2).all())
+    assert bool(((every == -100) == (first == -100) & ~later).all())
+
+
+def test_resume_of_a_tagger_is_bit_exact(ner, tmp_path, monkeypatch):
+    args = [*BILSTM, "--crf", *_files(ner), "--method", "pgd", "--epochs", "2"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run("train", *args, "--output-dir", straight) == 0
+    step, calls = TagRun.task_step, {"n": 0}
+
+    def step_then_sigint(self, *a, **k):
+        loss = step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 13:  # 10 steps per epoch: inside epoch 2
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    with monkeypatch.context() as m:
+        m.setattr(TagRun, "task_step", step_then_sigint)
+        assert run("train", *args, "--output-dir", stopped) == 130
+    assert run("train", "--resume", stopped, "--quiet") == 0
+    a = load_file(os.path.join(straight, "model", "model.safetensors"))
+    b = load_file(os.path.join(stopped, "model", "model.safetensors"))
+    assert all(a[k].equal(b[k]) for k in a)
+    assert read_json(straight, "metrics.json")["final"] == read_json(stopped, "metrics.json")["final"]
+
+
+def test_split_off_validation_and_test_and_warn_about_invalid_continuations(tmp_path, capsys):
+    sentences = _sentences(60, 3) + [(["x", "Bob"], ["O", "I-ENT"])]
+    train = _conll(tmp_path / "train.conll", sentences)
+    out = tmp_path / "run"
+    assert run("train", "--task", "token-classification", "--model", "bilstm", "--train", train,
+               "--method", "none", "--epochs", "1", "--output-dir", out) == 0
+    err = capsys.readouterr().err
+    assert "1 I- tag(s) that continue no entity" in err
+    m = read_json(out, "metrics.json")
+    assert m["validation_examples"] == m["test_examples"] == 6 and m["train_examples"] == 49
+
+
+@pytest.mark.parametrize("extra, content, message", [
+    ([], "EU B-ORG\nsays\n", "train.conll:2: one column"),
+    ([], "EU ORG\n", "tag 'ORG' is neither O nor"),
+    (["--model", "textcnn"], None, "--model textcnn classifies texts"),
+    (["--engine", "trainer"], None, "does not take --engine trainer"),
+    (["--online-attack", "char"], None, "does not take --online-attack"),
+])
+def test_bad_tagging_input_exits_2(ner, tmp_path, capsys, extra, content, message):
+    train = ner["train"]
+    if content is not None:
+        (tmp_path / "bad").mkdir()
+        train = str(tmp_path / "bad" / "train.conll")
+        open(train, "w").write(content)
+    args = ["--task", "token-classification", "--model", "bilstm", "--train", train, *extra]
+    assert run("train", *args, "--quiet", "--output-dir", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_crf_needs_the_tagging_task_and_compare_eval_say_not_yet(ner, tmp_path, capsys):
+    assert run("train", "--model", "bilstm", "--crf", "--train", ner["train"], "--quiet",
+               "--output-dir", tmp_path / "a") == 2
+    assert "--crf and --label-all-subtokens are for --task token-classification" in capsys.readouterr().err
+    assert run("compare", *BILSTM, *_files(ner), "--methods", "none,fgm",
+               "--output-dir", tmp_path / "c") == 2
+    assert "compare does not take --task token-classification yet" in capsys.readouterr().err
+    assert run("train", *BILSTM, *_files(ner), "--method", "none", "--epochs", "1",
+               "--output-dir", tmp_path / "r") == 0
+    assert run("eval", tmp_path / "r") == 2
+    assert "eval and attack read classifiers only so far" in capsys.readouterr().err
