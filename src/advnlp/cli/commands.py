@@ -24,7 +24,8 @@ from .engines import engine
 from .errors import InputError, Interrupted
 from .files import write_json
 from .robustness import ATTACKS, discrete_attack, embedding_robustness
-from .run import Run, new_run
+from .run import Run
+from .tag_run import TagRun
 from .report import compare_plot
 from .rundir import (check_output_dir, discard_replaced, has_checkpoint, load_run, read_config,
                      replacing)
@@ -41,6 +42,14 @@ def fit(run: Run) -> Optional[dict]:
     if run.is_main:
         discard_replaced(run.run_dir)
     return result
+
+
+def new_run(cfg: TrainConfig, progress: bool = False, log: Callable[[str], None] = lambda s: None,
+            dist_info: Optional[DistInfo] = None) -> Run:
+    """The Run of ``cfg``'s task: :class:`Run` (classification) or a token-classification
+    :class:`~advnlp.cli.tag_run.TagRun`."""
+    cls = TagRun if cfg.task == "token-classification" else Run
+    return cls(cfg, progress, log, dist_info)
 
 
 def _start(cfg: TrainConfig, progress: bool, log, dist_info: Optional[DistInfo] = None) -> Run:

@@ -42,17 +42,6 @@ from .tasks.classify import batches, loss_fn, metrics, predict
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def new_run(cfg: TrainConfig, progress: bool = False, log: Callable[[str], None] = lambda s: None,
-            dist_info: Optional[DistInfo] = None) -> "Run":
-    """The Run of ``cfg``'s task: :class:`Run` (classification) or a token-classification
-    :class:`~advnlp.cli.tag_run.TagRun`."""
-    if cfg.task == "token-classification":
-        from .tag_run import TagRun
-
-        return TagRun(cfg, progress, log, dist_info)
-    return Run(cfg, progress, log, dist_info)
-
-
 class Run:
     """One run: data, model, adversary, optimizer and schedule, and how far it has got.
 
