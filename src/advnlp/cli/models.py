@@ -162,16 +162,23 @@ class Classifier:
         return out.logits if self.is_hf else out
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        if self.is_hf:
-            self.model.save_pretrained(directory, safe_serialization=True)
-            self.tokenizer.save_pretrained(directory)
+        if save_model(self.model, self.tokenizer, self.is_hf, directory):
             return
-        save_file = _safetensors().save_file
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS))
         write_json(os.path.join(directory, "vocab.json"), self.tokenizer.tokens)
         write_json(os.path.join(directory, "model_config.json"), self.meta)
+
+
+def save_model(model: nn.Module, tokenizer, is_hf: bool, directory: str) -> bool:
+    """A Hugging Face model and tokenizer (``save_pretrained``; True), or a scratch model's
+    weights as ``model.safetensors`` (False: the caller writes its vocabulary and config)."""
+    os.makedirs(directory, exist_ok=True)
+    if is_hf:
+        model.save_pretrained(directory, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+        return True
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _safetensors().save_file(state, os.path.join(directory, WEIGHTS))
+    return False
 
 
 def _safetensors():

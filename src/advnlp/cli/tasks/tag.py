@@ -252,15 +252,10 @@ class Tagger:
         return out
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        if self.is_hf:
-            self.model.save_pretrained(directory, safe_serialization=True)
-            self.tokenizer.save_pretrained(directory)
-            return
-        from safetensors.torch import save_file
+        from ..models import save_model
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS))
+        if save_model(self.model, self.tokenizer, self.is_hf, directory):
+            return
         write_json(os.path.join(directory, "vocab.json"),
                    sorted(self.tokenizer, key=self.tokenizer.get))
         write_json(os.path.join(directory, "model_config.json"), self.meta)
