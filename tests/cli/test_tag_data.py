@@ -242,3 +242,12 @@ def test_bmes_reads_as_bioes(tmp_path):
     data = read_tagged(str(path))
     assert data.sentences[0] == (list("中国队好"), ["B-ORG", "I-ORG", "E-ORG", "O"])
     assert data.bmes and data.scheme() == "BIOES" and data.invalid_continuations == 0
+
+
+def test_jsonl_with_a_bom_and_a_line_separator_inside_a_token(tmp_path):
+    # the classification reader's rules: a BOM is fine, U+2028 inside a JSON string is no line end
+    path = tmp_path / "t.jsonl"
+    row = json.dumps({"tokens": ["a\u2028b", "Bob"], "tags": ["O", "B-PER"]}, ensure_ascii=False)
+    path.write_bytes(b"\xef\xbb\xbf" + row.encode("utf-8") + b"\r\n")
+    data = read_tagged(str(path))
+    assert data.sentences == [(["a\u2028b", "Bob"], ["O", "B-PER"])]

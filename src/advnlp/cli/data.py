@@ -98,6 +98,27 @@ def _read_bytes(path: str) -> bytes:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
 
 
+def json_lines(path: str, text: str):
+    """``(line number, object)`` of every non-blank line of a JSONL text."""
+    # Not splitlines(): JSON strings may hold U+2028 and U+0085 unescaped; a
+    # trailing \r is JSON whitespace.
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{i}: not JSON ({e.msg}); one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{i}: each line must be a JSON object")
+        yield i, row
+
+
+def read_text(path: str) -> str:
+    """A UTF-8 file's text (a BOM is fine); a clear error otherwise."""
+    return _read_text(path)
+
+
 def _read_text(path: str, fallback_latin1: bool = False) -> str:
     raw = _read_bytes(path)
     try:
@@ -143,17 +164,7 @@ def _rows(path: str, needed: Sequence[str]) -> Tuple[List[Tuple[int, dict]], Lis
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".json", ".ndjson"):
         rows, columns = [], {}
-        # Not splitlines(): JSON strings may hold U+2028 and U+0085 unescaped; a
-        # trailing \r is JSON whitespace.
-        for i, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{i}: not a JSON object ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{i}: each line must be a JSON object")
+        for i, row in json_lines(path, text):
             rows.append((i, row))
             columns.update(dict.fromkeys(row))
         if not rows:

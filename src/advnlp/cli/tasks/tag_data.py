@@ -23,11 +23,11 @@ sentences (skipped).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
+from ..data import json_lines, read_text
 from ..errors import InputError
 
 PREFIXES = {"B", "I", "E", "S"}
@@ -57,13 +57,10 @@ def read_tagged(path: str) -> Tagged:
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     out = Tagged(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    reader = _jsonl if path.lower().endswith((".jsonl", ".json")) else _conll
-    for line_no, tokens, tags in reader(path, lines):
+    text = read_text(path)
+    jsonl = path.lower().endswith((".jsonl", ".json"))
+    rows = _jsonl(path, text) if jsonl else _conll(path, text.splitlines())
+    for line_no, tokens, tags in rows:
         if not tokens:
             out.skipped_empty += 1
             continue
@@ -125,16 +122,8 @@ def _conll(path: str, lines: List[str]):
         yield start, tokens, tags
 
 
-def _jsonl(path: str, lines: List[str]):
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{i}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path}:{i}: a JSON object per line, got {type(row).__name__}")
+def _jsonl(path: str, text: str):
+    for i, row in json_lines(path, text):
         if "tokens" in row:
             tokens, tags = row["tokens"], row.get("tags")
             if not isinstance(tokens, list) or not isinstance(tags, list) \
