@@ -110,3 +110,12 @@ def test_unknown_transformation_is_a_value_error():
         word_proposer(["synonym"])
     with pytest.raises(ValueError, match="needs embedding neighbours"):
         word_proposer(["substitute"], None)
+
+
+def test_token_kind_and_editable_token_read_one_tagger_token():
+    from advnlp.attacks import editable_token, token_kind
+
+    assert [token_kind(t) for t in ["Paris", "北", ",", "U.S.", "--"]] == \
+        ["word", "cjk", "punct", "word", "punct"]
+    assert [editable_token(t) for t in ["Paris", "the", "on", "2024", "北", "的", "二", ","]] == \
+        [True, False, False, False, True, False, False, False]

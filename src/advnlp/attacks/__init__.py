@@ -6,6 +6,8 @@ Three attacks, one report format:
   start) on the input-embedding output, with the training methods' own hook
   and norm arithmetic. Needs the ``nn.Module`` and ``model_fn(inputs) -> logits``
   over ``(inputs, labels)`` batches. Returns a dict with robust accuracy per ε.
+  :func:`perturbed_outputs` is the same attack on any loss, returning the model's
+  outputs per ε for tasks that score them otherwise (a tagger's entity F1).
 * :func:`char_attack` - one typo per word (swap / delete / insert / QWERTY
   substitute; CJK characters: delete / duplicate / swap).
 * :func:`random_typos` - a typo'd copy of some texts (the same edits at random,
@@ -29,16 +31,18 @@ plus ``multi_label`` and optional embedding ``neighbours``. Adapters:
     print(res.summary()); res.to_csv("adversarial-char.csv", label_names)
 """
 from ._text import KEYBOARD, STOPWORDS
-from .char import CJK_TRANSFORMATIONS, LATIN_TRANSFORMATIONS, char_attack, random_typos, word_typos
+from .char import (CJK_TRANSFORMATIONS, LATIN_TRANSFORMATIONS, char_attack, editable_token,
+                   random_typos, token_kind, word_typos)
 from .classifier import (EmbeddingNeighbours, TextClassifier, advnlp_classifier, as_classifier,
                          hf_classifier)
-from .embedding import embedding_attack
+from .embedding import embedding_attack, perturbed_outputs
 from .search import AttackRecord, AttackResult, greedy_attack
 from .word import WORD_TRANSFORMATIONS, word_attack
 
 __all__ = [
     "AttackRecord", "AttackResult", "CJK_TRANSFORMATIONS", "EmbeddingNeighbours", "KEYBOARD",
     "LATIN_TRANSFORMATIONS", "STOPWORDS", "TextClassifier", "WORD_TRANSFORMATIONS",
-    "advnlp_classifier", "as_classifier", "char_attack", "embedding_attack", "greedy_attack",
-    "hf_classifier", "random_typos", "word_attack", "word_typos",
+    "advnlp_classifier", "as_classifier", "char_attack", "editable_token", "embedding_attack",
+    "greedy_attack", "token_kind",
+    "hf_classifier", "perturbed_outputs", "random_typos", "word_attack", "word_typos",
 ]

@@ -38,6 +38,22 @@ def word_typos(word: str, transformations: Sequence[str] = LATIN_TRANSFORMATIONS
     return T.unique([v for n in names for v in _TYPOS[n](word)], exclude=word)
 
 
+def token_kind(token: str) -> str:
+    """``"cjk"`` (one CJK character), ``"word"`` or ``"punct"``: the unit kind of a token
+    that is already one word (a tagger's token), as the discrete attacks read text."""
+    seg = T.Segmented(token)
+    if len(seg) == 1:
+        return seg.kinds[0]
+    return T.WORD if any(ch.isalpha() for ch in token) else T.PUNCT
+
+
+def editable_token(token: str, stopwords: FrozenSet[str] = T.STOPWORDS, min_length: int = 3) -> bool:
+    """Whether the char attack may edit ``token`` at all: not punctuation, no digit or
+    numeral, not a stopword, at least ``min_length`` letters (a CJK character: not a
+    function character)."""
+    return T.eligible(token, token_kind(token), stopwords, min_length)
+
+
 def cjk_edits(seg: T.Segmented, values: List[str], i: int, changed: Set[int],
               transformations: Sequence[str] = CJK_TRANSFORMATIONS) -> List[Edit]:
     """Edits of CJK character ``i``: delete it, duplicate it, swap it with the next one."""

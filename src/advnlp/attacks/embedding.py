@@ -128,6 +128,73 @@ def embedding_attack(model: nn.Module, model_fn: Callable[[object], torch.Tensor
             "seconds_per_example": (time.perf_counter() - t0) / n}
 
 
+def perturbed_outputs(model: nn.Module, model_fn: Callable[[object], object],
+                      loss_fn: Callable[[object], torch.Tensor], inputs,
+                      epsilons: Union[float, Sequence[float]], *, norm: str = "l2",
+                      steps: int = 10, alpha: Optional[float] = None, random_start: bool = False,
+                      seed: int = 0, embedding: Union[None, str, nn.Module] = None) -> dict:
+    """The model's outputs under an embedding-space FGSM/PGD attack on any loss.
+
+    :func:`embedding_attack` scores per-example accuracy; tasks scored otherwise (entity F1
+    of a tagger, a language model's loss) take the outputs and score them themselves. Same
+    space, hook, step and projection as :func:`embedding_attack` (one ball per example,
+    padding untouched, eval mode, parameters and buffers untouched); the attack climbs
+    ``loss_fn(model_fn(inputs))``, which should *sum* over examples so that no example's
+    gradient shrinks with the batch.
+
+    Returns ``{0.0: clean output, ε: output at the attack's last point for ε, ...}``, each
+    computed without a graph. Unlike :func:`embedding_attack`, nothing is the worst over the
+    points tried: the score of the last point is the caller's.
+    """
+    eps_list = _check_epsilons(epsilons)
+    V.choice("norm", norm, P.NORMS)
+    steps = V.integer("steps", steps)
+    if alpha is None:
+        alpha = 1.0 if steps == 1 else 2.5 / steps
+    alpha = V.positive("alpha (a multiple of epsilon)", alpha)
+    _, module = P.find_embedding(model, embedding)
+    hook = P.EmbeddingHook(P.embedding_modules(model, module))
+    gen = torch.Generator().manual_seed(seed)
+    was_training = P.unwrap(model).training
+    model.eval()
+    try:
+        with hook.running("record"), torch.no_grad():
+            out = {0.0: model_fn(inputs)}
+        masks, shapes = hook.masks, [d.shape for d in hook.deltas]
+        hook.clear()
+        if not shapes:
+            raise RuntimeError("model_fn never called the input embedding of model")
+        for eps in eps_list:
+            delta = _start(shapes, masks, eps, norm, random_start, gen)
+            for _ in range(steps):
+                leaves = [d.detach().requires_grad_(True) for d in delta]
+                with hook.running("apply", leaves), torch.enable_grad():
+                    loss = loss_fn(model_fn(inputs))
+                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+                delta = _ascend(delta, grads, masks, eps, alpha, norm)
+            with hook.running("apply", delta), torch.no_grad():
+                out[eps] = model_fn(inputs)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return out
+
+
+def _start(shapes, masks, eps, norm, random_start, gen) -> List[torch.Tensor]:
+    if random_start:
+        return [P.project(P.random_like(torch.empty(s), eps, norm, "example", gen)
+                          .to(m.device) * m, eps, norm, "example") for s, m in zip(shapes, masks)]
+    return [torch.zeros(s, device=m.device) for s, m in zip(shapes, masks)]
+
+
+def _ascend(delta, grads, masks, eps, alpha, norm) -> List[torch.Tensor]:
+    """One step of size ``alpha * eps`` along the normalised gradient, back onto the ball."""
+    return [P.project(d.detach() + alpha * eps * P.normalize(
+                (torch.zeros_like(d) if g is None else g) * m, norm, "example"),
+                eps, norm, "example") * m
+            for d, g, m in zip(delta, grads, masks)]
+
+
 def _attack_batch(hook: P.EmbeddingHook, model_fn, inputs, y, eps_list, norm, steps, alpha,
                   random_start, multi_label, gen):
     # A recording pass with no graph: the clean prediction, and the shape and
@@ -143,11 +210,7 @@ def _attack_batch(hook: P.EmbeddingHook, model_fn, inputs, y, eps_list, norm, st
     still = ok.clone()  # robust at every point tried so far, all smaller radii included
     out = {}
     for eps in eps_list:
-        if random_start:
-            delta = [P.project(P.random_like(torch.empty(s), eps, norm, "example", gen)
-                               .to(m.device) * m, eps, norm, "example") for s, m in zip(shapes, masks)]
-        else:
-            delta = [torch.zeros(s, device=m.device) for s, m in zip(shapes, masks)]
+        delta = _start(shapes, masks, eps, norm, random_start, gen)
         for _ in range(steps):
             leaves = [d.detach().requires_grad_(True) for d in delta]
             with hook.running("apply", leaves), torch.enable_grad():
@@ -155,10 +218,7 @@ def _attack_batch(hook: P.EmbeddingHook, model_fn, inputs, y, eps_list, norm, st
                 loss = _loss(logits, y, multi_label)
             still &= _correct(logits.detach(), y, multi_label)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            delta = [P.project(d.detach() + alpha * eps * P.normalize(
-                         (torch.zeros_like(d) if g is None else g) * m, norm, "example"),
-                         eps, norm, "example") * m
-                     for d, g, m in zip(delta, grads, masks)]
+            delta = _ascend(delta, grads, masks, eps, alpha, norm)
         with hook.running("apply", delta), torch.no_grad():
             logits = model_fn(inputs)
         still &= _correct(logits, y, multi_label)
