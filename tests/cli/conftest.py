@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cli_helpers import save_wordpiece, write_csv
+from tagging_data import CAPS, LOWER, conll, sentences
 
 
 @pytest.fixture(autouse=True)
@@ -120,4 +121,27 @@ def bert_without_dropout(tmp_path_factory):
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(str(d))
+    return str(d)
+
+
+@pytest.fixture
+def ner(tmp_path):
+    return {"train": conll(tmp_path / "train.conll", sentences(160, 0)),
+            "validation": conll(tmp_path / "dev.conll", sentences(30, 1)),
+            "test": conll(tmp_path / "test.conll", sentences(30, 2))}
+
+
+@pytest.fixture
+def tiny_tagger(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    d = tmp_path / "bert"
+    d.mkdir()
+    # London and Berlin are two word pieces each (lon ##don, ber ##lin)
+    words = sorted(w.lower() for w in set(LOWER + CAPS) if w not in ("London", "Berlin"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + ["lon", "##don", "ber", "##lin"]
+    save_wordpiece(d, vocab)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(str(d))
     return str(d)

@@ -2,7 +2,6 @@
 method, resume, and the clear errors."""
 import json
 import os
-import random
 import signal
 
 import pytest
@@ -10,44 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from advnlp.cli.tag_run import TagRun
-from cli_helpers import read_json, run, save_wordpiece
-
-LOWER = "the a of runs met said in today with and visits likes from".split()
-CAPS = "Alice Bob Paris London Google Acme Berlin Carol".split()
-
-
-def _sentences(n, seed):
-    """Capitalised words are entities (one or two words, B-ENT I-ENT), never adjacent to
-    another entity: a trivially learnable tagging."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        tokens, tags = [], []
-        for _ in range(rng.randint(3, 7)):
-            tokens.append(rng.choice(LOWER))
-            tags.append("O")
-            if rng.random() < 0.4:
-                tokens.append(rng.choice(CAPS))
-                tags.append("B-ENT")
-                if rng.random() < 0.3:
-                    tokens.append(rng.choice(CAPS))
-                    tags.append("I-ENT")
-        out.append((tokens, tags))
-    return out
-
-
-def _conll(path, sentences):
-    path.write_text("-DOCSTART- O\n\n" + "".join(
-        "\n".join(f"{w} {t}" for w, t in zip(*s)) + "\n\n" for s in sentences), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def ner(tmp_path):
-    return {"train": _conll(tmp_path / "train.conll", _sentences(160, 0)),
-            "validation": _conll(tmp_path / "dev.conll", _sentences(30, 1)),
-            "test": _conll(tmp_path / "test.conll", _sentences(30, 2))}
-
+from cli_helpers import read_json, run
+from tagging_data import conll as _conll, sentences as _sentences
 
 def _files(ner):
     return ["--train", ner["train"], "--validation", ner["validation"], "--test", ner["test"]]
@@ -88,22 +51,6 @@ def test_metrics_json_equals_seqeval_on_the_written_predictions(ner, tmp_path):
         sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p)) / tokens)
     assert [r["tokens"] for r in rows][0] == [line.split()[0] for line in open(ner["test"])
                                               .read().split("\n\n")[1].splitlines()]
-
-
-@pytest.fixture
-def tiny_tagger(tmp_path):
-    from transformers import BertConfig, BertModel
-
-    d = tmp_path / "bert"
-    d.mkdir()
-    # London and Berlin are two word pieces each (lon ##don, ber ##lin)
-    words = sorted(w.lower() for w in set(LOWER + CAPS) if w not in ("London", "Berlin"))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + ["lon", "##don", "ber", "##lin"]
-    save_wordpiece(d, vocab)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=64)).save_pretrained(str(d))
-    return str(d)
 
 
 @pytest.mark.parametrize("method", ["fgm", "pgd", "smart", "vat", "awp", "freeat"])
@@ -201,14 +148,7 @@ def test_bad_tagging_input_exits_2(ner, tmp_path, capsys, extra, content, messag
     assert not (tmp_path / "run" / "model").exists()
 
 
-def test_crf_needs_the_tagging_task_and_compare_eval_say_not_yet(ner, tmp_path, capsys):
+def test_crf_needs_the_tagging_task(ner, tmp_path, capsys):
     assert run("train", "--model", "bilstm", "--crf", "--train", ner["train"], "--quiet",
                "--output-dir", tmp_path / "a") == 2
     assert "--crf and --label-all-subtokens are for --task token-classification" in capsys.readouterr().err
-    assert run("compare", *BILSTM, *_files(ner), "--methods", "none,fgm",
-               "--output-dir", tmp_path / "c") == 2
-    assert "compare does not take --task token-classification yet" in capsys.readouterr().err
-    assert run("train", *BILSTM, *_files(ner), "--method", "none", "--epochs", "1",
-               "--output-dir", tmp_path / "r") == 0
-    assert run("eval", tmp_path / "r") == 2
-    assert "eval and attack read classifiers only so far" in capsys.readouterr().err

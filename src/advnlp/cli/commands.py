@@ -81,9 +81,18 @@ PLAN = "compare-config.json"  # what a compare runs, for compare --resume
 ROW = "compare-row.json"  # one finished run's row, kept in its run directory
 
 
-def robust_key(epsilon: float) -> str:
-    """The row key of the accuracy under the embedding attack at ``epsilon``."""
-    return f"robust_accuracy@{epsilon:g}"
+def is_tagging(plan: dict) -> bool:
+    return plan.get("config", {}).get("task", "classification") == "token-classification"
+
+
+def score_name(plan: dict) -> str:
+    """What a compare's rows score: accuracy, or a tagger's entity F1."""
+    return "entity_f1" if is_tagging(plan) else "accuracy"
+
+
+def robust_key(epsilon: float, score: str = "accuracy") -> str:
+    """The row key of the score (accuracy; entity_f1) under the embedding attack at ``epsilon``."""
+    return f"robust_{score}@{epsilon:g}"
 
 
 def attack_epsilons(plan: dict) -> list:
@@ -91,9 +100,9 @@ def attack_epsilons(plan: dict) -> list:
     return [eps] if isinstance(eps, (int, float)) else list(eps)
 
 
-def attack_key(attack: str) -> str:
-    """The row key of the accuracy under the discrete attack ``attack`` (char / word)."""
-    return f"attacked_accuracy@{attack}"
+def attack_key(attack: str, score: str = "accuracy") -> str:
+    """The row key of the score under the discrete attack ``attack`` (char / word)."""
+    return f"attacked_{score}@{attack}"
 
 
 def success_key(attack: str) -> str:
@@ -108,11 +117,13 @@ def discrete_attacks(plan: dict) -> list:
 
 def metric_keys(plan: dict) -> list:
     """The per-run numbers a compare reports with mean, spread and a paired difference."""
-    keys = ["accuracy", "macro_f1", *map(robust_key, attack_epsilons(plan))]
+    score = score_name(plan)
+    clean = ["entity_f1", "strict_entity_f1"] if is_tagging(plan) else ["accuracy", "macro_f1"]
+    keys = [*clean, *(robust_key(e, score) for e in attack_epsilons(plan))]
     if plan.get("typo_rate"):
         keys.append("typo_accuracy")
     validation = [f"validation_{k}" for k in keys]
-    keys += map(attack_key, discrete_attacks(plan))
+    keys += (attack_key(a, score) for a in discrete_attacks(plan))
     return keys + validation
 
 
@@ -161,19 +172,22 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     :mod:`advnlp.cli.cost` (all methods' steps interleaved on one batch, ``cost_rounds``
     rounds): the figure to read, as wall clock moves with the machine's other load.
     """
-    if cfg.task != "classification":
-        raise InputError(f"compare does not take --task {cfg.task} yet; train each method with "
-                         "advnlp train --task token-classification and read their metrics.json")
+    tagging = cfg.task == "token-classification"
     attacks = discrete_attacks({"attack": attack})
     if attack is not None:
-        bad = [a for a in attacks if a not in AUGMENT_ATTACKS]
+        known = ("char",) if tagging else AUGMENT_ATTACKS
+        bad = [a for a in attacks if a not in known]
         if bad or not attacks:
-            raise InputError(f"--attack takes {' and/or '.join(AUGMENT_ATTACKS)} (comma-separated), "
-                             f"got {attack!r}")
+            raise InputError(f"--attack takes {' and/or '.join(known)} (comma-separated)"
+                             + (" for taggers (the word attack edits whole texts)" if tagging else "")
+                             + f", got {attack!r}")
         if len(set(attacks)) < len(attacks):
             raise InputError(f"--attack lists an attack more than once: {attack!r}")
         for a in attacks:
             check_single_segment(a, cfg.data.text_columns)
+    if tagging and typo_rate is not None:
+        raise InputError("--typo-rate is for classifiers; a tagger's typo robustness is "
+                         "--attack char (typos on non-entity words, entity F1 under attack)")
         if attack_limit < 1:
             raise InputError("--attack-limit must be >= 1")
     epsilons = [attack_epsilon] if isinstance(attack_epsilon, (int, float)) else list(attack_epsilon)
@@ -286,9 +300,13 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
                     shutil.rmtree(folder, ignore_errors=True)
                 trained = _start(run_cfg, progress, log)
             result = fit(trained)
-            row = {"method": m, "seed": seed,
-                   **_scores(trained.cfg, trained.clf, trained.labels, trained.splits,
-                             trained.targets, trained.device, result, plan, log)}
+            if is_tagging(plan):
+                scores = _tag_scores(trained.cfg, trained.clf, trained.labels, trained.splits,
+                                     trained.device, result, plan, log)
+            else:
+                scores = _scores(trained.cfg, trained.clf, trained.labels, trained.splits,
+                                 trained.targets, trained.device, result, plan, log)
+            row = {"method": m, "seed": seed, **scores}
         write_json(row_path, row)
         rows.append(row)
     out = _tabulate(plan, rows, _step_cost(plan, runs, log))
@@ -310,7 +328,7 @@ def _step_cost(plan: dict, runs: dict, log) -> Optional[dict]:
         configs["none"] = dataclasses.replace(
             first, method="none", epsilon=None, alpha=None, steps=None, adv_weight=None,
             relative_epsilon=False, online_attack=None, augment_with_attack=None)
-    fresh = {m: Run(c) for m, c in configs.items()}
+    fresh = {m: new_run(c) for m, c in configs.items()}
     try:
         return cost.measure(fresh, plan["cost_rounds"], log)
     finally:
@@ -371,8 +389,45 @@ def typo_copy(texts: Sequence[tuple], rate: float) -> list:
     return list(zip(*noisy))
 
 
+def _tag_scores(cfg: TrainConfig, tagger, labels, splits, device, result: dict, plan: dict,
+                log) -> dict:
+    """A tagger's row: clean entity scores, entity F1 under the embedding attack at each
+    radius and under the char attack, validation's the same (``validation_*``), the cost."""
+    from . import tag_commands as TC
+
+    def scored(sentences, metrics_):
+        out = TC.flat_scores(metrics_)
+        out.update(TC.split_scores(tagger, sentences, attack_epsilons(plan), plan["attack_steps"],
+                                   plan["attack_samples"], cfg.batch_size, device, labels.scheme,
+                                   cfg.seed))
+        return out
+
+    row = scored(splits.test, result["final"]["test"])
+    validation = scored(splits.validation, result["final"]["validation"])
+    row.update({f"validation_{k}": v for k, v in validation.items()})
+    row.update(seconds_per_step=result["seconds_per_step"], run_dir=cfg.output_dir,
+               test_examples=len(splits.test))
+    for attack in discrete_attacks(plan):  # "char": typos on non-entity words
+        res = TC.char_scores(tagger, splits.test, plan["attack_limit"], cfg.batch_size * 2,
+                             device, labels.scheme, cfg.seed)
+        row[attack_key(attack, "entity_f1")] = res["attacked"]
+        row[f"clean_entity_f1@{attack}"] = res["clean"]  # the same sentences, not attacked
+        log(f"  char attack: entity F1 {res['clean']:.4f} -> {res['attacked']:.4f} on "
+            f"{res['examples']} test sentences")
+    return row
+
+
 def _scores_of_saved(folder: str, plan: dict, log) -> dict:
     """The row of a run that finished training but was stopped before it was scored."""
+    if is_tagging(plan):
+        from .tag_commands import load_for_scoring
+
+        cfg, labels, tagger, splits = load_for_scoring(folder, plan["config"]["device"])
+        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
+            result = json.load(f)
+        log("  trained before: scoring it")
+        return _tag_scores(cfg, tagger, labels, splits, device_of(plan["config"]["device"]),
+                           result, plan, log)
     cfg, labels, clf = load_run(folder, plan["config"]["device"])
     splits = load_splits(cfg.data, cfg.seed)
     targets = {name: labels.encode([lab for _, lab in getattr(splits, name)], f"{name} split")
@@ -424,6 +479,8 @@ def _tabulate(plan: dict, runs: list, step_cost: Optional[dict] = None) -> dict:
     out = {"attack": {"norm": "l2", "epsilons": attack_epsilons(plan), "steps": plan["attack_steps"],
                       "examples": min(plan["attack_samples"], n_test)},
            "metrics": keys, "methods": rows}
+    if is_tagging(plan):  # rows score entity F1 (seqeval, default mode, micro), not accuracy
+        out["task"], out["score"] = "token-classification", "entity_f1"
     if step_cost is not None:
         out["step_cost"] = step_cost
     if plan.get("typo_rate"):
@@ -500,6 +557,11 @@ def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.
     Without ``data``, the run's own test split (its files unchanged unless ``allow_changed_data``)."""
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if read_config(run_dir).task == "token-classification":
+        from .tag_commands import evaluate_tag_run
+
+        return evaluate_tag_run(run_dir, data, epsilons, steps, samples, batch_size, device,
+                                allow_changed_data)
     cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
     texts = [t for t, _ in examples]
     clean = metrics(predict(clf, texts, batch_size, dev), targets, labels.multi_label)
@@ -518,10 +580,24 @@ def attack_run(run_dir: str, attack: str, data: str = None, limit: int = 100, *,
                max_change: float = 0.15, query_budget: int = 500, threshold: float = 0.6,
                seed: int = None, epsilons: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
                norm: str = "l2", steps: int = 10, random_start: bool = False,
-               batch_size: int = 32, device: str = "auto", allow_changed_data: bool = False) -> dict:
-    """Attack a saved run; writes ``attack-<name>.json`` (and ``adversarial-<name>.csv``)."""
+               batch_size: int = 32, device: str = "auto", allow_changed_data: bool = False,
+               edit_entities: bool = False) -> dict:
+    """Attack a saved run; writes ``attack-<name>.json`` (and ``adversarial-<name>.csv``; a
+    tagger's char attack ``adversarial-char.jsonl``). ``edit_entities``: a tagger's char
+    attack edits entity words too (by default only words tagged O)."""
     if attack not in ATTACKS:
         raise InputError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    if read_config(run_dir).task == "token-classification":
+        from .tag_commands import attack_tag_run
+
+        return attack_tag_run(run_dir, attack, data, limit, max_change=max_change,
+                              query_budget=query_budget, seed=seed, epsilons=epsilons, norm=norm,
+                              steps=steps, random_start=random_start, batch_size=batch_size,
+                              device=device, allow_changed_data=allow_changed_data,
+                              edit_entities=edit_entities)
+    if edit_entities:
+        raise InputError("--edit-entities is for token-classification runs (a classifier's "
+                         "char attack edits any word)")
     check_single_segment(attack, read_config(run_dir).data.text_columns)
     cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
     seed = cfg.seed if seed is None else seed

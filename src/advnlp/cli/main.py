@@ -80,6 +80,16 @@ def _eval(args) -> None:
                        args.attack_samples, args.batch_size, args.device,
                        allow_changed_data=args.allow_changed_data)
     c = out["clean"]
+    if out.get("task") == "token-classification":
+        print(f"{out['data']} ({out['examples']} sentences): entity F1 {c['entity_f1']:.4f} "
+              f"(strict {c['strict']['micro']['f1']:.4f}), token accuracy "
+              f"{c['token_accuracy']:.4f}")
+        print("entity F1 under L2 PGD on the embeddings "
+              f"({out['attack']['examples']} sentences, {out['attack']['steps']} steps):")
+        for point in out["robust"]:
+            print(f"  epsilon {point['epsilon']:<5g} {point['entity_f1']:.4f}")
+        print(f"written: {os.path.join(args.run_dir, 'eval.json')}")
+        return
     print(f"{out['data']} ({out['examples']} examples): accuracy {c['accuracy']:.4f}, "
           f"macro-F1 {c['macro_f1']:.4f}")
     print("robust accuracy, L2 PGD on the embeddings "
@@ -107,7 +117,11 @@ def _attack(args) -> None:
                      threshold=args.threshold, seed=args.seed, epsilons=args.epsilons,
                      norm=args.norm, steps=args.steps, random_start=args.random_start,
                      batch_size=args.batch_size, device=args.device,
-                     allow_changed_data=args.allow_changed_data)
+                     allow_changed_data=args.allow_changed_data,
+                     edit_entities=args.edit_entities)
+    if out.get("task") == "token-classification":
+        _print_tag_attack(args, out)
+        return
     print(f"{args.attack} attack on {out['examples']} examples of {out['data']} (seed {out['seed']}):")
     if args.attack == "embedding":
         print(f"| epsilon ({out['norm']}) | accuracy | success rate |\n|---|---|---|")
@@ -118,6 +132,25 @@ def _attack(args) -> None:
               "| queries/example | s/example |\n|---|---|---|---|---|---|")
         print(f"| {out['clean_accuracy']:.4f} | {out['attacked_accuracy']:.4f} "
               f"| {out['success_rate']:.4f} ({out['successes']}) | {out['avg_changed_fraction']:.3f} "
+              f"| {out['avg_queries']:.1f} | {out['seconds_per_example']:.3f} |")
+    print("written: " + ", ".join(out["files"].values()))
+
+
+def _print_tag_attack(args, out: dict) -> None:
+    print(f"{args.attack} attack on {out['examples']} sentences of {out['data']} "
+          f"(seed {out['seed']}):")
+    if args.attack == "embedding":
+        print(f"| epsilon ({out['norm']}) | entity F1 | precision | recall | token accuracy |\n"
+              "|---|---|---|---|---|")
+        for p in out["curve"]:
+            print(f"| {p['epsilon']:g} | {p['entity_f1']:.4f} | {p['precision']:.4f} "
+                  f"| {p['recall']:.4f} | {p['token_accuracy']:.4f} |")
+    else:
+        print(f"edits: {out['edits']}")
+        print("| clean entity F1 | entity F1 under attack | sentences changed | words changed "
+              "| queries/sentence | s/sentence |\n|---|---|---|---|---|---|")
+        print(f"| {out['clean_entity_f1']:.4f} | {out['attacked_entity_f1']:.4f} "
+              f"| {out['sentences_changed']} | {out['avg_changed_fraction']:.3f} "
               f"| {out['avg_queries']:.1f} | {out['seconds_per_example']:.3f} |")
     print("written: " + ", ".join(out["files"].values()))
 

@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model evaluations per example (default 500)")
     d.add_argument("--threshold", type=float, default=0.6,
                    help="word: minimum cosine similarity of a substitute (default 0.6)")
+    d.add_argument("--edit-entities", action="store_true",
+                   help="token-classification, char: edit entity words too (they keep their "
+                        "gold tags; by default only words tagged O are edited)")
     g = a.add_argument_group("embedding attack (FGSM/PGD on the input-embedding output)")
     g.add_argument("--epsilons", type=_floats, default=_floats("0.1,0.25,0.5,1.0"),
                    help="radii (default 0.1,0.25,0.5,1.0)")

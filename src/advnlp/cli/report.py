@@ -33,12 +33,17 @@ def column(key: str, out: dict) -> str:
     """A compare metric's column heading."""
     if key.startswith("robust_accuracy@"):
         return f"robust acc (eps={key.split('@', 1)[1]})"
+    if key.startswith("robust_entity_f1@"):
+        return f"robust entity F1 (eps={key.split('@', 1)[1]})"
+    if key.startswith("attacked_entity_f1@"):
+        return f"entity F1 under {key.split('@', 1)[1]} attack"
     if key == "typo_accuracy":
         return f"acc on typo'd test (p={out['typos']['rate']:g})"
     if key.startswith("attacked_accuracy@"):
         return f"acc under {key.split('@', 1)[1]} attack"
     return {"accuracy": "accuracy", "macro_f1": "macro-F1", "validation_accuracy": "val accuracy",
-            "validation_macro_f1": "val macro-F1"}.get(key, key)
+            "validation_macro_f1": "val macro-F1", "entity_f1": "entity F1",
+            "strict_entity_f1": "strict entity F1"}.get(key, key)
 
 
 def _shown(out: dict) -> list:
@@ -84,7 +89,7 @@ def compare_table(out: dict) -> str:
 
 
 def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
-    """compare.png: accuracy against the attack radius per method (ε = 0 is clean; mean and
+    """compare.png: accuracy (a tagger's entity F1) against the attack radius per method (ε = 0 is clean; mean and
     std over seeds) and, against ``none``, the clean difference with its 95% interval."""
     try:
         import matplotlib
@@ -98,18 +103,20 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
     versus = out.get("versus_none") or {}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     eps = out["attack"]["epsilons"]
-    keys = ["accuracy"] + [f"robust_accuracy@{e:g}" for e in eps]
+    score = out.get("score", "accuracy")  # entity_f1 for taggers
+    keys = [score] + [f"robust_{score}@{e:g}" for e in eps]
     for r in rows:
         left.errorbar([0.0] + list(eps), [r[k] for k in keys],
                       yerr=[r["std"][k] for k in keys] if seeds else None,
                       marker="o", capsize=3, label=r["method"])
     left.set_xlabel(f"embedding attack radius (L2, {out['attack']['steps']}-step PGD; 0 = clean)")
-    left.set_ylabel("test accuracy" + (f", mean ± std over {len(seeds)} seeds" if seeds else ""))
+    what = score.replace("_f1", " F1").replace("_", " ")
+    left.set_ylabel(f"test {what}" + (f", mean ± std over {len(seeds)} seeds" if seeds else ""))
     left.set_ylim(0, 1)
     left.legend(loc="lower left", fontsize=8)
-    others = [m for m in versus if versus[m]["accuracy"]["interval"] is not None]
+    others = [m for m in versus if versus[m][score]["interval"] is not None]
     for i, m in enumerate(others):
-        d = versus[m]["accuracy"]
+        d = versus[m][score]
         low, high = d["interval"]
         right.errorbar(i, d["mean_difference"], yerr=[[d["mean_difference"] - low],
                                                        [high - d["mean_difference"]]],
@@ -118,7 +125,7 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
                        ha="center", fontsize=8)
     right.axhline(0, color="grey", lw=0.8)
     right.set_xticks(range(len(others)), others)
-    right.set_ylabel("clean accuracy - none (95% interval)" if others else
+    right.set_ylabel(f"clean {what} - none (95% interval)" if others else
                      "(an interval needs several seeds and none)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "compare.png"), dpi=100)

@@ -200,18 +200,17 @@ def read_config(run_dir: str) -> TrainConfig:
         raise InputError(f"{path}: not an advnlp run config ({e})") from None
 
 
-def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, Classifier]:
-    """The configuration, labels and trained classifier of a finished run."""
-    cfg = read_config(run_dir)
-    if cfg.task != "classification":
-        raise InputError(f"{run_dir} is a {cfg.task} run: eval and attack read classifiers "
-                         "only so far; its test scores are in metrics.json and its test "
-                         "predictions in predictions-test.jsonl")
+def read_labels(run_dir: str) -> dict:
+    """labels.json of a run, as written."""
     try:
         with open(os.path.join(run_dir, "labels.json"), encoding="utf-8") as f:
-            labels = Labels.from_json(json.load(f))
-    except (OSError, ValueError, KeyError) as e:
+            return json.load(f)
+    except (OSError, ValueError) as e:
         raise InputError(f"{run_dir}: cannot read labels.json ({e})") from None
+
+
+def trained_model_dir(run_dir: str) -> str:
+    """``run_dir/model``, or a clear error saying how to get there."""
     model_dir = os.path.join(run_dir, "model")
     if not os.path.isdir(model_dir):
         if has_checkpoint(run_dir):
@@ -219,6 +218,20 @@ def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, C
                              f"advnlp train --resume {run_dir}")
         raise InputError(f"{run_dir}: no model/ and no checkpoint (the run stopped before its "
                          "first checkpoint); train it again with --overwrite")
+    return model_dir
+
+
+def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, Classifier]:
+    """The configuration, labels and trained classifier of a finished run."""
+    cfg = read_config(run_dir)
+    if cfg.task != "classification":
+        raise InputError(f"{run_dir} is a {cfg.task} run, not a classifier's; load it with "
+                         "advnlp.cli.tag_commands.load_tag_run")
+    try:
+        labels = Labels.from_json(read_labels(run_dir))
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{run_dir}: cannot read labels.json (no {e})") from None
+    model_dir = trained_model_dir(run_dir)
     clf = load(model_dir, cfg.model if cfg.model in SCRATCH else "hf", len(labels.names),
                cfg.max_length)
     clf.model.to(device_of(device))

@@ -233,6 +233,33 @@ class Tagger:
         return sum(1 for s, w in zip(sentences, word_ids)
                    if len({i for i in w if i is not None}) < len(s))
 
+    @property
+    def crf(self):
+        return getattr(self.model, "crf", None)
+
+    def sentence_losses(self, logits: torch.Tensor, labels: torch.Tensor,
+                        attention_mask: torch.Tensor) -> torch.Tensor:
+        """Each row's loss on its labels: summed token cross-entropy, or the CRF's negative
+        log-likelihood (what an attack on this tagger climbs)."""
+        logits = logits.float()
+        if self.crf is not None:
+            mask = (labels != IGNORE) & attention_mask.bool()
+            return -self.crf(logits, labels.clamp_min(0), mask=mask, reduction="none")
+        ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                         reduction="none")
+        return ce.sum(1)
+
+    def word_tags(self, sentences: Sequence[Sequence[str]], word_ids, logits: torch.Tensor,
+                  attention_mask: torch.Tensor) -> List[List[str]]:
+        """Word-level tag names from the model's per-token ``logits`` (argmax, or Viterbi
+        with a CRF); a word cut by the token budget is O."""
+        if self.crf is not None:
+            tokens = self.crf.decode(logits.float(), mask=attention_mask.bool())
+        else:
+            tokens = logits.argmax(-1).tolist()
+        return [[self.names[i] for i in words_from_subtokens(w, t, len(s), self.outside)]
+                for s, w, t in zip(sentences, word_ids, tokens)]
+
     @torch.no_grad()
     def predict(self, sentences: Sequence[Sequence[str]], batch_size: int, device) -> List[List[str]]:
         """Word-level tag names (a truncated word is O)."""
@@ -242,13 +269,8 @@ class Tagger:
             chunk = sentences[start:start + batch_size]
             batch, word_ids = self.encode(chunk)
             batch = {k: v.to(device) for k, v in batch.items()}
-            if self.is_hf:
-                tokens = self.model(**batch).logits.argmax(-1).tolist()
-            else:
-                tokens = self.model.decode(batch["input_ids"], batch["attention_mask"])
-            for s, w, t in zip(chunk, word_ids, tokens):
-                ids = words_from_subtokens(w, t, len(s), self.outside)
-                out.append([self.names[i] for i in ids])
+            out += self.word_tags(chunk, word_ids, self.model(**batch).logits,
+                                  batch["attention_mask"])
         return out
 
     def save(self, directory: str) -> None:

@@ -1,0 +1,168 @@
+"""``advnlp eval``, ``attack`` and ``compare``'s scores for a token-classification run.
+
+:mod:`commands` hands a run here when its config says ``task: token-classification``; the
+attacks are :mod:`advnlp.cli.tasks.tag_attacks` (entity F1 under the embedding attack
+against ε, and under the character attack on non-entity words).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+from .distributed import device_of
+from .errors import InputError
+from .files import write_json
+from .rundir import read_config, read_labels, trained_model_dir
+from .tag_run import TagLabels, tag_splits
+from .tasks import tag as TG
+from .tasks.tag_attacks import tag_char_attack, tag_embedding_robustness
+from .tasks.tag_data import read_tagged
+
+TAG_ATTACKS = ("char", "embedding")
+SCORE = "entity_f1"  # the number a tagger's compare rows and curves are about
+
+
+def load_tag_run(run_dir: str, device: str = "auto"):
+    """``(cfg, labels, tagger)`` of a finished token-classification run."""
+    cfg = read_config(run_dir)
+    raw = read_labels(run_dir)
+    if raw.get("task") != "token-classification" or not isinstance(raw.get("names"), list):
+        raise InputError(f"{run_dir}: labels.json is not a tagger's (no task/names); "
+                         "not a token-classification run")
+    labels = TagLabels(raw["names"], raw.get("scheme", "BIO"))
+    tagger = TG.load_tagger(trained_model_dir(run_dir), labels.names, cfg.max_length,
+                            cfg.label_all_subtokens)
+    tagger.model.to(device_of(device))
+    return cfg, labels, tagger
+
+
+def _sentences(run_dir: str, data: Optional[str], cfg, labels: TagLabels,
+               allow_changed_data: bool) -> list:
+    """``data``'s sentences (every tag one the model knows), or the run's own test split."""
+    if data is None:
+        if not allow_changed_data:
+            cfg.data.check_unchanged()
+        return list(tag_splits(cfg.data, cfg.seed, lambda s: None)[2])
+    other = read_tagged(data)
+    known = set(labels.names)
+    for (_, tags), line in zip(other.sentences, other.lines):
+        unknown = [t for t in tags if t not in known]
+        if unknown:
+            raise InputError(f"{data}:{line}: tag {unknown[0]!r} is not one of the run's tags "
+                             f"({', '.join(labels.names)}); the model cannot predict it")
+    return list(other.sentences)
+
+
+def _curve_point(p: dict) -> dict:
+    return {k: p[k] for k in ("epsilon", "entity_f1", "precision", "recall", "strict_entity_f1",
+                              "token_accuracy")}
+
+
+def evaluate_tag_run(run_dir: str, data: Optional[str], epsilons: Sequence[float], steps: int,
+                     samples: int, batch_size: int, device: str,
+                     allow_changed_data: bool) -> dict:
+    """Clean entity metrics and entity F1 under the embedding attack per ε; eval.json."""
+    cfg, labels, tagger = load_tag_run(run_dir, device)
+    sentences = _sentences(run_dir, data, cfg, labels, allow_changed_data)
+    dev = device_of(device)
+    words = [s for s, _ in sentences]
+    gold = [t for _, t in sentences]
+    clean = TG.tag_metrics(gold, tagger.predict(words, batch_size, dev), labels.scheme)
+    n = min(samples, len(sentences))
+    att = tag_embedding_robustness(tagger, words[:n], gold[:n], epsilons, steps, batch_size, dev,
+                                   labels.scheme, seed=cfg.seed)
+    out = {"task": "token-classification", "data": data or "test split",
+           "examples": len(sentences), "clean": clean,
+           "attack": {"norm": att["norm"], "space": att["space"], "method": att["method"],
+                      "objective": att["objective"], "steps": steps, "alpha": att["alpha"],
+                      "examples": n},
+           "robust": [_curve_point(p) for p in att["curve"]]}
+    write_json(os.path.join(run_dir, "eval.json"), out)
+    return out
+
+
+def attack_tag_run(run_dir: str, attack: str, data: Optional[str], limit: int, *,
+                   max_change: float, query_budget: int, seed: Optional[int],
+                   epsilons: Sequence[float], norm: str, steps: int, random_start: bool,
+                   batch_size: int, device: str, allow_changed_data: bool,
+                   edit_entities: bool = False) -> dict:
+    """``advnlp attack`` on a tagger: ``attack-<name>.json``, and for the char attack every
+    sentence with its edits in ``adversarial-char.jsonl``."""
+    if attack not in TAG_ATTACKS:
+        raise InputError(f"--attack {attack} is not for taggers (it edits whole texts); a "
+                         f"token-classification run takes --attack {' or '.join(TAG_ATTACKS)}")
+    if edit_entities and attack != "char":
+        raise InputError("--edit-entities goes with --attack char")
+    cfg, labels, tagger = load_tag_run(run_dir, device)
+    sentences = _sentences(run_dir, data, cfg, labels, allow_changed_data)[:limit]
+    seed = cfg.seed if seed is None else seed
+    dev = device_of(device)
+    words, gold = [s for s, _ in sentences], [t for _, t in sentences]
+    source = {"run_dir": run_dir, "data": data or "test split", "limit": limit, "seed": seed,
+              "task": "token-classification"}
+    files = {}
+    if attack == "embedding":
+        res = tag_embedding_robustness(tagger, words, gold, epsilons, steps, batch_size, dev,
+                                       labels.scheme, norm=norm, random_start=random_start,
+                                       seed=seed)
+        res.pop("predictions")
+        res["curve"] = [_curve_point(p) for p in res["curve"]]
+        out = {**res, **source}
+    else:
+        res = tag_char_attack(tagger, words, gold, dev, labels.scheme, max_change=max_change,
+                              query_budget=query_budget, edit_entities=edit_entities, seed=seed,
+                              batch_size=batch_size)
+        path = os.path.join(run_dir, "adversarial-char.jsonl")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for r in res.pop("records"):
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(path + ".tmp", path)
+        files["jsonl"] = path
+        out = {**res, **source}
+    path = os.path.join(run_dir, f"attack-{attack}.json")
+    out["files"] = {"json": path, **files}
+    write_json(path, out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------
+def flat_scores(metrics: dict) -> dict:
+    """A compare row's clean numbers from :func:`~advnlp.cli.tasks.tag.tag_metrics`."""
+    micro = metrics["default"]["micro"]
+    return {"entity_f1": metrics["entity_f1"], "strict_entity_f1": metrics["strict"]["micro"]["f1"],
+            "precision": micro["precision"], "recall": micro["recall"],
+            "token_accuracy": metrics["token_accuracy"]}
+
+
+def split_scores(tagger, sentences: list, epsilons: Sequence[float], steps: int, samples: int,
+                 batch_size: int, device, scheme: str, seed: int) -> dict:
+    """Entity F1 under the embedding attack at each ε on the first ``samples`` sentences."""
+    sample = sentences[:samples]
+    att = tag_embedding_robustness(tagger, [s for s, _ in sample], [t for _, t in sample],
+                                   epsilons, steps, batch_size, device, scheme, seed=seed)
+    return {f"robust_{SCORE}@{p['epsilon']:g}": p["entity_f1"] for p in att["curve"][1:]}
+
+
+def char_scores(tagger, sentences: list, limit: int, batch_size: int, device, scheme: str,
+                seed: int) -> dict:
+    """Entity F1 under the character attack on the first ``limit`` sentences."""
+    sample = sentences[:limit]
+    res = tag_char_attack(tagger, [s for s, _ in sample], [t for _, t in sample], device, scheme,
+                          seed=seed, batch_size=batch_size)
+    return {"attacked": res["attacked_entity_f1"], "clean": res["clean_entity_f1"],
+            "examples": res["examples"]}
+
+
+def load_for_scoring(folder: str, device: str):
+    """A trained tagger run's pieces for compare's scores: cfg, labels, tagger, splits."""
+    from types import SimpleNamespace
+
+    cfg, labels, tagger = load_tag_run(folder, device)
+    _, validation, test, _ = tag_splits(cfg.data, cfg.seed, lambda s: None)
+    return cfg, labels, tagger, SimpleNamespace(validation=validation, test=test)
+
+
+__all__ = ["attack_tag_run", "evaluate_tag_run", "load_tag_run", "TAG_ATTACKS"]
