@@ -132,7 +132,7 @@ def test_split_off_validation_and_test_and_warn_about_invalid_continuations(tmp_
     ([], "EU B-ORG\nsays\n", "train.conll:2: one column"),
     ([], "EU ORG\n", "tag 'ORG' is neither O nor"),
     (["--model", "textcnn"], None, "--model textcnn classifies texts"),
-    (["--engine", "trainer"], None, "does not take --engine trainer"),
+    (["--augment-with-attack", "char"], None, "does not take --augment-with-attack"),
     (["--online-attack", "char"], None, "does not take --online-attack"),
 ])
 def test_bad_tagging_input_exits_2(ner, tmp_path, capsys, extra, content, message):

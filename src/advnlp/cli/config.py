@@ -321,8 +321,7 @@ def _check_task(cfg: TrainConfig) -> None:
                          "Hugging Face model directory")
     if cfg.crf and cfg.model != "bilstm":
         raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
-    refused = {"--engine trainer": cfg.engine != "loop",
-               "--online-attack": cfg.online_attack is not None,
+    refused = {"--online-attack": cfg.online_attack is not None,
                "--augment-with-attack": cfg.augment_with_attack is not None,
                "--multi-label": cfg.data.multi_label,
                "--text-columns": len(cfg.data.text_columns) != 1}

@@ -214,6 +214,14 @@ class Run:
         enc = self.clf.encode([train[i][0] for i in idx])
         return {k: v.to(self.device) for k, v in enc.items()}
 
+    def labelled_batch(self, idx: List[int]) -> dict:
+        """The training examples ``idx`` encoded with their ``labels``, on the CPU: what
+        ``--engine trainer``'s collator gives the model, whose own loss is the closure."""
+        train = self.train_set
+        batch = dict(self.clf.encode([train[i][0] for i in idx]))
+        batch["labels"] = self.targets["train"][idx]  # float multi-hot for multi-label
+        return batch
+
     def augment(self) -> dict:
         """--augment-with-attack: rank 0 attacks, every rank gets the same new examples."""
         if self.dist is None:

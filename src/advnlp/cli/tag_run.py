@@ -87,9 +87,6 @@ class TagRun(Run):
     headline = "entity_f1"
 
     def _setup_task(self, cfg, log) -> None:
-        if self.dist is not None:
-            raise InputError("--task token-classification does not run under torchrun yet; "
-                             "train in one process")
         train, validation, test, tagged = tag_splits(cfg.data, cfg.seed, log)
         tags = tagged.tags
         names = ["O"] + [t for t in tags if t != "O"]
@@ -116,11 +113,15 @@ class TagRun(Run):
                              "never have: not a checkpoint of this run")
         self.extra = []
 
-    def batch(self, idx: List[int]) -> dict:
+    def labelled_batch(self, idx: List[int]) -> dict:
+        """The sentences ``idx`` encoded, with their tags aligned to the sub-tokens."""
         train = self.train_set
         enc, word_ids = self.clf.encode([train[i][0] for i in idx])
         enc["labels"] = self.clf.labels(word_ids, [self.targets["train"][i] for i in idx])
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return enc
+
+    def batch(self, idx: List[int]) -> dict:
+        return {k: v.to(self.device) for k, v in self.labelled_batch(idx).items()}
 
     def task_step(self, idx: List[int], batch: Optional[dict]) -> torch.Tensor:
         model, adv = self.train_clf.model, self.adv

@@ -129,12 +129,9 @@ class _RankOrder(torch.utils.data.Sampler):
 class _Collate:
     def __init__(self, run: Run):
         self.run = run
-        self.texts = [t for t, _ in run.train_set]
 
     def __call__(self, idx: List[int]) -> dict:
-        batch = dict(self.run.clf.encode([self.texts[i] for i in idx]))
-        batch["labels"] = self.run.targets["train"][idx]  # float multi-hot for multi-label
-        return batch
+        return self.run.labelled_batch(idx)
 
 
 class _RunTrainer(AdversarialTrainer):
