@@ -128,3 +128,49 @@ def assert_grads_close(a, b, atol=1e-6, rtol=1e-5):
                 (a[k] if a[k] is not None else b[k]).abs().max() == 0), k
             continue
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m: f"{k}: {m}")
+
+
+def _causal(config_cls, model_cls, **kw):
+    cfg = config_cls(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                     **kw)
+    torch.manual_seed(0)
+    return model_cls(cfg).eval()
+
+
+def tiny_llama():
+    """LlamaForCausalLM, untied, no padding_idx on its embedding (pad_token_id None)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _causal(LlamaConfig, LlamaForCausalLM, head_dim=8)
+
+
+def tiny_qwen2():
+    """Qwen2ForCausalLM with tied input/output embeddings (as the small Qwen2 models)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _causal(Qwen2Config, Qwen2ForCausalLM, tie_word_embeddings=True)
+
+
+def tiny_gemma():
+    """GemmaForCausalLM: tied, and its embedding scales by sqrt(hidden) inside the module."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    return _causal(GemmaConfig, GemmaForCausalLM, head_dim=8, pad_token_id=PAD)
+
+
+def lm_batch(n=3, length=8, prompt=3, padding="right", seed=1):
+    """A causal-LM batch: ``input_ids``, ``attention_mask`` and ``labels`` with -100 on the
+    prompt (the first ``prompt`` real tokens) and on padding; rows 1.. are 2 tokens shorter,
+    padded on the ``padding`` side with token PAD."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    labels = ids.clone()
+    for i in range(n):
+        real = length if i == 0 else length - 2
+        pad = slice(real, None) if padding == "right" else slice(0, length - real)
+        start = 0 if padding == "right" else length - real
+        ids[i, pad], mask[i, pad], labels[i, pad] = PAD, 0, -100
+        labels[i, start:start + prompt] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

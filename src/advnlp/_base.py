@@ -282,22 +282,32 @@ class Adversary:
         self.skipped_steps = 0
         self.last_adv_loss: Optional[torch.Tensor] = None
 
-    def backward(self, closure: Closure, backward_fn: Optional[BackwardFn] = None) -> torch.Tensor:
-        """Run the method's passes; return the clean loss (detached)."""
-        return self._run(closure, backward_fn)
+    def backward(self, closure: Closure, backward_fn: Optional[BackwardFn] = None, *,
+                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the method's passes; return the clean loss (detached).
 
-    def _run(self, closure: Closure, backward_fn: Optional[BackwardFn], **options) -> torch.Tensor:
+        ``mask`` (embedding methods): a ``(batch, length)`` 0/1 or bool tensor of the
+        positions that may be perturbed, e.g. ``batch["attention_mask"]`` for a model whose
+        embedding has no ``padding_idx`` (most causal LMs), or the prompt's positions only.
+        Padding (``padding_idx``) is never perturbed either way; SMART and VAT also compare
+        per-token outputs on these positions only."""
+        return self._run(closure, backward_fn, mask=mask)
+
+    def _run(self, closure: Closure, backward_fn: Optional[BackwardFn], *,
+             mask: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
         """The template: every method's ``backward`` is this around its ``_step``."""
         if not callable(closure):
             returns = "the model output" if self.needs_logits else "the loss"
             raise TypeError("backward() needs a closure: a function that runs the forward pass "
                             f"and returns {returns}")
         self._check_trainable()
+        self._set_positions(_check_mask(mask))
         step = self._new_step(closure, backward_fn or _default_backward)
         try:
             loss = self._step(step, **options)
         finally:
             step.restore()
+            self._set_positions(None)
         self.last_adv_loss = step.adv_loss
         if step.skipped:
             self.skipped_steps += 1
@@ -309,6 +319,11 @@ class Adversary:
 
     def _new_step(self, closure: Closure, backward_fn: BackwardFn) -> Step:
         return Step(self, closure, backward_fn)
+
+    def _set_positions(self, mask: Optional[torch.Tensor]) -> None:
+        if mask is not None:
+            raise ValueError(f"{type(self).__name__} perturbs weights, not token positions: "
+                             "mask= is for the embedding methods")
 
     def _check_trainable(self) -> None:
         """The two reasons a step can have nothing to train, said before any pass runs
@@ -396,6 +411,13 @@ class EmbeddingAdversary(Adversary):
         if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
             raise ValueError(f"target='weight' needs an embedding with a 2-D .weight; "
                              f"{self.embedding_name} has none. Use target='output'.")
+        if not weight.requires_grad:
+            raise ValueError(
+                f"target='weight' perturbs the embedding weight in place, but "
+                f"{self.embedding_name}.weight is frozen (requires_grad=False, e.g. the base "
+                "model under LoRA): a frozen weight must not be written to. Use "
+                "target='output' (the default), which perturbs the embedding output and "
+                "needs no gradient on the weight.")
         owners = P.tied_parameter_owners(model, weight)
         if len(owners) > 1:
             warnings.warn(
@@ -408,6 +430,12 @@ class EmbeddingAdversary(Adversary):
 
     def _new_step(self, closure: Closure, backward_fn: BackwardFn) -> EmbeddingStep:
         return EmbeddingStep(self, closure, backward_fn)
+
+    def _set_positions(self, mask: Optional[torch.Tensor]) -> None:
+        if mask is not None and self.target == "weight":
+            raise ValueError("mask= selects positions of the embedding output; target='weight' "
+                             "perturbs the weight matrix: use target='output'")
+        self._hook.positions = mask
 
     # helpers for the methods' arithmetic ---------------------------------------------
     def _scope(self) -> str:
@@ -472,6 +500,18 @@ class GradientAdversary(SeedCompatMixin, EmbeddingAdversary):
 
     def _settings(self) -> str:
         return f"epsilon={self.epsilon}, {super()._settings()}"
+
+
+def _check_mask(mask) -> Optional[torch.Tensor]:
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        raise ValueError("mask= must be a (batch, length) tensor of 0/1 or bool, one entry per "
+                         f"token, got {type(mask).__name__}"
+                         + (f" of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else ""))
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask= takes 0/1 or bool entries (1: may be perturbed)")
+    return mask.detach()
 
 
 def _reject_zero3(model: nn.Module) -> None:

@@ -237,6 +237,17 @@ def random_like(
     return d * r * epsilon
 
 
+def length_scaled_uniform(out: torch.Tensor, mask: torch.Tensor, magnitude: float,
+                          generator=None) -> torch.Tensor:
+    """``U(-1, 1) * magnitude / sqrt(L * d)`` per coordinate (float32), ``L`` the example's
+    real positions (``mask`` (..., 1): 1 = real) and ``d`` the hidden size; 0 on padding.
+    NEFTune's noise (Jain et al. 2024) and FreeLB's L2 random start, which are one formula."""
+    u = (sample("rand", out, generator) * 2 - 1) * mask
+    dims = tuple(range(1, mask.dim())) if mask.dim() >= 3 else tuple(range(mask.dim()))
+    real = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)  # an all-padding row: no 0-division
+    return u * (magnitude / torch.sqrt(real * out.shape[-1]))
+
+
 def sample(kind: str, like: torch.Tensor, generator=None) -> torch.Tensor:
     """``torch.rand`` (``kind="rand"``) or ``torch.randn`` shaped like ``like`` (float32, on
     its device). A generator on another device (a CPU generator, a CUDA model) draws on
@@ -291,6 +302,9 @@ class EmbeddingHook:
         # by embedding_scale() of that call's clean output, so a method works in units of
         # each example's own embedding size (and gets gradients in those units).
         self.relative: Optional[Tuple[str, str]] = None
+        # backward(..., mask=): which positions (batch, length) may be perturbed, on top of
+        # the padding mask; None: every real position.
+        self.positions: Optional[torch.Tensor] = None
         self._i = 0
         self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
 
@@ -299,14 +313,24 @@ class EmbeddingHook:
             h.remove()
 
     def mask(self, ids, out: torch.Tensor) -> torch.Tensor:
-        """Float32 mask (..., 1) of the real (non-padding) positions of one embedding call."""
+        """Float32 mask (..., 1) of the positions of one embedding call that may be perturbed:
+        the real (non-padding) ones, and of those the ones ``positions`` allows."""
         if (
             self.padding_idx is not None
             and isinstance(ids, torch.Tensor)
             and ids.shape == out.shape[:-1]
         ):
-            return (ids != self.padding_idx).unsqueeze(-1).to(torch.float32)
-        return torch.ones(*out.shape[:-1], 1, device=out.device, dtype=torch.float32)
+            mask = (ids != self.padding_idx).unsqueeze(-1).to(torch.float32)
+        else:
+            mask = torch.ones(*out.shape[:-1], 1, device=out.device, dtype=torch.float32)
+        if self.positions is not None:
+            if tuple(self.positions.shape) != tuple(out.shape[:-1]):
+                raise ValueError(
+                    f"mask= has shape {tuple(self.positions.shape)}, but the embedding output "
+                    f"has {tuple(out.shape[:-1])} positions: give one entry per token of the "
+                    "batch (e.g. batch['attention_mask'])")
+            mask = mask * self.positions.to(device=out.device, dtype=torch.float32).unsqueeze(-1)
+        return mask
 
     def start(self, mode: str, deltas: Optional[List[torch.Tensor]] = None) -> None:
         self.mode = mode

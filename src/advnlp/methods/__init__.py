@@ -5,9 +5,12 @@ from .fgm import FGM
 from .fgsm import FGSM
 from .freeat import FreeAT
 from .freelb import FreeLB
+from .neftune import NEFTune
 from .pgd import PGD
+from .r3f import R3F
 from .smart import SMART
 from .vat import VAT
 from .yopo import YOPO
 
-__all__ = ["AWP", "DiscreteAT", "FGM", "FGSM", "FreeAT", "FreeLB", "PGD", "SMART", "VAT", "YOPO"]
+__all__ = ["AWP", "DiscreteAT", "FGM", "FGSM", "FreeAT", "FreeLB", "NEFTune", "PGD", "R3F", "SMART",
+           "VAT", "YOPO"]

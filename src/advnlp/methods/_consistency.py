@@ -56,10 +56,12 @@ class ConsistencyAdversary(EmbeddingAdversary):
         super().__init__(model, **kwargs)
 
     def backward(self, closure: Callable[[], object], backward_fn=None, *,
-                 labels=None) -> torch.Tensor:
+                 labels=None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Task loss (if any) + alpha * regulariser, one backward. ``labels=`` gives the task
-        loss as ``loss_fn(logits, labels)``. Returns the task loss (detached)."""
-        return self._run(closure, backward_fn, labels=labels)
+        loss as ``loss_fn(logits, labels)``; ``mask=`` the positions perturbed and, for
+        per-token outputs, compared (see :meth:`advnlp.Adversary.backward`). Returns the
+        task loss (detached)."""
+        return self._run(closure, backward_fn, labels=labels, mask=mask)
 
     # -- the passes -------------------------------------------------------------------
     def _task(self, out, labels) -> Tuple[Optional[torch.Tensor], torch.Tensor]:

@@ -77,6 +77,15 @@ def proximal_divergence(anchor: torch.Tensor, live: torch.Tensor, kind: str,
     return _kl(anchor, live, kind, weights) + _kl(live, anchor, kind, weights)
 
 
+def full_symmetric_divergence(a: torch.Tensor, b: torch.Tensor, kind: str,
+                              weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``D(a || b) + D(b || a)`` with the gradient through *both* arguments of both terms
+    (R3F's symmetric KL, fairseq ``_get_symm_kl``); squared error counted once."""
+    if kind == "mse":
+        return _sq(a, b, weights)
+    return _kl(a, b, kind, weights) + _kl(b, a, kind, weights)
+
+
 def symmetric_divergence(a: torch.Tensor, b: torch.Tensor, kind: str,
                          weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SMART's symmetric loss: ``D(a || b) + D(b || a)`` where each term differentiates only

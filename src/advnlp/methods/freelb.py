@@ -102,12 +102,9 @@ class FreeLB(EmbeddingAdversary):
         mask = self._hook.mask(ids, out)
         if self.init_mag == 0:
             return torch.zeros(out.shape, device=out.device, dtype=torch.float32)
-        u = (P.sample("rand", out, self.generator) * 2 - 1) * mask
         if self.norm == "linf":
-            return u * self.init_mag
-        dims = tuple(range(1, mask.dim())) if mask.dim() >= 3 else tuple(range(mask.dim()))
-        real = mask.sum(dim=dims, keepdim=True).clamp_min(1.0)  # an all-padding row: no 0-division
-        return u * (self.init_mag / torch.sqrt(real * out.shape[-1]))
+            return (P.sample("rand", out, self.generator) * 2 - 1) * mask * self.init_mag
+        return P.length_scaled_uniform(out, mask, self.init_mag, self.generator)
 
     def _ascend(self, delta: List[torch.Tensor], grads: List[torch.Tensor],
                 step: EmbeddingStep) -> List[torch.Tensor]:
