@@ -95,7 +95,9 @@ def test_plot_without_matplotlib_is_a_one_line_note(sentiment_csv, tmp_path, mon
 @pytest.mark.parametrize("method, params", [("freelb", ["--steps", "2", "--alpha", "0.05"]),
                                             ("awp", ["--epsilon", "0.02"]),
                                             ("vat", ["--epsilon", "0.5"]),
-                                            ("smart", ["--steps", "1", "--epsilon", "0.5"])])
+                                            ("smart", ["--steps", "1", "--epsilon", "0.5"]),
+                                            ("neftune", ["--epsilon", "5"]),
+                                            ("r3f", ["--epsilon", "1e-4"])])
 def test_later_methods_plug_into_the_registry(method, params, sentiment_csv, tmp_path):
     out = tmp_path / "run"
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", method,
@@ -146,7 +148,29 @@ def test_relative_epsilon_reaches_the_method_and_the_config(sentiment_csv, tmp_p
     assert read_json(out, "config.json")["relative_epsilon"] is True
 
 
-@pytest.mark.parametrize("method", ["none", "awp", "smart"])
+def test_neftune_defaults_to_noise_of_fgms_measured_size(sentiment_csv, tmp_path, monkeypatch):
+    """The noise control: NEFTune's alpha = sqrt(3) x FGM's measured relative epsilon, so
+    its noise has the L2 size of FGM's perturbation; R3F keeps the paper's 1e-5."""
+    from advnlp.cli import run as R
+
+    built = []
+    init = R.Run.__init__
+
+    def keep(self, *a, **kw):
+        init(self, *a, **kw)
+        built.append(self.adv)
+
+    monkeypatch.setattr(R.Run, "__init__", keep)
+    for method in ("neftune", "r3f"):
+        assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
+                   "--method", method, "--quiet", "--output-dir", tmp_path / method) == 0
+    neftune, r3f = built
+    assert neftune.relative is True and neftune.alpha == pytest.approx(0.03 * 3 ** 0.5, abs=1e-4)
+    assert read_json(tmp_path / "neftune", "config.json")["epsilon"] == neftune.alpha
+    assert r3f.epsilon == 1e-5 and r3f.alpha == 1.0
+
+
+@pytest.mark.parametrize("method", ["none", "awp", "smart", "r3f"])
 def test_relative_epsilon_is_refused_by_methods_without_it(method, sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", method,
                "--relative-epsilon", "--output-dir", tmp_path / "r") == 2

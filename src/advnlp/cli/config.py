@@ -21,7 +21,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, YOPO, DiscreteAT, FreeAT, FreeLB
+from advnlp import (AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT, FreeLB,
+                    NEFTune)
 
 from .data import DataSpec
 from .distributed import device_of
@@ -46,6 +47,10 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha", **REL}),
     "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
                       "adv_weight": "alpha"}),
+    # the noise controls: NEFTune's --epsilon is its alpha (noise L2 size alpha/sqrt(3));
+    # R3F's is the half-width of its uniform noise and --adv-weight its KL weight
+    "neftune": (NEFTune, {"epsilon": "alpha", **REL}),
+    "r3f": (R3F, {"epsilon": "epsilon", "adv_weight": "alpha"}),
 }
 # Constructor arguments the CLI derives from another one: FreeLB's random start keeps the
 # released SST-2 script's ratio to the ball (init_mag 1.0 : max_norm 0.6), so --epsilon
@@ -66,6 +71,9 @@ MEASURED: Dict[str, Dict[str, object]] = {
     "pgd": {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.009},
 }
 MEASURED["yopo"] = MEASURED["pgd"]  # not swept itself: YOPO approximates PGD at PGD's sizes
+# Not swept either: the noise control of FGM is noise of FGM's measured size (NEFTune's L2
+# norm per example is alpha / sqrt(3) of the embedding's when relative).
+MEASURED["neftune"] = {"relative_epsilon": True, "epsilon": round(0.03 * 3 ** 0.5, 4)}
 
 DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
 ENGINES = ("loop", "trainer")

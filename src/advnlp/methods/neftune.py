@@ -21,8 +21,12 @@ whose embedding has no ``padding_idx`` (most causal LMs). Training mode only, as
 transformers: in eval mode the pass is a plain one. Both NEFTunes at once would add the
 noise twice: an embedding that carries transformers' ``neftune_noise_alpha`` is refused.
 
+Size: the noise's L2 norm per example is about ``alpha / sqrt(3)`` (``L * d`` coordinates of
+variance ``alpha^2 / (3 L d)``), so ``alpha = sqrt(3) * epsilon`` is noise of FGM's ``epsilon``
+size; with ``relative=True`` both are fractions of each example's embedding norm.
+
 Arguments (defaults): ``alpha=5.0`` (the paper sweeps 5, 10, 15), ``generator=None``,
-``embedding=None``.
+``embedding=None``, ``relative=False``.
 
 Cost: 1 forward + 1 backward, a plain step's.
 
@@ -52,13 +56,17 @@ class NEFTune(EmbeddingAdversary):
         model, embedding: see :class:`advnlp.EmbeddingAdversary`.
         alpha: the noise scale (the paper's alpha). Default 5.0.
         generator: ``torch.Generator`` for the noise.
+        relative: the noise times each example's embedding L2 norm (over its real tokens),
+            so its expected L2 size is ``alpha / sqrt(3)`` of the embedding's, the unit of
+            the other methods' ``relative=True``. Default False (the paper's noise).
     """
 
     def __init__(self, model: nn.Module, alpha: float = 5.0, *,
-                 generator: Optional[torch.Generator] = None, embedding=None):
+                 generator: Optional[torch.Generator] = None, embedding=None,
+                 relative: bool = False):
         self.alpha = V.positive("alpha", alpha)
         self.generator = generator
-        super().__init__(model, embedding=embedding)
+        super().__init__(model, embedding=embedding, relative=relative)
         _refuse_double_noise(self.embedding)
 
     def _step(self, step: EmbeddingStep) -> torch.Tensor:
@@ -76,7 +84,7 @@ class NEFTune(EmbeddingAdversary):
         return P.length_scaled_uniform(out, self._hook.mask(ids, out), self.alpha, self.generator)
 
     def _settings(self) -> str:
-        return f"alpha={self.alpha}"
+        return f"alpha={self.alpha}" + (", relative=True" if self.relative else "")
 
 
 def _refuse_double_noise(embedding: nn.Module) -> None:
