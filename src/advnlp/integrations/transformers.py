@@ -11,7 +11,11 @@ Only ``training_step`` changes: the Trainer's own ``compute_loss`` becomes the
 closure and ``accelerator.backward`` the ``backward_fn``, so the Trainer's AMP,
 gradient accumulation (including its loss normalisation), gradient
 checkpointing and DDP keep working. The mean clean and adversarial losses since
-the last log are logged as ``clean_loss`` and ``adv_loss``.
+the last log are logged as ``clean_loss`` and ``adv_loss``. ``adversary_mask=`` says
+which positions may be perturbed (``"attention_mask"`` for causal LMs whose embedding has no
+``padding_idx``, ``"prompt"`` for the instruction only). The step lives in
+:class:`AdversarialMixin`, which any Trainer subclass can take (TRL's ``SFTTrainer``:
+:mod:`advnlp.integrations.trl`).
 """
 from __future__ import annotations
 
@@ -44,30 +48,84 @@ if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release
 from .. import Adversary, split_output  # noqa: E402 (after the version check)
 
 
-class AdversarialTrainer(Trainer):
-    """A ``transformers.Trainer`` whose training step runs ``adversary.backward``.
+MASKS = ("attention_mask", "prompt")
+
+
+class AdversarialMixin:
+    """The adversarial training step, for ``transformers.Trainer`` and its subclasses
+    (``AdversarialTrainer``; TRL's ``SFTTrainer`` in :mod:`advnlp.integrations.trl`).
 
     Args:
         adversary: an advnlp method built on the same model (e.g. ``FGM(model)``,
-            ``AWP(model)``).
-            ``None`` trains exactly like ``Trainer``. SMART and VAT get the model's own
-            loss (from ``labels`` in the batch) as their task loss and its logits for
-            the divergence.
-        *args, **kwargs: passed to ``Trainer``.
+            ``AWP(model)``). ``None`` trains exactly like the Trainer. SMART, VAT and R3F
+            get the model's own loss (from ``labels`` in the batch) as their task loss and
+            its logits for the divergence.
+        adversary_mask: which positions the embedding methods may perturb: ``None``
+            (default: every position that is not the embedding's ``padding_idx``),
+            ``"attention_mask"`` (the batch's; for models whose embedding has no
+            ``padding_idx``, as most causal LMs), ``"prompt"`` (the real positions whose
+            label is -100: perturb the instruction, train on the completion; Xhonneux et
+            al. 2024), or a function ``inputs -> (batch, length) mask``.
+        *args, **kwargs: passed to the Trainer.
+
+    Subclasses change how a pass is run by overriding :meth:`adversarial_closure`.
     """
 
-    def __init__(self, *args, adversary: Optional[Adversary] = None, **kwargs):
+    def __init__(self, *args, adversary: Optional[Adversary] = None, adversary_mask=None,
+                 **kwargs):
+        if adversary is not None and not isinstance(adversary, Adversary):
+            raise TypeError("adversary must be an advnlp method such as FGM(model)")
+        if adversary_mask is not None and not callable(adversary_mask) \
+                and adversary_mask not in MASKS:
+            raise ValueError(f"adversary_mask takes None, {', '.join(map(repr, MASKS))} or a "
+                             f"function inputs -> mask, got {adversary_mask!r}")
+        if adversary_mask is not None and adversary is not None \
+                and not hasattr(adversary, "_hook"):
+            raise ValueError(f"adversary_mask: {type(adversary).__name__} perturbs weights, not "
+                             "token positions; drop adversary_mask")
         super().__init__(*args, **kwargs)
-        if adversary is not None:
-            if not isinstance(adversary, Adversary):
-                raise TypeError("adversary must be an advnlp method such as FGM(model)")
-            if not adversary.built_on(self.model):
-                raise ValueError(
-                    "the adversary was built on a different model than the Trainer's; "
-                    "build it with the same model object: FGM(model)"
-                )
+        if adversary is not None and not adversary.built_on(self.model):
+            raise ValueError(
+                "the adversary was built on a different model than the Trainer's; "
+                "build it with the same model object: FGM(model)"
+            )
         self.adversary = adversary
+        self.adversary_mask = adversary_mask
         self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0, "n_adv": 0}
+
+    def positions(self, inputs: Dict[str, Any]) -> Optional[torch.Tensor]:
+        """The mask ``adversary_mask`` gives for this batch (None: the default)."""
+        spec = self.adversary_mask
+        if spec is None:
+            return None
+        if callable(spec):
+            return spec(inputs)
+        ids = inputs["input_ids"]
+        real = inputs.get("attention_mask")
+        real = torch.ones_like(ids, dtype=torch.bool) if real is None else real.bool()
+        if spec == "attention_mask":
+            return real
+        if "labels" not in inputs:
+            raise ValueError("adversary_mask='prompt' needs labels in the batch (-100 on the "
+                             "prompt)")
+        return real & (inputs["labels"] == -100)
+
+    def adversarial_closure(self, model: nn.Module, inputs: Dict[str, Any], num_items_in_batch):
+        """The closure of one step: the Trainer's own ``compute_loss`` (with the output's
+        logits for the methods that compare outputs)."""
+        # SMART, VAT and R3F compare logits, so their closure returns (loss, logits).
+        wants_logits = self.adversary.needs_logits
+
+        def closure():
+            with self.compute_loss_context_manager():
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=num_items_in_batch)
+            loss = loss.mean() if self.args.n_gpu > 1 else loss
+            # The Trainer's loss (scaled, smoothed...) with the output's logits; a tuple output
+            # (return_dict=False) starts with its own loss, which split_output skips.
+            return (loss, split_output(outputs, check_loss=False)[1]) if wants_logits else loss
+
+        return closure
 
     def training_step(self, model: nn.Module, inputs: Dict[str, Any],
                       num_items_in_batch=None) -> torch.Tensor:
@@ -88,22 +146,15 @@ class AdversarialTrainer(Trainer):
                         self.args.gradient_accumulation_steps)
         divisor = 1 if scaled_by_trainer else steps
 
-        # SMART and VAT compare logits, so their closure returns (loss, logits).
-        wants_logits = self.adversary.needs_logits
-
-        def closure():
-            with self.compute_loss_context_manager():
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
-                                                  num_items_in_batch=num_items_in_batch)
-            loss = loss.mean() if self.args.n_gpu > 1 else loss
-            # The Trainer's loss (scaled, smoothed...) with the output's logits; a tuple output
-            # (return_dict=False) starts with its own loss, which split_output skips.
-            return (loss, split_output(outputs, check_loss=False)[1]) if wants_logits else loss
-
         def backward_fn(loss):
             self.accelerator.backward(loss / divisor if divisor != 1 else loss)
 
-        clean = self.adversary.backward(closure, backward_fn)
+        closure = self.adversarial_closure(model, inputs, num_items_in_batch)
+        mask = self.positions(inputs)
+        if mask is None:
+            clean = self.adversary.backward(closure, backward_fn)
+        else:
+            clean = self.adversary.backward(closure, backward_fn, mask=mask)
         sums = self._adv_sums
         sums["clean_loss"] += float(clean)
         if self.adversary.last_adv_loss is not None:  # None: a skipped (non-finite) step
@@ -120,3 +171,11 @@ class AdversarialTrainer(Trainer):
                 logs["adv_loss"] = self._adv_sums["adv_loss"] / self._adv_sums["n_adv"]
             self._adv_sums = {"clean_loss": 0.0, "adv_loss": 0.0, "n": 0, "n_adv": 0}
         super().log(logs, *args, **kwargs)
+
+
+class AdversarialTrainer(AdversarialMixin, Trainer):
+    """A ``transformers.Trainer`` whose training step runs ``adversary.backward``.
+
+    Args: ``adversary``, ``adversary_mask`` (see :class:`AdversarialMixin`); the rest is
+    the Trainer's.
+    """
