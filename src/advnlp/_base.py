@@ -59,11 +59,40 @@ def _default_backward(loss: torch.Tensor) -> None:
 
 
 def local_grads(model: nn.Module, sync: bool = False):
-    """``model.no_sync()`` for DDP unless ``sync``: passes before a step's last one keep
-    their gradients local, so a step costs one all-reduce round as in plain training."""
-    if not sync and isinstance(model, nn.parallel.DistributedDataParallel):
+    """``model.no_sync()`` for DDP, gradient sync off for FSDP2 (``fully_shard``), unless
+    ``sync``: passes before a step's last one keep their gradients local, so a step costs
+    one gradient all-reduce (DDP) or reduce-scatter (FSDP2) round, as in plain training."""
+    if sync:
+        return contextlib.nullcontext()
+    if isinstance(model, nn.parallel.DistributedDataParallel):
         return model.no_sync()
+    if _is_fsdp2(model):
+        return _fsdp2_no_sync(model)
     return contextlib.nullcontext()
+
+
+def _is_fsdp2(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return False
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def _fsdp2_no_sync(model: nn.Module):
+    # FSDP2's no_sync is a setting, not a context; leave it alone if the caller had already
+    # turned sync off (their own gradient accumulation).
+    groups = [g for m in model.modules() if _is_fsdp2(m)
+              for g in getattr(m._get_fsdp_state(), "_fsdp_param_groups", [])]
+    on = all(getattr(g, "reduce_grads", True) for g in groups)
+    if on:
+        model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        if on:
+            model.set_requires_gradient_sync(True)
 
 
 def snapshot_buffers(model: nn.Module) -> List[tuple]:
@@ -168,10 +197,12 @@ class EmbeddingStep(Step):
         """Loss and gradient w.r.t. the perturbation at ``delta``; parameter grads untouched."""
         leaves = self.space.leaves(delta)
         try:
-            with self.local():
-                loss = as_loss(self.closure())
+            # the inner backward inside local() too: FSDP2 reads its sync setting at backward
+            # time, and would reduce-scatter the clean pass's gradients here
             try:
-                grads = self.space.grads_of(loss, leaves)
+                with self.local():
+                    loss = as_loss(self.closure())
+                    grads = self.space.grads_of(loss, leaves)
             except RuntimeError as e:
                 if "use_reentrant" not in str(e):
                     raise

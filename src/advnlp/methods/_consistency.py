@@ -103,10 +103,10 @@ class ConsistencyAdversary(EmbeddingAdversary):
         space = step.space
         leaves = space.leaves(delta)
         try:
-            with step.local():
+            with step.local():  # the backward too (FSDP2 reads its sync setting then)
                 _, logits = split_output(step.closure())
                 d = divergence(clean_logits, logits, self.kind, self._weights)
-            grads = space.grads_of(d, leaves)
+                grads = space.grads_of(d, leaves)
         finally:
             space.end_pass()
         return step.check_finite(grads)

@@ -158,7 +158,8 @@ class YOPO(PGD):
             self._mode = None
             step.space.end_pass()
         surrogate = (h.float() * self._adjoint).sum()
-        return step.check_finite(step.space.grads_of(surrogate, leaves))
+        with step.local():  # FSDP2 reads its sync setting at backward time
+            return step.check_finite(step.space.grads_of(surrogate, leaves))
 
     def _at_boundary(self, module, inputs, output):
         h = output[0] if isinstance(output, (tuple, list)) else output
