@@ -272,6 +272,7 @@ def test_compare_taggers_with_seeds_char_attack_and_resume(ner, tmp_path, capsys
 @pytest.mark.parametrize("extra, message", [
     (["--typo-rate", "0.1"], "--typo-rate is for classifiers"),
     (["--attack", "word"], "for taggers (the word attack edits whole texts)"),
+    (["--attack", "char", "--attack-limit", "0"], "--attack-limit must be >= 1"),
 ])
 def test_compare_refuses_classifier_only_scores_for_taggers(ner, tmp_path, capsys, extra,
                                                             message):

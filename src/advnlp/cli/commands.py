@@ -25,6 +25,7 @@ from .errors import InputError, Interrupted
 from .files import write_json
 from .robustness import ATTACKS, discrete_attack, embedding_robustness
 from .run import Run
+from . import tag_commands as TC
 from .tag_run import TagRun
 from .report import compare_plot
 from .rundir import (check_output_dir, discard_replaced, has_checkpoint, load_run, read_config,
@@ -185,11 +186,11 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             raise InputError(f"--attack lists an attack more than once: {attack!r}")
         for a in attacks:
             check_single_segment(a, cfg.data.text_columns)
+        if attack_limit < 1:
+            raise InputError("--attack-limit must be >= 1")
     if tagging and typo_rate is not None:
         raise InputError("--typo-rate is for classifiers; a tagger's typo robustness is "
                          "--attack char (typos on non-entity words, entity F1 under attack)")
-        if attack_limit < 1:
-            raise InputError("--attack-limit must be >= 1")
     epsilons = [attack_epsilon] if isinstance(attack_epsilon, (int, float)) else list(attack_epsilon)
     if not epsilons or any(isinstance(e, bool) or not 0 < e < math.inf for e in epsilons):
         raise InputError(f"--attack-epsilon takes one or more radii > 0, got {attack_epsilon!r}")
@@ -393,8 +394,6 @@ def _tag_scores(cfg: TrainConfig, tagger, labels, splits, device, result: dict, 
                 log) -> dict:
     """A tagger's row: clean entity scores, entity F1 under the embedding attack at each
     radius and under the char attack, validation's the same (``validation_*``), the cost."""
-    from . import tag_commands as TC
-
     def scored(sentences, metrics_):
         out = TC.flat_scores(metrics_)
         out.update(TC.split_scores(tagger, sentences, attack_epsilons(plan), plan["attack_steps"],
@@ -420,9 +419,7 @@ def _tag_scores(cfg: TrainConfig, tagger, labels, splits, device, result: dict, 
 def _scores_of_saved(folder: str, plan: dict, log) -> dict:
     """The row of a run that finished training but was stopped before it was scored."""
     if is_tagging(plan):
-        from .tag_commands import load_for_scoring
-
-        cfg, labels, tagger, splits = load_for_scoring(folder, plan["config"]["device"])
+        cfg, labels, tagger, splits = TC.load_for_scoring(folder, plan["config"]["device"])
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
             result = json.load(f)
         log("  trained before: scoring it")
@@ -558,9 +555,7 @@ def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if read_config(run_dir).task == "token-classification":
-        from .tag_commands import evaluate_tag_run
-
-        return evaluate_tag_run(run_dir, data, epsilons, steps, samples, batch_size, device,
+        return TC.evaluate_tag_run(run_dir, data, epsilons, steps, samples, batch_size, device,
                                 allow_changed_data)
     cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
     texts = [t for t, _ in examples]
@@ -588,9 +583,7 @@ def attack_run(run_dir: str, attack: str, data: str = None, limit: int = 100, *,
     if attack not in ATTACKS:
         raise InputError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     if read_config(run_dir).task == "token-classification":
-        from .tag_commands import attack_tag_run
-
-        return attack_tag_run(run_dir, attack, data, limit, max_change=max_change,
+        return TC.attack_tag_run(run_dir, attack, data, limit, max_change=max_change,
                               query_budget=query_budget, seed=seed, epsilons=epsilons, norm=norm,
                               steps=steps, random_start=random_start, batch_size=batch_size,
                               device=device, allow_changed_data=allow_changed_data,
