@@ -190,3 +190,36 @@ def test_tuple_outputs_give_the_consistency_methods_the_logits(tmp_path):
         runs.append(model)
     for (n, p), q in zip(runs[0].named_parameters(), runs[1].parameters()):
         torch.testing.assert_close(p, q, atol=0, rtol=0, msg=lambda m: f"{n}: {m}")
+
+
+def test_adversary_mask_reaches_the_method(tmp_path, monkeypatch):
+    """adversary_mask='attention_mask' / 'prompt' / a function: the mask each step passes."""
+    from tinymodels import lm_batch, tiny_gpt2
+
+    b = lm_batch(n=4, padding="left")
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {k: v[i] for k, v in b.items()}
+
+    seen = []
+    backward = FGM.backward
+    monkeypatch.setattr(FGM, "backward", lambda self, c, f=None, *, mask=None:
+                        seen.append(mask) or backward(self, c, f, mask=mask))
+    for spec, want in (("attention_mask", b["attention_mask"].bool()),
+                       ("prompt", (b["labels"] == -100) & b["attention_mask"].bool()),
+                       (lambda inputs: inputs["attention_mask"] * 0 + 1, torch.ones(4, 8))):
+        model = tiny_gpt2().train()
+        targs = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True,
+                                  save_strategy="no", per_device_train_batch_size=4)
+        AdversarialTrainer(model=model, args=targs, train_dataset=Rows(), adversary=FGM(model),
+                           adversary_mask=spec).train()
+        rows = lambda m: sorted(map(tuple, m.int().tolist()))  # noqa: E731 (the Trainer shuffles)
+        assert rows(seen[-1]) == rows(want)
+    with pytest.raises(ValueError, match="perturbs weights"):
+        model = tiny_gpt2()
+        AdversarialTrainer(model=model, args=targs, train_dataset=Rows(), adversary=AWP(model),
+                           adversary_mask="prompt")
