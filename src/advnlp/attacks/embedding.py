@@ -62,6 +62,17 @@ def _check_epsilons(epsilons) -> List[float]:
     return sorted({float(e) for e in eps})
 
 
+def _check_settings(epsilons, norm: str, steps: int, alpha: Optional[float]):
+    """The radii (sorted), steps and step size (a multiple of epsilon; default 1 for one
+    step, else 2.5 / steps) of an attack, checked."""
+    eps_list = _check_epsilons(epsilons)
+    V.choice("norm", norm, P.NORMS)
+    steps = V.integer("steps", steps)
+    if alpha is None:
+        alpha = 1.0 if steps == 1 else 2.5 / steps
+    return eps_list, steps, V.positive("alpha (a multiple of epsilon)", alpha)
+
+
 def embedding_attack(model: nn.Module, model_fn: Callable[[object], torch.Tensor],
                      batches: Iterable[Tuple[object, torch.Tensor]],
                      epsilons: Union[float, Sequence[float]], *, norm: str = "l2",
@@ -89,14 +100,8 @@ def embedding_attack(model: nn.Module, model_fn: Callable[[object], torch.Tensor
     ``curve`` (a list of ``{"epsilon", "accuracy", "success_rate"}``, ε = 0 first),
     ``examples``, ``seconds_per_example`` and the settings.
     """
-    eps_list = _check_epsilons(epsilons)
-    V.choice("norm", norm, P.NORMS)
-    steps = V.integer("steps", steps)
-    if alpha is None:
-        alpha = 1.0 if steps == 1 else 2.5 / steps
-    alpha = V.positive("alpha (a multiple of epsilon)", alpha)
-    _, module = P.find_embedding(model, embedding)
-    hook = P.EmbeddingHook(P.embedding_modules(model, module))
+    eps_list, steps, alpha = _check_settings(epsilons, norm, steps, alpha)
+    hook = P.EmbeddingHook(P.embedding_modules(model, P.find_embedding(model, embedding)[1]))
     gen = torch.Generator().manual_seed(seed)
     was_training = P.unwrap(model).training
     model.eval()
@@ -146,14 +151,8 @@ def perturbed_outputs(model: nn.Module, model_fn: Callable[[object], object],
     computed without a graph. Unlike :func:`embedding_attack`, nothing is the worst over the
     points tried: the score of the last point is the caller's.
     """
-    eps_list = _check_epsilons(epsilons)
-    V.choice("norm", norm, P.NORMS)
-    steps = V.integer("steps", steps)
-    if alpha is None:
-        alpha = 1.0 if steps == 1 else 2.5 / steps
-    alpha = V.positive("alpha (a multiple of epsilon)", alpha)
-    _, module = P.find_embedding(model, embedding)
-    hook = P.EmbeddingHook(P.embedding_modules(model, module))
+    eps_list, steps, alpha = _check_settings(epsilons, norm, steps, alpha)
+    hook = P.EmbeddingHook(P.embedding_modules(model, P.find_embedding(model, embedding)[1]))
     gen = torch.Generator().manual_seed(seed)
     was_training = P.unwrap(model).training
     model.eval()

@@ -17,7 +17,7 @@ from .rundir import read_config, read_labels, trained_model_dir
 from .tag_run import TagLabels, tag_splits
 from .tasks import tag as TG
 from .tasks.tag_attacks import tag_char_attack, tag_embedding_robustness
-from .tasks.tag_data import read_tagged
+from .tasks.tag_data import check_tags, read_tagged
 
 TAG_ATTACKS = ("char", "embedding")
 SCORE = "entity_f1"  # the number a tagger's compare rows and curves are about
@@ -45,12 +45,8 @@ def _sentences(run_dir: str, data: Optional[str], cfg, labels: TagLabels,
             cfg.data.check_unchanged()
         return list(tag_splits(cfg.data, cfg.seed, lambda s: None)[2])
     other = read_tagged(data)
-    known = set(labels.names)
-    for (_, tags), line in zip(other.sentences, other.lines):
-        unknown = [t for t in tags if t not in known]
-        if unknown:
-            raise InputError(f"{data}:{line}: tag {unknown[0]!r} is not one of the run's tags "
-                             f"({', '.join(labels.names)}); the model cannot predict it")
+    check_tags(labels.names, other, lambda tag: f"tag {tag!r} is not one of the run's tags "
+               f"({', '.join(labels.names)}); the model cannot predict it")
     return list(other.sentences)
 
 

@@ -176,9 +176,14 @@ def spans_to_tags(text, entities, where: str) -> Tuple[List[str], List[str]]:
 
 def check_known_tags(train: Tagged, other: Tagged, split: str) -> None:
     """Every tag of a validation/test file must be one the model can predict."""
-    known = set(train.tags)
+    check_tags(train.tags, other, lambda tag: f"{split} tag {tag!r} never occurs in the "
+               f"training data ({train.path}); the model cannot predict it")
+
+
+def check_tags(known, other: Tagged, message) -> None:
+    """``other``'s first tag not in ``known``: an error at its file and line, ``message(tag)``."""
+    known = set(known)
     for (_, tags), line in zip(other.sentences, other.lines):
         unknown = [t for t in tags if t not in known]
         if unknown:
-            raise InputError(f"{other.path}:{line}: {split} tag {unknown[0]!r} never occurs in the "
-                             f"training data ({train.path}); the model cannot predict it")
+            raise InputError(f"{other.path}:{line}: {message(unknown[0])}")
