@@ -41,6 +41,26 @@ def ctrl_c_after(monkeypatch, n):
     monkeypatch.setattr(T, "train_step", step_then_sigint)
 
 
+def save_bert_without_dropout(folder, words, seed=0):
+    """A one-layer BERT (hidden 16) with every dropout at 0 over a WordPiece vocabulary of the
+    special tokens and ``words``, saved in ``folder`` (seeded unless ``seed`` is None): runs
+    that should compute the same thing (two engines, two process counts) then do."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    os.makedirs(folder, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(words)
+    save_wordpiece(folder, vocab)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        classifier_dropout=0.0)
+    if seed is not None:
+        torch.manual_seed(seed)
+    BertModel(config).save_pretrained(str(folder))
+    return str(folder)
+
+
 def save_wordpiece(folder, vocab):
     """A WordPiece tokenizer over ``vocab`` saved in ``folder`` (the test models' own).
 

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from cli_helpers import save_wordpiece, write_csv
+from cli_helpers import save_bert_without_dropout, save_wordpiece, write_csv
 from tagging_data import CAPS, LOWER, conll, sentences
 
 
@@ -111,17 +111,8 @@ def tiny_bert(tmp_path_factory):
 def bert_without_dropout(tmp_path_factory):
     """The tiny BERT with dropout off: runs that should compute the same thing (two engines,
     FGM with --adv-weight 0 and none) then do, bit for bit."""
-    from transformers import BertConfig, BertModel
-
-    d = tmp_path_factory.mktemp("bert_no_dropout")
-    words = sorted(set(POS + NEG + FILLER))
-    save_wordpiece(d, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)
-    config = BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(d))
-    return str(d)
+    return save_bert_without_dropout(tmp_path_factory.mktemp("bert_no_dropout"),
+                                     sorted(set(POS + NEG + FILLER)))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_helpers import read_json, run, save_wordpiece, write_csv
+from cli_helpers import read_json, run, save_bert_without_dropout, write_csv
 
 WORDS = ("great good excellent wonderful fine nice bad awful terrible poor horrible ugly "
          "the a movie film plot actor scene story it was").split()
@@ -39,17 +39,8 @@ def _rows(rng, n):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
     d = tmp_path_factory.mktemp("dist")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(WORDS)
-    (d / "bert").mkdir()
-    save_wordpiece(d / "bert", vocab)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        classifier_dropout=0.0)
-    BertModel(config).save_pretrained(str(d / "bert"))
+    save_bert_without_dropout(d / "bert", sorted(WORDS), seed=None)
     rng = random.Random(7)
     # 44 training examples: 5 full global batches of 8 and a last one of 4 (2 per rank).
     files = {name: write_csv(d / f"{name}.csv", ["text", "label"], _rows(rng, n))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_helpers import read_json, run, save_wordpiece
+from cli_helpers import read_json, run, save_bert_without_dropout
 from tagging_data import CAPS, LOWER, conll
 
 ONE_PIECE = [w for w in LOWER + CAPS if w not in ("London", "Berlin")]
@@ -39,18 +39,8 @@ def _fixed_length(n, seed):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
     d = tmp_path_factory.mktemp("tagddp")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w.lower() for w in ONE_PIECE})
-    (d / "bert").mkdir()
-    save_wordpiece(d / "bert", vocab)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        classifier_dropout=0.0)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(d / "bert"))
+    save_bert_without_dropout(d / "bert", sorted({w.lower() for w in ONE_PIECE}))
     files = {name: conll(d / f"{name}.conll", _fixed_length(n, seed))
              for name, n, seed in (("train", 40, 0), ("validation", 12, 1), ("test", 12, 2))}
     common = ["--task", "token-classification", "--model", str(d / "bert"), "--train",

@@ -129,17 +129,23 @@ def test_progress_lines_without_a_terminal(sentiment_csv, tiny_bert, tmp_path, c
     assert capsys.readouterr().err == ""
 
 
-def test_relative_epsilon_reaches_the_method_and_the_config(sentiment_csv, tmp_path, monkeypatch):
+@pytest.fixture
+def built(monkeypatch):
+    """The adversary of every Run built while the test runs, in order."""
     from advnlp.cli import run as R
 
-    built = []
+    adversaries = []
     init = R.Run.__init__
 
     def keep(self, *a, **kw):
         init(self, *a, **kw)
-        built.append(self.adv)
+        adversaries.append(self.adv)
 
     monkeypatch.setattr(R.Run, "__init__", keep)
+    return adversaries
+
+
+def test_relative_epsilon_reaches_the_method_and_the_config(sentiment_csv, tmp_path, built):
     out = tmp_path / "r"
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
                "--method", "pgd", "--epsilon", "0.05", "--relative-epsilon", "--quiet",
@@ -148,19 +154,9 @@ def test_relative_epsilon_reaches_the_method_and_the_config(sentiment_csv, tmp_p
     assert read_json(out, "config.json")["relative_epsilon"] is True
 
 
-def test_neftune_defaults_to_noise_of_fgms_measured_size(sentiment_csv, tmp_path, monkeypatch):
+def test_neftune_defaults_to_noise_of_fgms_measured_size(sentiment_csv, tmp_path, built):
     """The noise control: NEFTune's alpha = sqrt(3) x FGM's measured relative epsilon, so
     its noise has the L2 size of FGM's perturbation; R3F keeps the paper's 1e-5."""
-    from advnlp.cli import run as R
-
-    built = []
-    init = R.Run.__init__
-
-    def keep(self, *a, **kw):
-        init(self, *a, **kw)
-        built.append(self.adv)
-
-    monkeypatch.setattr(R.Run, "__init__", keep)
     for method in ("neftune", "r3f"):
         assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "1",
                    "--method", method, "--quiet", "--output-dir", tmp_path / method) == 0
