@@ -237,5 +237,6 @@ def test_yopo_on_a_model_without_a_stack_of_layers_exits_2(sentiment_csv, tmp_pa
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--method", "yopo",
                "--epochs", "1", "--output-dir", tmp_path / "run", "--quiet") == 2
     err = capsys.readouterr().err
-    assert "--method yopo" in err and "layer_list" in err and "Traceback" not in err
+    # The library's argument name (layer_list=) is no command-line option (issue 27, item 7)
+    assert "--method yopo" in err and "stack" in err and "layer_list" not in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()

@@ -7,29 +7,33 @@ directory. ``main.py`` parses the command line and prints; nothing here prints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
-import shutil
+import signal
 from typing import Callable, Optional, Sequence
 
 from advnlp.attacks import random_typos
 
 from . import cost
-from .config import AUGMENT_ATTACKS, METHODS, TrainConfig, check_environment, default_run_dir
+from .config import (AUGMENT_ATTACKS, METHODS, TrainConfig, build_adversary, build_online,
+                     check_environment, default_run_dir)
 from .data import load_splits, read_file
-from .distributed import DistInfo, device_of, on_rank0
+from .distributed import DistInfo, device_of
 from .engines import engine
 from .errors import InputError, Interrupted
-from .files import write_json
+from .files import atomic_path, write_json
 from .robustness import ATTACKS, discrete_attack, embedding_robustness
-from .run import Run
+from .run import STOP_SIGNALS, Run
 from . import tag_commands as TC
 from .tag_run import TagRun
 from .report import compare_plot
-from .rundir import (check_output_dir, discard_replaced, has_checkpoint, load_run, read_config,
-                     replacing)
+from .lock import locked
+from .rundir import (claiming, clear_run, compare_run_folders, discard_replaced, has_checkpoint,
+                     load_run, read_config, remove_empty)
 from .statistics import LEVEL, paired_difference, require_scipy, summary
 from .tasks.classify import check_single_segment, metrics, predict
 
@@ -73,8 +77,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: bool = False,
     cfg = cfg.resolved()
     if dist_info is not None:
         cfg.world_size = dist_info.world_size
-    on_rank0(dist_info, lambda: check_output_dir(cfg.output_dir, overwrite))
-    with replacing(cfg.output_dir, here=dist_info is None or dist_info.rank == 0):
+    with claiming([cfg.output_dir], overwrite, dist_info):
         return fit(_start(cfg, progress, log, dist_info))
 
 
@@ -224,32 +227,69 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
     first = next(iter(runs.values()))  # the model and the data, resolved and fingerprinted
     plan["config"]["model"], plan["config"]["data"] = first.model, dataclasses.asdict(first.data)
-    check_output_dir(out_dir, overwrite)
-    with replacing(out_dir):
+    _check_methods_fit(runs, plan["methods"])
+    folders = _compare_folders(out_dir, runs)
+    # A previous compare's runs that this one does not make again are replaced by nothing:
+    # advnlp's files there go (at the end, with the rest), the user's stay.
+    dropped = [f for f in compare_run_folders(out_dir) if f not in folders]
+    with claiming(folders + dropped, overwrite):
         write_json(os.path.join(out_dir, PLAN), plan)
         out = _compare_runs(plan, runs, progress, log, resuming=False)
-    discard_replaced(out_dir)
+    discard_replaced(*folders, *dropped)
+    remove_empty(*dropped)
     return out
+
+
+def _check_methods_fit(runs: dict, methods) -> None:
+    """Every entry's method built on the compare's model (once, untrained) before the first
+    run trains: a method the model cannot take (YOPO on a model without a stack of layers)
+    stops the compare now, not after hours of other methods' training."""
+    seed = next(iter(runs))[1]
+    probe = new_run(runs[methods[0], seed])
+    try:
+        for m in methods[1:]:
+            cfg = runs[m, seed]
+            adv = build_online(cfg, probe.clf, build_adversary(cfg, probe.clf.model), cfg.seed)
+            if adv is not None:
+                adv.remove()
+    finally:
+        if probe.adv is not None:
+            probe.adv.remove()
+
+
+def _compare_folders(out_dir: str, runs: dict) -> list:
+    """Every folder a compare writes, each before the folders inside it: its own, the method
+    folders (which hold the seeds' folders with several seeds), and the runs'."""
+    folders = [out_dir]
+    for cfg in runs.values():
+        for folder in (os.path.dirname(cfg.output_dir), cfg.output_dir):
+            if folder not in folders:
+                folders.append(folder)
+    return folders
 
 
 def resume_compare(out_dir: str, progress: bool = False,
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """Finish an interrupted compare: finished runs are kept, an interrupted one resumes from
     its checkpoint, the others are trained; the table covers every run."""
-    try:
-        with open(os.path.join(out_dir, PLAN), encoding="utf-8") as f:
-            plan = json.load(f)
-        plan["config"]["output_dir"] = out_dir  # the folder may have moved since
-        TrainConfig.from_json(plan["config"]).data.check_unchanged()  # one table, one dataset
-        runs = _planned_runs(plan)
-    except FileNotFoundError:
-        raise InputError(f"{out_dir} is not a compare folder (no {PLAN})") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{os.path.join(out_dir, PLAN)}: unreadable ({e})") from None
-    if plan["seeds"] > 1:
-        require_scipy()
-    out = _compare_runs(plan, runs, progress, log, resuming=True)
-    discard_replaced(out_dir)
+    if not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir} is not a folder; give the --output-dir of the compare "
+                         "to resume")
+    with locked(out_dir):
+        try:
+            with open(os.path.join(out_dir, PLAN), encoding="utf-8") as f:
+                plan = json.load(f)
+            plan["config"]["output_dir"] = out_dir  # the folder may have moved since
+            TrainConfig.from_json(plan["config"]).data.check_unchanged()  # one table, one dataset
+            runs = _planned_runs(plan)
+        except FileNotFoundError:
+            raise InputError(f"{out_dir} is not a compare folder (no {PLAN})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{os.path.join(out_dir, PLAN)}: unreadable ({e})") from None
+        if plan["seeds"] > 1:
+            require_scipy()
+        out = _compare_runs(plan, runs, progress, log, resuming=True)
+    discard_replaced(*_compare_folders(out_dir, runs))
     return out
 
 
@@ -275,9 +315,32 @@ def _planned_runs(plan: dict) -> dict:
 
 def _compare_runs(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dict:
     try:
-        return _run_all(plan, runs, progress, log, resuming)
+        with _signals_interrupt():
+            return _run_all(plan, runs, progress, log, resuming)
     except Interrupted as e:  # the comparison continues as a whole, not run by run
         raise Interrupted(plan["config"]["output_dir"], e.signal, command="compare") from None
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """Ctrl-C or SIGTERM between the runs' training (scoring, step-cost timing) ends the
+    compare as an interruption, with its resume command, not a silent death: the finished
+    rows are on disk. While a run trains, the run's own handler (a checkpoint) is in charge."""
+    def interrupt(signum, frame):
+        raise Interrupted("", signum)
+
+    previous = {}
+    try:
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's choice stays
+                previous[signum] = signal.signal(signum, interrupt)
+    except ValueError:  # not the main thread: no signal reaches us
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dict:
@@ -286,8 +349,7 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
         log(f"== {m}" + (f", seed {seed}" if plan["seeds"] > 1 else ""))
         row_path = os.path.join(run_cfg.output_dir, ROW)
         if resuming and os.path.isfile(row_path):
-            with open(row_path, encoding="utf-8") as f:
-                rows.append(_upgraded(json.load(f), plan))
+            rows.append(_upgraded(_read_row(row_path), plan))
             log("  finished before: kept")
             continue
         folder = run_cfg.output_dir
@@ -297,8 +359,8 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
             if resuming and has_checkpoint(folder):
                 trained = _resumed_run(folder, progress, log)
             else:
-                if resuming:  # started but stopped before its first checkpoint: train it again
-                    shutil.rmtree(folder, ignore_errors=True)
+                if resuming and os.path.isdir(folder):  # stopped before its first checkpoint:
+                    clear_run(folder)  # train it again (the user's files there stay)
                 trained = _start(run_cfg, progress, log)
             result = fit(trained)
             if is_tagging(plan):
@@ -315,6 +377,18 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
     write_json(path, out)
     compare_plot(os.path.dirname(path), out, log)
     return {**out, "path": path}
+
+
+def _read_row(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = json.load(f)
+        if not isinstance(row, dict):
+            raise ValueError("not a JSON object")
+        return row
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e}); delete it and run compare --resume again "
+                         "to score that run anew") from None
 
 
 def _step_cost(plan: dict, runs: dict, log) -> Optional[dict]:
@@ -522,7 +596,9 @@ def resume(run_dir: str, progress: bool = False, log: Callable[[str], None] = la
     if not allow_changed_data:
         cfg.data.check_unchanged()
     check_environment(cfg)
-    return fit(_resumed_run(run_dir, progress, log, dist_info, cfg))
+    lock = locked(run_dir) if dist_info is None or dist_info.rank == 0 else contextlib.nullcontext()
+    with lock:
+        return fit(_resumed_run(run_dir, progress, log, dist_info, cfg))
 
 
 def _resumed_run(run_dir: str, progress: bool, log, dist_info: Optional[DistInfo] = None,
@@ -547,6 +623,18 @@ def _examples(run_dir: str, data, device: str, allow_changed_data: bool):
     return cfg, labels, clf, device_of(device), examples, targets
 
 
+def _writing_run(command: Callable) -> Callable:
+    """``command(run_dir, ...)`` holds ``run_dir``'s lock while it runs (it writes there);
+    a folder that is no run is refused first, so the lock makes no folder."""
+    @functools.wraps(command)
+    def locked_command(run_dir: str, *args, **kwargs):
+        read_config(run_dir)
+        with locked(run_dir):
+            return command(run_dir, *args, **kwargs)
+    return locked_command
+
+
+@_writing_run
 def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
                  steps: int = 5, samples: int = 100, batch_size: int = 32,
                  device: str = "auto", allow_changed_data: bool = False) -> dict:
@@ -571,6 +659,7 @@ def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.
     return out
 
 
+@_writing_run
 def attack_run(run_dir: str, attack: str, data: str = None, limit: int = 100, *,
                max_change: float = 0.15, query_budget: int = 500, threshold: float = 0.6,
                seed: int = None, epsilons: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
@@ -607,7 +696,8 @@ def attack_run(run_dir: str, attack: str, data: str = None, limit: int = 100, *,
                               max_change=max_change, query_budget=query_budget,
                               threshold=threshold, seed=seed, batch_size=batch_size)
         csv_path = os.path.join(run_dir, f"adversarial-{attack}.csv")
-        res.to_csv(csv_path, labels.names)
+        with atomic_path(csv_path) as tmp:
+            res.to_csv(tmp, labels.names)
         files["csv"] = csv_path
         out = {**res.to_dict(), **source}
     path = os.path.join(run_dir, f"attack-{attack}.json")

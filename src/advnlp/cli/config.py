@@ -427,4 +427,17 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
     try:
         return cls(model, **kwargs)
     except (TypeError, ValueError) as e:
-        raise InputError(f"--method {cfg.method}: {e}") from None
+        raise InputError(f"--method {cfg.method}: {_in_cli_terms(cfg, e)}") from None
+
+
+def _in_cli_terms(cfg: TrainConfig, error: Exception) -> str:
+    """A method's refusal in the command line's words: its flags, not the constructor's
+    argument names (which a command-line user cannot pass)."""
+    if "layer_list" in str(error):  # YOPO on a model without a stack of layers
+        return (f"it runs its inner steps through the first of the model's stacked layers, and "
+                f"--model {cfg.model} has no such stack (a Hugging Face transformer has); "
+                "choose another method or model")
+    message = str(error)
+    for flag, arg in METHODS[cfg.method][1].items():
+        message = message.replace(f"{arg}=", f"--{flag.replace('_', '-')} ")
+    return message

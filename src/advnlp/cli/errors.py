@@ -1,9 +1,19 @@
-"""The two ways a command ends early, and their exit codes."""
+"""The two ways a command ends early, their exit codes, and the rules for reading option values."""
 import signal
+
+
+WARNING = "warning: "  # how a log line that --quiet must not hide begins
 
 
 class InputError(Exception):
     """Bad user input: reported as one line on stderr, exit code 2."""
+
+
+def comma_list(text: str) -> list:
+    """The items of a comma-separated option, stripped. One rule for every such option
+    (radii, attacks, methods, columns): empty items (a trailing comma) are dropped, and the
+    option's own check refuses a list left empty."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 class Interrupted(Exception):

@@ -17,8 +17,8 @@ from typing import List, Optional
 from . import distributed
 from .commands import attack_run, compare, evaluate_run, resume, resume_compare, train
 from .distributed import distributed_requested, setup_distributed
-from .errors import InputError, Interrupted
-from .parser import build_parser, config_from_args
+from .errors import WARNING, InputError, Interrupted, comma_list
+from .parser import build_parser, check_enabled, config_from_args
 from .report import compare_table, summary
 from .robustness import ATTACKS
 from .rundir import read_config
@@ -45,6 +45,7 @@ def _train(args, progress: bool, log) -> None:
         return
     if args.allow_changed_data:
         raise InputError("--allow-changed-data goes with --resume (a new run reads its data as it is)")
+    check_enabled(args)
     cfg = config_from_args(args).resolved()
     result = train(cfg, args.overwrite, progress, log, info)
     if result is not None:
@@ -62,10 +63,11 @@ def _compare(args, progress: bool, log) -> None:
         print(compare_table(out))
         print(f"written: {out['path']}")
         return
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    check_enabled(args)
+    methods = comma_list(args.methods)
     if args.attack_steps < 1 or args.attack_samples < 1:
         raise InputError("--attack-steps and --attack-samples must be >= 1")
-    attacks = None if args.attack is None else [a.strip() for a in args.attack.split(",")]
+    attacks = None if args.attack is None else comma_list(args.attack)
     out = compare(config_from_args(args), methods, args.attack_epsilon, args.attack_steps,
                   args.attack_samples, args.overwrite, progress, log, attacks, args.attack_limit,
                   args.seeds, args.typo_rate, args.cost_rounds)
@@ -167,7 +169,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     quiet = getattr(args, "quiet", False)
     progress = not quiet and sys.stderr.isatty()  # no bars in logs and pipes
-    log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+
+    def log(line: str) -> None:  # --quiet hides progress, never a warning
+        if not quiet or line.startswith(WARNING):
+            print(line, file=sys.stderr)
     code = _dispatch(args, progress, log)
     if distributed.initialized():
         # A torchrun rank: leave the process group and skip interpreter teardown, where
@@ -211,8 +216,9 @@ def _dispatch(args, progress: bool, log) -> int:
                 return e.exit_code
             how = f"torchrun --nproc_per_node {dist.get_world_size()} -m advnlp.cli train"
         by = "Ctrl-C (SIGINT)" if e.signal == signal.SIGINT else e.signal.name
-        print(f"advnlp: interrupted; checkpoint saved after {by}. "
-              f"Continue with: {how} --resume {e.run_dir}", file=sys.stderr)
+        what = (f"interrupted by {by}; the finished runs and the last checkpoint are kept"
+                if e.command == "compare" else f"interrupted; checkpoint saved after {by}")
+        print(f"advnlp: {what}. Continue with: {how} --resume {e.run_dir}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("advnlp: interrupted", file=sys.stderr)

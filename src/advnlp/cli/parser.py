@@ -9,7 +9,7 @@ from advnlp import __version__
 
 from .config import METHODS, TrainConfig
 from .data import DataSpec
-from .errors import InputError
+from .errors import InputError, comma_list
 
 CHANGED_DATA = ("use the run's data files even if they changed since it started (size or "
                 "sha256 differ); without it such a run is refused")
@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _floats(text: str) -> List[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in comma_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
 
@@ -194,9 +194,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options that only mean something beside another one: given without it, they would be
+# silently ignored, so they are refused.  option -> (the option it needs, its value's test)
+# (compare enables the discrete attacks' training by --methods entries too: online-char...)
+def _online(a) -> bool:
+    return a.online_attack is not None or "online-" in getattr(a, "methods", "")
+
+
+def _augment(a) -> bool:
+    return a.augment_with_attack is not None or "augment-" in getattr(a, "methods", "")
+
+
+NEEDS = {"online_fraction": ("online_attack", _online),
+         "augment_every": ("augment_with_attack", _augment),
+         "augment_samples": ("augment_with_attack", _augment),
+         "label_delimiter": ("multi_label", lambda a: a.multi_label)}
+
+
+def check_enabled(args) -> None:
+    """Refuse an option given without the option that enables it."""
+    defaults = build_parser().parse_args([args.command])
+    for name, (needed, enabled) in NEEDS.items():
+        if getattr(args, name) != getattr(defaults, name) and not enabled(args):
+            raise InputError(f"--{name.replace('_', '-')} goes with --{needed.replace('_', '-')}, "
+                             "which is not given: add it, or drop the option (it would be ignored)")
+
+
 def config_from_args(args) -> TrainConfig:
-    columns = args.text_columns.split(",") if args.text_columns else [args.text_column]
-    columns = [c.strip() for c in columns if c.strip()]
+    columns = comma_list(args.text_columns) if args.text_columns \
+        else [args.text_column]
     if len(columns) not in (1, 2):
         raise InputError("--text-columns takes one or two column names")
     if (args.validation or args.test) and not args.train:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from .files import atomic_path
+
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
@@ -128,7 +130,8 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
     right.set_ylabel(f"clean {what} - none (95% interval)" if others else
                      "(an interval needs several seeds and none)")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "compare.png"), dpi=100)
+    with atomic_path(os.path.join(out_dir, "compare.png")) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -154,5 +157,6 @@ def plot(run_dir: str, history: list, log: Callable[[str], None], key: str = "ac
     acc.set_ylabel(f"validation {key.replace('_', ' ')} (end of epoch)")
     acc.set_ylim(0, 1)
     fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "plot.png"), dpi=100)
+    with atomic_path(os.path.join(run_dir, "plot.png")) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -29,7 +29,7 @@ from .config import PRECISIONS, TrainConfig, build_adversary, build_online
 from .data import Example, Labels, Splits, load_splits
 from .distributed import DistInfo, derive_seed, device_of, seed_everything
 from .errors import InputError
-from .files import write_json
+from .files import atomic_dir, write_json
 from .models import build, check_tokenizer
 from .report import plot
 from .robustness import discrete_attack
@@ -402,7 +402,8 @@ class Run:
                 "attack": self.cfg.online_attack, "fraction": self.cfg.online_fraction,
                 **{k: sum(h["online_attack"][k] for h in self.history)
                    for k in ("edited_examples", "unedited_examples")}}
-        self.clf.save(os.path.join(self.run_dir, "model"))
+        with atomic_dir(os.path.join(self.run_dir, "model")) as staged:
+            self.clf.save(staged)
         write_json(os.path.join(self.run_dir, "metrics.json"), result)
         if self.adv is not None:
             self.adv.remove()  # the model leaves training without advnlp's hook

@@ -12,12 +12,14 @@ import fnmatch
 import json
 import os
 import shutil
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 from .config import TrainConfig
 from .data import Labels
-from .distributed import device_of
+from .distributed import DistInfo, device_of, on_rank0
 from .errors import InputError, Interrupted
+from .files import TMP_PREFIX
+from .lock import LOCK, locked
 from .models import SCRATCH, Classifier, load
 
 CHECKPOINT = "checkpoint.pt"  # --engine loop
@@ -27,10 +29,12 @@ RUN_FILES = ("config.json", "labels.json", "metrics.json", CHECKPOINT, CHECKPOIN
 
 
 REPLACED = ".replaced"  # the previous run, moved aside while --overwrite builds the new one
-# Exactly what advnlp writes into a run folder; nothing else is ever moved or deleted.
-_WRITTEN = set(RUN_FILES) | {"model", "plot.png"}
-_WRITTEN_TMP = {f + ".tmp" for f in _WRITTEN}  # write_json's and the checkpoint's staging
-_WRITTEN_PATTERNS = ("attack-*.json", "adversarial-*.csv")
+# Exactly what advnlp writes into a run folder; nothing else is ever moved or deleted. A
+# compare's method folders are not in it: each is a run folder of its own, and what the
+# user keeps in one stays.
+_WRITTEN = set(RUN_FILES) | {"model", "plot.png", "predictions-test.jsonl"}
+_WRITTEN_TMP = {f + ".tmp" for f in _WRITTEN}  # the staging names of earlier releases
+_WRITTEN_PATTERNS = ("attack-*.json", "adversarial-*.csv", "adversarial-*.jsonl", TMP_PREFIX + "*")
 
 
 def is_run_dir(path: str) -> bool:
@@ -44,25 +48,46 @@ def is_run_dir(path: str) -> bool:
     return True
 
 
-def _compare_methods(path: str) -> set:
-    """The method folders a compare folder lists (they hold its runs): in its plan, or in
-    the compare.json of a comparison written before plans existed."""
-    methods = set()
+def _written_names(names) -> list:
+    """Those of ``names`` (in a run folder) that advnlp writes there."""
+    return [n for n in names if n in _WRITTEN or n in _WRITTEN_TMP
+            or any(fnmatch.fnmatch(n, p) for p in _WRITTEN_PATTERNS)]
+
+
+def compare_run_folders(path: str) -> list:
+    """The run folders of the compare in ``path`` as they are on disk: each method folder its
+    plan lists (or the compare.json of a comparison written before plans existed) and the
+    ``seed-*`` folders in it; each folder before the folders inside it."""
+    methods = []
     for name, read in (("compare-config.json", lambda d: d["methods"]),
                        ("compare.json", lambda d: [r["method"] for r in d["methods"]])):
         try:
             with open(os.path.join(path, name), encoding="utf-8") as f:
-                methods.update(m for m in read(json.load(f)) if isinstance(m, str))
+                methods += [m for m in read(json.load(f)) if isinstance(m, str) and m not in methods]
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    return methods
+    folders = []
+    for m in methods:
+        folder = os.path.join(path, m)
+        if os.path.isdir(folder) and not os.path.islink(folder) and os.path.basename(folder) == m:
+            folders.append(folder)
+            folders += sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                              if n.startswith("seed-") and os.path.isdir(os.path.join(folder, n)))
+    return folders
 
 
-def _written_names(path: str, names) -> list:
-    """Those of ``names`` in the run folder ``path`` that advnlp wrote there."""
-    methods = _compare_methods(path)
-    return [n for n in names if n in _WRITTEN or n in _WRITTEN_TMP or n in methods
-            or any(fnmatch.fnmatch(n, p) for p in _WRITTEN_PATTERNS)]
+def remove_empty(*paths: str) -> None:
+    """Remove those of ``paths`` that are empty folders, the inner ones first."""
+    for path in sorted(paths, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def clear_run(path: str) -> None:
+    """Delete what advnlp wrote in ``path`` (a run that must start again); the user's files,
+    and a previous run kept aside by --overwrite, stay."""
+    for n in _written_names(os.listdir(path)):
+        _remove(os.path.join(path, n))
 
 
 def check_output_dir(path: str, overwrite: bool) -> None:
@@ -89,7 +114,7 @@ def check_output_dir(path: str, overwrite: bool) -> None:
                          f"{REPLACED}/ away if you no longer need the old run")
     names = sorted(os.listdir(path))
     if is_run_dir(path):
-        old = _written_names(path, names)
+        old = _written_names(names)
         if old and not overwrite:
             raise InputError(f"--output-dir {path} holds a previous run ({old[0]}); "
                              "pass --overwrite to replace it or --resume to continue it")
@@ -128,7 +153,7 @@ class Replacement:
         try:
             os.makedirs(path, exist_ok=True)
             if not self.created and is_run_dir(path):
-                self.moved = _written_names(path, sorted(self.before))
+                self.moved = _written_names(sorted(self.before))
             if self.moved:
                 os.makedirs(self.aside)
                 for n in self.moved:
@@ -142,7 +167,7 @@ class Replacement:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         for n in os.listdir(self.path):  # what the new run wrote; the user's files stay
-            if n != REPLACED and (n not in self.before or n in self.moved):
+            if n not in (REPLACED, LOCK) and (n not in self.before or n in self.moved):
                 _remove(os.path.join(self.path, n))
         for n in self.moved:
             os.replace(os.path.join(self.aside, n), os.path.join(self.path, n))
@@ -151,24 +176,46 @@ class Replacement:
 
 
 @contextlib.contextmanager
-def replacing(path: str, here: bool = True):
-    """A new run in ``path`` (checked by :func:`check_output_dir`): the old run moved aside
-    while inside; put back when the block fails before the new run made anything
-    resumable (:func:`has_progress`). ``here=False`` (a rank but 0) does nothing."""
-    replacement = Replacement(path) if here else None
+def replacing(*paths: str, here: bool = True):
+    """New runs in ``paths`` (each checked by :func:`check_output_dir`; a folder before the
+    folders inside it): the old runs moved aside while inside; put back when the block
+    fails before a new run made anything resumable (:func:`has_progress`).
+    ``here=False`` (a rank but 0) does nothing."""
+    replacements = [Replacement(p) for p in paths] if here else []
     try:
         yield
     except Interrupted:
         raise
     except BaseException:
-        if replacement is not None and not has_progress(path):
-            replacement.restore()
+        if replacements and not any(has_progress(p) for p in paths):
+            for r in reversed(replacements):
+                r.restore()
         raise
 
 
-def discard_replaced(path: str) -> None:
-    """The new run finished: the previous one it replaced is no longer needed."""
-    shutil.rmtree(os.path.join(path, REPLACED), ignore_errors=True)
+@contextlib.contextmanager
+def claiming(paths: Sequence[str], overwrite: bool, dist_info: Optional[DistInfo] = None):
+    """New runs into ``paths`` (the first holds the others, or is the only one): while
+    inside, the first is locked (:mod:`lock`), each was checked by :func:`check_output_dir`
+    under that lock, and the previous runs are moved aside (:func:`replacing`). On rank 0
+    only; an error there stops every rank."""
+    with contextlib.ExitStack() as stack:
+        def claim():
+            for p in paths:  # before the lock makes the first folder
+                check_output_dir(p, overwrite)
+            stack.enter_context(locked(paths[0]))
+            for p in paths:  # again: nothing changes them now
+                check_output_dir(p, overwrite)
+
+        on_rank0(dist_info, claim)
+        with replacing(*paths, here=dist_info is None or dist_info.rank == 0):
+            yield
+
+
+def discard_replaced(*paths: str) -> None:
+    """The new runs finished: the previous ones they replaced are no longer needed."""
+    for path in paths:
+        shutil.rmtree(os.path.join(path, REPLACED), ignore_errors=True)
 
 
 def _remove(path: str) -> None:

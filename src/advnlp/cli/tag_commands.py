@@ -6,13 +6,12 @@ against ε, and under the character attack on non-entity words).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 from .distributed import device_of
 from .errors import InputError
-from .files import write_json
+from .files import write_json, write_jsonl
 from .rundir import read_config, read_labels, trained_model_dir
 from .tag_run import TagLabels, tag_splits
 from .tasks import tag as TG
@@ -110,10 +109,7 @@ def attack_tag_run(run_dir: str, attack: str, data: Optional[str], limit: int, *
                               query_budget=query_budget, edit_entities=edit_entities, seed=seed,
                               batch_size=batch_size)
         path = os.path.join(run_dir, "adversarial-char.jsonl")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            for r in res.pop("records"):
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(path + ".tmp", path)
+        write_jsonl(path, res.pop("records"))
         files["jsonl"] = path
         out = {**res, **source}
     path = os.path.join(run_dir, f"attack-{attack}.json")

@@ -15,7 +15,6 @@ to ``predictions-test.jsonl`` (tokens, gold tags, predicted tags) beside ``metri
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from types import SimpleNamespace
@@ -24,7 +23,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .errors import InputError
-from .files import write_json
+from .files import write_json, write_jsonl
 from .run import Run
 from .distributed import seed_everything
 from .tasks import tag as TG
@@ -148,11 +147,9 @@ class TagRun(Run):
         result = super().finish()
         if result is not None:
             path = os.path.join(self.run_dir, "predictions-test.jsonl")
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                for (tokens, gold), pred in zip(self.splits.test, self._predictions["test"]):
-                    f.write(json.dumps({"tokens": tokens, "tags": gold, "predicted": pred},
-                                       ensure_ascii=False) + "\n")
-            os.replace(path + ".tmp", path)
+            write_jsonl(path, ({"tokens": tokens, "tags": gold, "predicted": pred}
+                               for (tokens, gold), pred in zip(self.splits.test,
+                                                               self._predictions["test"])))
             write_json(os.path.join(self.run_dir, "metrics.json"), {**result, "task": "token-classification"})
         return result
 

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from advnlp import FreeAT
 
 from ..errors import InputError, Interrupted
+from ..files import atomic_path
 from ..progress import progress_bar
 from ..run import Run
 from ..rundir import CHECKPOINT
@@ -140,8 +141,8 @@ def save_checkpoint(run: Run) -> None:
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     path = os.path.join(run.run_dir, CHECKPOINT)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a crash mid-write leaves the old one
+    with atomic_path(path) as tmp:  # a crash mid-write leaves the old one
+        torch.save(state, tmp)
 
 
 def resume(run: Run) -> None:
