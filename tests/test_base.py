@@ -1,6 +1,7 @@
 """What every method shares through the one base: a constructor that raises leaves the
 model exactly as it was, the public ``needs_logits``, and the NaN/inf skip report of the
 one backward() template."""
+import inspect
 import math
 import warnings
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, Adversary, FreeAT, FreeLB
+from advnlp import (AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, Adversary, FreeAT, FreeLB,
+                    NEFTune)
 from tinymodels import MeanPoolClassifier, assert_state_equal, batch, snapshot, tiny_bert
 
 INVALID = {
@@ -63,6 +65,45 @@ def test_a_constructor_that_raises_leaves_the_model_as_it_was(cls, kwargs, model
         cls(model, **kwargs)
     assert _hooks(model) == before_hooks
     assert_state_equal(model, before_state)
+
+
+def _bool_arguments(cls):
+    """Every constructor argument of ``cls`` whose default is a bool (its bases' too, as
+    far as ``**kwargs`` passes them on)."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters.values()
+            names |= {p.name for p in params if isinstance(p.default, bool)}
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+    return sorted(names)
+
+
+BOOLS = [(cls, name, value) for cls in (FGM, FGSM, PGD, YOPO, FreeLB, FreeAT, SMART, VAT,
+                                        NEFTune, R3F, AWP)
+         for name in _bool_arguments(cls) for value in ("no", "yes", 0, 1, None)]
+
+
+def test_the_methods_have_the_bool_arguments_the_next_test_checks():
+    assert {n for _, n, _ in BOOLS} >= {"relative", "adv_only", "random_start"}
+
+
+@pytest.mark.parametrize("cls,name,value", BOOLS,
+                         ids=[f"{c.__name__}-{n}-{v!r}" for c, n, v in BOOLS])
+def test_every_bool_argument_takes_only_a_bool(cls, name, value):
+    # bool('no') is True: PGD(random_start='no') must not start at random
+    model = tiny_bert()
+    before = _hooks(model)
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        cls(model, **{name: value})
+    assert _hooks(model) == before
+
+
+def test_the_seed_style_attack_takes_only_a_bool():
+    adv = FGM(MeanPoolClassifier())
+    with pytest.raises(TypeError, match="is_first_attack must be True or False"):
+        adv.attack(is_first_attack="no")
 
 
 def test_the_hook_test_would_see_a_leftover_hook():

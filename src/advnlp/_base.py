@@ -298,6 +298,10 @@ class Adversary:
     Attributes: ``model``; ``needs_logits``; ``skipped_steps`` (steps whose adversarial
     part was skipped for a NaN/inf gradient); ``last_adv_loss`` (the last step's
     adversarial loss or regulariser, detached; None when skipped).
+
+    Every on/off argument of every method (``relative``, ``adv_only``, ``random_start``,
+    ...) takes ``True`` or ``False`` only: a string such as ``'no'``, a number or ``None``
+    is a TypeError naming the argument, never silently read as truthy.
     """
 
     needs_logits = False
@@ -422,8 +426,7 @@ class EmbeddingAdversary(Adversary):
         self.norm = V.choice("norm", norm or self.default_norm, P.NORMS)
         self.scope = V.choice("scope", scope, P.SCOPES)
         self.target = V.choice("target", target, P.TARGETS)
-        if not isinstance(relative, bool):
-            raise TypeError(f"relative must be True or False, got {relative!r}")
+        relative = V.boolean("relative", relative)
         if relative and self.target == "weight":
             raise ValueError("relative=True scales the perturbation of each example's embedding "
                              "output; target='weight' has no such example: use target='output'")
@@ -513,7 +516,7 @@ class GradientAdversary(SeedCompatMixin, EmbeddingAdversary):
                  relative: bool = False):
         self.epsilon = V.positive("epsilon", epsilon)
         self.adv_weight = V.positive("adv_weight", adv_weight, allow_zero=True)
-        self.adv_only = bool(adv_only)
+        self.adv_only = V.boolean("adv_only", adv_only)
         super().__init__(model, norm=norm, scope=scope, target=target, embedding=embedding,
                          relative=relative)
 
