@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from advnlp import (AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, Adversary, FreeAT, FreeLB,
-                    NEFTune)
-from tinymodels import MeanPoolClassifier, assert_state_equal, batch, snapshot, tiny_bert
+                    NEFTune, StepAborted)
+from tinymodels import (LSTMClassifier, MeanPoolClassifier, StackClassifier, assert_state_equal,
+                        batch, snapshot, tiny_bert)
 
 INVALID = {
     FGM: [{"epsilon": 0}, {"epsilon": -1}, {"epsilon": math.nan}, {"epsilon": math.inf},
@@ -161,3 +162,51 @@ def test_no_grad_and_a_frozen_model_are_named_as_the_cause(cls):
     with pytest.raises(RuntimeError, match="no parameter of the model requires grad"):
         step()
     assert all(p.grad is None for p in model.parameters())
+
+
+ABORTABLE = [(PGD, {"steps": 6}), (FreeLB, {"adv_steps": 6}), (SMART, {"steps": 6}),
+             (VAT, {"power_iters": 6}), (YOPO, {"steps": 6}), (AWP, {})]
+
+
+def _counting_step(adv, model):
+    """A backward() call on ``model``, and the count of the closure's calls."""
+    ids, y = batch()
+    calls = [0]
+
+    def forward():
+        calls[0] += 1
+        return model(ids)
+
+    if adv.needs_logits:
+        return calls, lambda: adv.backward(forward, labels=y)
+    return calls, lambda: adv.backward(lambda: nn.functional.cross_entropy(forward(), y))
+
+
+@pytest.mark.parametrize("cls,kw", ABORTABLE, ids=[c.__name__ for c, _ in ABORTABLE])
+def test_stop_check_ends_a_step_between_two_passes_and_restores_the_model(cls, kw):
+    # What lets `advnlp train` stop within one pass on SIGTERM, however long a step is.
+    torch.manual_seed(0)
+    model = (StackClassifier() if cls is YOPO else LSTMClassifier()).train()  # BatchNorm buffers
+    adv = cls(model, **kw)
+    before = snapshot(model)
+    calls, step = _counting_step(adv, model)
+    after = 1 if cls is AWP else 3  # AWP has two passes
+    adv.stop_check = lambda: calls[0] >= after
+    with pytest.raises(StepAborted):
+        step()
+    assert calls[0] == after  # no pass ran after the one during which the stop came
+    assert_state_equal(model, before)  # weights and BatchNorm statistics as before the step
+    adv.stop_check = None
+    step()  # the method goes on working
+    assert calls[0] > after + 1
+
+
+@pytest.mark.parametrize("cls", [FGM, NEFTune, FreeAT])
+def test_stop_check_never_cuts_a_pass_short(cls):
+    # Only between passes: the first pass of a step is never refused, so a one-pass
+    # step always completes.
+    model = MeanPoolClassifier()
+    adv = cls(model)
+    calls, step = _counting_step(adv, model)
+    adv.stop_check = lambda: cls is not FGM or calls[0] >= 2
+    step()
