@@ -1,6 +1,7 @@
 """What every method shares through the one base: a constructor that raises leaves the
 model exactly as it was, the public ``needs_logits``, and the NaN/inf skip report of the
 one backward() template."""
+import inspect
 import math
 import warnings
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from advnlp import AWP, FGM, FGSM, PGD, SMART, VAT, Adversary, FreeAT, FreeLB
-from tinymodels import MeanPoolClassifier, assert_state_equal, batch, snapshot, tiny_bert
+from advnlp import (AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, Adversary, FreeAT, FreeLB,
+                    NEFTune, StepAborted)
+from tinymodels import (LSTMClassifier, MeanPoolClassifier, StackClassifier, assert_state_equal,
+                        batch, snapshot, tiny_bert)
 
 INVALID = {
     FGM: [{"epsilon": 0}, {"epsilon": -1}, {"epsilon": math.nan}, {"epsilon": math.inf},
@@ -63,6 +66,45 @@ def test_a_constructor_that_raises_leaves_the_model_as_it_was(cls, kwargs, model
         cls(model, **kwargs)
     assert _hooks(model) == before_hooks
     assert_state_equal(model, before_state)
+
+
+def _bool_arguments(cls):
+    """Every constructor argument of ``cls`` whose default is a bool (its bases' too, as
+    far as ``**kwargs`` passes them on)."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters.values()
+            names |= {p.name for p in params if isinstance(p.default, bool)}
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+    return sorted(names)
+
+
+BOOLS = [(cls, name, value) for cls in (FGM, FGSM, PGD, YOPO, FreeLB, FreeAT, SMART, VAT,
+                                        NEFTune, R3F, AWP)
+         for name in _bool_arguments(cls) for value in ("no", "yes", 0, 1, None)]
+
+
+def test_the_methods_have_the_bool_arguments_the_next_test_checks():
+    assert {n for _, n, _ in BOOLS} >= {"relative", "adv_only", "random_start"}
+
+
+@pytest.mark.parametrize("cls,name,value", BOOLS,
+                         ids=[f"{c.__name__}-{n}-{v!r}" for c, n, v in BOOLS])
+def test_every_bool_argument_takes_only_a_bool(cls, name, value):
+    # bool('no') is True: PGD(random_start='no') must not start at random
+    model = tiny_bert()
+    before = _hooks(model)
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        cls(model, **{name: value})
+    assert _hooks(model) == before
+
+
+def test_the_seed_style_attack_takes_only_a_bool():
+    adv = FGM(MeanPoolClassifier())
+    with pytest.raises(TypeError, match="is_first_attack must be True or False"):
+        adv.attack(is_first_attack="no")
 
 
 def test_the_hook_test_would_see_a_leftover_hook():
@@ -120,3 +162,51 @@ def test_no_grad_and_a_frozen_model_are_named_as_the_cause(cls):
     with pytest.raises(RuntimeError, match="no parameter of the model requires grad"):
         step()
     assert all(p.grad is None for p in model.parameters())
+
+
+ABORTABLE = [(PGD, {"steps": 6}), (FreeLB, {"adv_steps": 6}), (SMART, {"steps": 6}),
+             (VAT, {"power_iters": 6}), (YOPO, {"steps": 6}), (AWP, {})]
+
+
+def _counting_step(adv, model):
+    """A backward() call on ``model``, and the count of the closure's calls."""
+    ids, y = batch()
+    calls = [0]
+
+    def forward():
+        calls[0] += 1
+        return model(ids)
+
+    if adv.needs_logits:
+        return calls, lambda: adv.backward(forward, labels=y)
+    return calls, lambda: adv.backward(lambda: nn.functional.cross_entropy(forward(), y))
+
+
+@pytest.mark.parametrize("cls,kw", ABORTABLE, ids=[c.__name__ for c, _ in ABORTABLE])
+def test_stop_check_ends_a_step_between_two_passes_and_restores_the_model(cls, kw):
+    # What lets `advnlp train` stop within one pass on SIGTERM, however long a step is.
+    torch.manual_seed(0)
+    model = (StackClassifier() if cls is YOPO else LSTMClassifier()).train()  # BatchNorm buffers
+    adv = cls(model, **kw)
+    before = snapshot(model)
+    calls, step = _counting_step(adv, model)
+    after = 1 if cls is AWP else 3  # AWP has two passes
+    adv.stop_check = lambda: calls[0] >= after
+    with pytest.raises(StepAborted):
+        step()
+    assert calls[0] == after  # no pass ran after the one during which the stop came
+    assert_state_equal(model, before)  # weights and BatchNorm statistics as before the step
+    adv.stop_check = None
+    step()  # the method goes on working
+    assert calls[0] > after + 1
+
+
+@pytest.mark.parametrize("cls", [FGM, NEFTune, FreeAT])
+def test_stop_check_never_cuts_a_pass_short(cls):
+    # Only between passes: the first pass of a step is never refused, so a one-pass
+    # step always completes.
+    model = MeanPoolClassifier()
+    adv = cls(model)
+    calls, step = _counting_step(adv, model)
+    adv.stop_check = lambda: cls is not FGM or calls[0] >= 2
+    step()

@@ -4,11 +4,11 @@
     adv = PGD(model, epsilon=1.0, alpha=0.3, steps=3)
     loss = adv.backward(lambda: criterion(model(**batch).logits, batch["labels"]))
 """
-from ._base import Adversary, EmbeddingAdversary, GradientAdversary
+from ._base import Adversary, EmbeddingAdversary, GradientAdversary, StepAborted
 from .methods import (AWP, FGM, R3F, DiscreteAT, FGSM, NEFTune, PGD, SMART, VAT, YOPO, FreeAT,
                       FreeLB)
 from .outputs import as_loss, split_output
 
 __version__ = "0.1.0"
 __all__ = ["AWP", "Adversary", "DiscreteAT", "EmbeddingAdversary", "FGM", "FGSM", "FreeAT", "FreeLB",
-           "GradientAdversary", "NEFTune", "PGD", "R3F", "SMART", "VAT", "YOPO", "as_loss", "split_output", "__version__"]
+           "GradientAdversary", "NEFTune", "PGD", "R3F", "SMART", "StepAborted", "VAT", "YOPO", "as_loss", "split_output", "__version__"]

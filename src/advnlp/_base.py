@@ -6,7 +6,8 @@ Three layers, each adding one thing:
   ``loss = adv.backward(closure, backward_fn=None)`` as one template: check the
   closure, run the method's :meth:`~Adversary._step` on a :class:`Step`, restore
   what the step changed (also when the closure raises), count and report a step
-  whose gradients were NaN/inf. ``needs_logits`` says whether the closure returns
+  whose gradients were NaN/inf. ``stop_check`` (set by a training loop) is asked
+  between passes and ends a long step with :class:`StepAborted`. ``needs_logits`` says whether the closure returns
   the model output (SMART, VAT) instead of the loss.
 * :class:`EmbeddingAdversary` - methods that perturb the input embedding: finds
   it, registers the one forward hook (the last thing its constructor does, after
@@ -40,6 +41,13 @@ BackwardFn = Callable[[torch.Tensor], None]
 Offset = Callable[[int, Optional[torch.Tensor], torch.Tensor], Optional[torch.Tensor]]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+class StepAborted(Exception):
+    """Raised by ``backward()`` between two passes of a step when the method's
+    ``stop_check()`` returns True. Weights and buffers are as before the step; the
+    parameter gradients hold what the passes already run added: discard them
+    (``optimizer.zero_grad()``) rather than step on them."""
 
 
 class _Skip(Exception):
@@ -298,9 +306,17 @@ class Adversary:
     Attributes: ``model``; ``needs_logits``; ``skipped_steps`` (steps whose adversarial
     part was skipped for a NaN/inf gradient); ``last_adv_loss`` (the last step's
     adversarial loss or regulariser, detached; None when skipped).
+
+    Every on/off argument of every method (``relative``, ``adv_only``, ``random_start``,
+    ...) takes ``True`` or ``False`` only: a string such as ``'no'``, a number or ``None``
+    is a TypeError naming the argument, never silently read as truthy.
     """
 
     needs_logits = False
+    #: None, or ``() -> bool``, asked before every pass of a step but the first: True ends the
+    #: step at once with :class:`StepAborted` (a training loop that must stop within one pass
+    #: on a signal, however many passes the method makes per step).
+    stop_check: Optional[Callable[[], bool]] = None
     # What a skipped step says: "<Method>: non-finite (NaN/inf) <what>; <then> (N so far). <note>"
     skip_what = "gradient w.r.t. the embedding"
     skip_then = "adversarial part of this step skipped"
@@ -333,9 +349,15 @@ class Adversary:
                             f"and returns {returns}")
         self._check_trainable()
         self._set_positions(_check_mask(mask))
-        step = self._new_step(closure, backward_fn or _default_backward)
+        step = self._new_step(self._stoppable(closure), backward_fn or _default_backward)
+        # an aborted step leaves the buffers as before it, not as after its clean pass
+        start = None if self.stop_check is None else snapshot_buffers(self.model)
         try:
             loss = self._step(step, **options)
+        except StepAborted:
+            if start is not None:
+                step.buffers = start
+            raise
         finally:
             step.restore()
             self._set_positions(None)
@@ -350,6 +372,23 @@ class Adversary:
 
     def _new_step(self, closure: Closure, backward_fn: BackwardFn) -> Step:
         return Step(self, closure, backward_fn)
+
+    def _stoppable(self, closure: Closure) -> Closure:
+        """``closure`` asking ``stop_check`` before each call but the first: every pass of
+        every method runs the closure, so this is the one place a step can be cut short."""
+        check = self.stop_check
+        if check is None:
+            return closure
+        calls = [0]
+
+        def run(*args, **kwargs):
+            if calls[0] and check():
+                raise StepAborted(f"{type(self).__name__}: step aborted after {calls[0]} "
+                                  "pass(es), stop_check() asked to stop")
+            calls[0] += 1
+            return closure(*args, **kwargs)
+
+        return run
 
     def _set_positions(self, mask: Optional[torch.Tensor]) -> None:
         if mask is not None:
@@ -422,8 +461,7 @@ class EmbeddingAdversary(Adversary):
         self.norm = V.choice("norm", norm or self.default_norm, P.NORMS)
         self.scope = V.choice("scope", scope, P.SCOPES)
         self.target = V.choice("target", target, P.TARGETS)
-        if not isinstance(relative, bool):
-            raise TypeError(f"relative must be True or False, got {relative!r}")
+        relative = V.boolean("relative", relative)
         if relative and self.target == "weight":
             raise ValueError("relative=True scales the perturbation of each example's embedding "
                              "output; target='weight' has no such example: use target='output'")
@@ -513,7 +551,7 @@ class GradientAdversary(SeedCompatMixin, EmbeddingAdversary):
                  relative: bool = False):
         self.epsilon = V.positive("epsilon", epsilon)
         self.adv_weight = V.positive("adv_weight", adv_weight, allow_zero=True)
-        self.adv_only = bool(adv_only)
+        self.adv_only = V.boolean("adv_only", adv_only)
         super().__init__(model, norm=norm, scope=scope, target=target, embedding=embedding,
                          relative=relative)
 

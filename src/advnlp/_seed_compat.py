@@ -43,6 +43,7 @@ class SeedCompatMixin:
         adversarial loss, then call :meth:`restore`.
         """
         state = self._compat()
+        is_first_attack = V.boolean("is_first_attack", is_first_attack)
         eps = self.epsilon if epsilon is None else V.positive("epsilon", epsilon)
         module = self._seed_module(emb_name)
         weight = module.weight

@@ -42,6 +42,27 @@ def in_range(name: str, value, low: float, high: float, what: str = "a number") 
     return float(value)
 
 
+def boolean(name: str, value) -> bool:
+    """``True`` or ``False`` itself: a string ``'no'``, a number or ``None`` is refused
+    (``bool('no')`` is True, so coercing would turn an option on that was meant off)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def strings(name: str, value, example: str) -> frozenset:
+    """An iterable of strings (set, list, tuple, frozenset) as a frozenset. A bare string
+    would be its characters, so it is refused, as is None; ``example`` shows the fix."""
+    if isinstance(value, (str, bytes)) or value is None or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a collection of strings, e.g. {example}, or an "
+                        f"empty set() for none; got {value!r}")
+    value = frozenset(value)
+    wrong = next((v for v in value if not isinstance(v, str)), None)
+    if wrong is not None:
+        raise TypeError(f"{name} must hold strings only, got {wrong!r}")
+    return value
+
+
 def choice(name: str, value, choices: Sequence[str]) -> str:
     """One of ``choices``."""
     if value not in choices:

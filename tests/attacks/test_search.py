@@ -188,3 +188,17 @@ def test_custom_proposer_through_greedy_attack():
     flip = lambda seg, vals, i, changed: [{i: vals[i][::-1]}]  # noqa: E731
     res = greedy_attack(keyword("good").predict_proba, ["so good"], [1], flip, attack="flip")
     assert res.records[0].perturbed == "so doog" and res.attack == "flip"
+
+
+def test_the_attack_classes_bool_arguments_take_only_a_bool():
+    # bool('no') is True: a single-label classifier would be read as multi-label
+    from advnlp.attacks import EmbeddingNeighbours
+    from advnlp.attacks.classifier import as_classifier
+
+    with pytest.raises(TypeError, match="multi_label must be True or False"):
+        keyword("good", multi_label="no")
+    with pytest.raises(TypeError, match="multi_label must be True or False"):
+        as_classifier(lambda texts: None, multi_label="no")
+    with pytest.raises(TypeError, match="lowercase must be True or False"):
+        EmbeddingNeighbours(["good"], torch.ones(1, 2), lowercase="no")
+    assert as_classifier(lambda texts: None).multi_label is False

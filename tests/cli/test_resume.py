@@ -112,3 +112,54 @@ def test_sigterm_saves_a_checkpoint_and_resumes(sentiment_csv, tmp_path, engine=
     assert run("train", "--resume", stopped, "--quiet") == 0
     a, b = _weights(straight), _weights(stopped)
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def _sigterm_on_forward(monkeypatch, n):
+    """Deliver a real SIGTERM during the n-th forward pass of the training steps; returns the
+    count of forward passes run."""
+    from advnlp.cli.tasks import classify as T
+
+    calls = {"n": 0}
+    step = T.train_step
+
+    class Counting:
+        def __init__(self, clf):
+            self.clf = clf
+
+        def __getattr__(self, name):
+            return getattr(self.clf, name)
+
+        def __call__(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                signal.raise_signal(signal.SIGTERM)
+            return self.clf(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", lambda clf, *a, **kw: step(Counting(clf), *a, **kw))
+    return calls
+
+
+def test_sigterm_stops_a_long_step_between_two_passes_and_resumes_exactly(
+        sentiment_csv, tmp_path, monkeypatch, capsys):
+    # --steps 150: each step is 151 passes. SIGTERM in the 10th pass of step 3 must not wait
+    # for its 141 others: the step is dropped, the checkpoint is step 2's, and resuming from
+    # it ends with the uninterrupted run's weights (so the dropped step left nothing behind:
+    # no gradient, no random draw, no BatchNorm statistic).
+    args = ["train", *ARGS, "--epochs", "1", "--train", sentiment_csv, "--method", "pgd",
+            "--steps", "150"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(*args, "--output-dir", straight) == 0
+    assert "advnlp: warning: --steps 150 is far above" in capsys.readouterr().err  # --quiet too
+    with monkeypatch.context() as m:
+        calls = _sigterm_on_forward(m, 2 * 151 + 10)
+        assert run(*args, "--output-dir", stopped) == 143
+        assert calls["n"] == 2 * 151 + 10  # not one pass more
+    err = capsys.readouterr().err
+    assert "checkpoint saved after SIGTERM" in err and "--resume" in err
+    import torch
+
+    state = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, 2)
+    assert run("train", "--resume", stopped, "--quiet") == 0
+    a, b = _weights(straight), _weights(stopped)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -98,6 +98,18 @@ def test_adversary_on_another_model_is_refused(tmp_path):
         trainer_for(tiny_bert(), tmp_path, FGM(tiny_bert()), per_device_train_batch_size=4)
 
 
+def test_discrete_at_is_refused_at_construction(tmp_path):
+    from transformers import BertTokenizerFast
+
+    from advnlp import DiscreteAT
+
+    model = tiny_bert()
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]",
+                                                                "[SEP]", "good", "bad"])})
+    with pytest.raises(ValueError, match="DiscreteAT edits the texts"):
+        trainer_for(model, tmp_path, DiscreteAT(model, tok), per_device_train_batch_size=4)
+
+
 def _seeded(cls, model, **kw):
     return cls(model, generator=torch.Generator().manual_seed(7), **kw)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 trl = pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from advnlp import FGM, NEFTune, PGD, R3F, SMART  # noqa: E402
+from advnlp import FGM, VAT, DiscreteAT, NEFTune, PGD, R3F, SMART  # noqa: E402
 from advnlp.integrations.trl import AdversarialSFTTrainer  # noqa: E402
 
 WORDS = ("hello hi there how are you fine thanks what is the weather sunny rainy today "
@@ -204,3 +204,39 @@ def test_bad_arguments(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="not reproduced"):
         AdversarialSFTTrainer(**{**common, "args": _config(tmp_path, loss_type="dft")},
                               adversary=SMART(model))
+
+
+def _hook_counts(model):
+    return {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+
+
+@pytest.mark.parametrize("factory,config", [
+    (lambda m: VAT(m), {"loss_type": "dft"}),
+    (lambda m: SMART(m), {"label_smoothing_factor": 0.1}),
+], ids=["vat-dft", "smart-label-smoothing"])
+def test_a_refused_factory_method_leaves_the_model_as_it_was(tokenizer, tmp_path, factory, config):
+    # The caller holds no handle to what the factory built: the refusal must remove it.
+    model = _model(tokenizer)
+    before = _hook_counts(model)
+    ids = torch.tensor([[3, 5, 7, 9]])
+    with torch.no_grad():
+        logits = model(ids).logits
+    with pytest.raises(ValueError, match="not reproduced"):
+        AdversarialSFTTrainer(model=model, args=_config(tmp_path, **config),
+                              train_dataset=_dataset(), processing_class=tokenizer,
+                              adversary_factory=factory)
+    assert _hook_counts(model) == before
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits)
+
+
+def test_discrete_at_is_refused_at_construction(tokenizer, tmp_path):
+    model = _model(tokenizer)
+    before = _hook_counts(model)
+    common = dict(model=model, args=_config(tmp_path), train_dataset=_dataset(),
+                  processing_class=tokenizer)
+    with pytest.raises(ValueError, match="DiscreteAT edits the texts.*own loop"):
+        AdversarialSFTTrainer(**common, adversary_factory=lambda m: DiscreteAT(m, tokenizer))
+    assert _hook_counts(model) == before
+    with pytest.raises(ValueError, match="DiscreteAT edits the texts"):
+        AdversarialSFTTrainer(**common, adversary=DiscreteAT(model, tokenizer))

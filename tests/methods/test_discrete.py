@@ -258,6 +258,23 @@ def test_bad_arguments_are_refused_before_anything_is_registered(kwargs, error):
     assert not model.emb._forward_hooks
 
 
+@pytest.mark.parametrize("stopwords", ["the", None, 3, ["the", 3]])
+def test_stopwords_must_be_a_collection_of_strings(stopwords):
+    # a bare 'the' would be the letters {t, h, e}
+    tok = _tokenizer()
+    model = BagOfTokens(tok.vocab_size)
+    with pytest.raises(TypeError, match="stopwords"):
+        DiscreteAT(model, tok, stopwords=stopwords)
+    assert not model.emb._forward_hooks
+
+
+@pytest.mark.parametrize("stopwords", [{"the"}, ["the"], ("the",), frozenset({"the"}), set()])
+def test_stopwords_take_any_collection_of_strings(stopwords):
+    tok = _tokenizer()
+    adv = DiscreteAT(BagOfTokens(tok.vocab_size), tok, stopwords=stopwords)
+    assert adv.stopwords == frozenset(stopwords)
+
+
 def test_bad_companions_and_inputs_are_refused():
     tok = _tokenizer()
     model = BagOfTokens(tok.vocab_size)

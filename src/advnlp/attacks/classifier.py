@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import _perturb as P
+from .. import _validate as V
 
 ProbaFn = Callable[[List[str]], torch.Tensor]
 
@@ -30,7 +31,7 @@ class EmbeddingNeighbours:
         if len(words) != vectors.shape[0]:
             raise ValueError(f"{len(words)} words but {vectors.shape[0]} embedding rows")
         keep = [i for i, w in enumerate(words) if w.isalpha()]
-        self.lowercase = lowercase
+        self.lowercase = V.boolean("lowercase", lowercase)
         self.words = [words[i] for i in keep]
         v = vectors.detach().float().cpu()[keep]
         self.unit = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -110,7 +111,7 @@ class TextClassifier:
             raise TypeError("predict_proba must be callable: list[str] -> tensor [n, classes]")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self._fn, self.multi_label = predict_proba, bool(multi_label)
+        self._fn, self.multi_label = predict_proba, V.boolean("multi_label", multi_label)
         self.neighbours, self.batch_size = neighbours, int(batch_size)
 
     def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
@@ -128,10 +129,10 @@ class TextClassifier:
 def as_classifier(obj, multi_label: Optional[bool] = None) -> TextClassifier:
     """A :class:`TextClassifier`, or a bare ``predict_proba`` callable (single-label)."""
     if isinstance(obj, TextClassifier):
-        if multi_label is not None and bool(multi_label) != obj.multi_label:
+        if multi_label is not None and V.boolean("multi_label", multi_label) != obj.multi_label:
             raise ValueError("multi_label contradicts the classifier's own multi_label")
         return obj
-    return TextClassifier(obj, bool(multi_label))
+    return TextClassifier(obj, False if multi_label is None else multi_label)
 
 
 def _proba(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:

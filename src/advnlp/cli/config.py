@@ -12,6 +12,7 @@ import importlib
 import inspect
 import math
 import os
+import sys
 import time
 import types
 import typing
@@ -75,6 +76,11 @@ MEASURED["yopo"] = MEASURED["pgd"]  # not swept itself: YOPO approximates PGD at
 # norm per example is alpha / sqrt(3) of the embedding's when relative).
 MEASURED["neftune"] = {"relative_epsilon": True, "epsilon": round(0.03 * 3 ** 0.5, 4)}
 
+# --steps above this is warned about: the methods' own defaults are 1-3 and the papers'
+# recipes stay under 10, so 100+ passes per optimizer step is most likely a typo (for
+# --epochs, say). A warning, not an error: a Ctrl-C or SIGTERM still stops such a step
+# between two passes.
+MANY_STEPS = 100
 DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
 ENGINES = ("loop", "trainer")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -143,6 +149,11 @@ class TrainConfig:
                                  f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
             if value is None and name in takes:
                 setattr(cfg, name, _method_default(cfg.method, name, cfg.relative_epsilon))
+        if cfg.steps is not None and cfg.steps > MANY_STEPS:
+            what = ("replays every batch {} times" if cfg.method == "freeat" else
+                    "runs about {} passes of the model per optimizer step")
+            _warn(f"--steps {cfg.steps} is far above the usual 1-10: --method {cfg.method} "
+                  f"{what.format(cfg.steps)}; was it meant for --epochs?")
         if cfg.method == "freeat" and cfg.alpha is None:  # FreeAT's own L2 default, recorded
             cfg.alpha = cfg.epsilon / 6
         for name in ("epochs", "batch_size", "max_length"):
@@ -337,6 +348,13 @@ def _check_task(cfg: TrainConfig) -> None:
         if given:
             raise InputError(f"--task token-classification does not take {flag} (it edits or "
                              "reads whole texts); drop it")
+
+
+def _warn(message: str) -> None:
+    """A warning about the settings, on stderr even under --quiet (which hides progress,
+    not advice); once under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"advnlp: warning: {message}", file=sys.stderr)
 
 
 def _method_default(method: str, name: str, relative: bool = False):

@@ -45,10 +45,25 @@ if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release
         "including advnlp train's default loop, works with transformers 4.46 and later."
     )
 
-from .. import Adversary, split_output  # noqa: E402 (after the version check)
+from .. import Adversary, DiscreteAT, split_output  # noqa: E402 (after the version check)
 
 
 MASKS = ("attention_mask", "prompt")
+
+
+def check_adversary(adversary, adversary_mask=None) -> None:
+    """Refuse what a Trainer's step cannot run, before the trainer keeps the method."""
+    if not isinstance(adversary, Adversary):
+        raise TypeError("adversary must be an advnlp method such as FGM(model)")
+    if isinstance(adversary, DiscreteAT):
+        raise ValueError(
+            "DiscreteAT edits the texts of each batch: its backward takes the texts and a "
+            "closure(batch, labels), while a Trainer's step has only token ids, so it would "
+            "fail at the first step. Use DiscreteAT in your own loop, or here an embedding "
+            "method (FGM, PGD, FreeLB) or texts from advnlp.attacks added to the dataset")
+    if adversary_mask is not None and not hasattr(adversary, "_hook"):
+        raise ValueError(f"adversary_mask: {type(adversary).__name__} perturbs weights, not "
+                         "token positions; drop adversary_mask")
 
 
 class AdversarialMixin:
@@ -59,7 +74,8 @@ class AdversarialMixin:
         adversary: an advnlp method built on the same model (e.g. ``FGM(model)``,
             ``AWP(model)``). ``None`` trains exactly like the Trainer. SMART, VAT and R3F
             get the model's own loss (from ``labels`` in the batch) as their task loss and
-            its logits for the divergence.
+            its logits for the divergence. DiscreteAT, which edits the texts, is refused
+            (the step has token ids only).
         adversary_mask: which positions the embedding methods may perturb: ``None``
             (default: every position that is not the embedding's ``padding_idx``),
             ``"attention_mask"`` (the batch's; for models whose embedding has no
@@ -73,16 +89,12 @@ class AdversarialMixin:
 
     def __init__(self, *args, adversary: Optional[Adversary] = None, adversary_mask=None,
                  **kwargs):
-        if adversary is not None and not isinstance(adversary, Adversary):
-            raise TypeError("adversary must be an advnlp method such as FGM(model)")
         if adversary_mask is not None and not callable(adversary_mask) \
                 and adversary_mask not in MASKS:
             raise ValueError(f"adversary_mask takes None, {', '.join(map(repr, MASKS))} or a "
                              f"function inputs -> mask, got {adversary_mask!r}")
-        if adversary_mask is not None and adversary is not None \
-                and not hasattr(adversary, "_hook"):
-            raise ValueError(f"adversary_mask: {type(adversary).__name__} perturbs weights, not "
-                             "token positions; drop adversary_mask")
+        if adversary is not None:
+            check_adversary(adversary, adversary_mask)
         super().__init__(*args, **kwargs)
         if adversary is not None and not adversary.built_on(self.model):
             raise ValueError(

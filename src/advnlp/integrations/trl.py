@@ -32,6 +32,9 @@ What differs from a plain ``SFTTrainer`` run, and why:
   every position is real.
 - TRL's own ``neftune_noise_alpha`` with advnlp's :class:`~advnlp.NEFTune` is refused at
   the first step (the noise would be added twice).
+- :class:`~advnlp.DiscreteAT` edits texts, which the step does not have: refused at
+  construction. A method the trainer refuses that ``adversary_factory`` built is removed
+  from the model again (the caller has no handle to it).
 """
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("advnlp.integrations.trl needs trl: pip install trl") from e
 
-from .transformers import AdversarialMixin
+from .. import Adversary
+from .transformers import AdversarialMixin, check_adversary
 
 
 class AdversarialSFTTrainer(AdversarialMixin, SFTTrainer):
@@ -69,22 +73,34 @@ class AdversarialSFTTrainer(AdversarialMixin, SFTTrainer):
             raise TypeError("adversary_factory must be a function model -> advnlp method")
         super().__init__(*args, adversary=adversary, adversary_mask=adversary_mask, **kwargs)
         if adversary_factory is not None:
-            adv = adversary_factory(self.model)
-            if not hasattr(adv, "built_on") or not adv.built_on(self.model):
+            self.adversary = self._built(adversary_factory, adversary_mask)
+        elif self.adversary is not None:
+            self._check_loss(self.adversary)
+
+    def _built(self, factory: Callable, adversary_mask) -> Adversary:
+        """The factory's method, checked before it is kept. A refused one is removed from
+        the model: the caller holds no handle to it, and a refusal leaves the model as it was."""
+        adv = factory(self.model)
+        try:
+            if not isinstance(adv, Adversary) or not adv.built_on(self.model):
                 raise ValueError("adversary_factory must build the method on the model it is "
                                  "given: lambda model: FGM(model)")
-            if adversary_mask is not None and not hasattr(adv, "_hook"):
-                raise ValueError(f"adversary_mask: {type(adv).__name__} perturbs weights, not "
-                                 "token positions; drop adversary_mask")
-            self.adversary = adv
-        if self.adversary is not None and self.adversary.needs_logits:
-            if self.label_smoother is not None or self.args.loss_type != "nll" \
-                    or self.compute_loss_func is not None:
-                raise ValueError(
-                    f"{type(self.adversary).__name__} compares logits, so advnlp computes "
-                    "SFTTrainer's loss itself (the token-mean NLL); label smoothing, "
-                    "loss_type other than 'nll' and compute_loss_func are not reproduced: "
-                    "drop them or use a method that takes the loss (FGM, PGD, FreeLB)")
+            check_adversary(adv, adversary_mask)
+            self._check_loss(adv)
+        except Exception:
+            if isinstance(adv, Adversary):
+                adv.remove()
+            raise
+        return adv
+
+    def _check_loss(self, adv: Adversary) -> None:
+        if adv.needs_logits and (self.label_smoother is not None or self.args.loss_type != "nll"
+                                 or self.compute_loss_func is not None):
+            raise ValueError(
+                f"{type(adv).__name__} compares logits, so advnlp computes "
+                "SFTTrainer's loss itself (the token-mean NLL); label smoothing, "
+                "loss_type other than 'nll' and compute_loss_func are not reproduced: "
+                "drop them or use a method that takes the loss (FGM, PGD, FreeLB)")
 
     def training_step(self, *args, **kwargs):
         if self.adversary is None:

@@ -108,7 +108,7 @@ class DiscreteAT(Adversary):
         self.min_length = V.integer("min_length", min_length, minimum=0)
         self.max_length = None if max_length is None else V.integer("max_length", max_length)
         self.seed = V.integer("seed", seed, minimum=-2 ** 63)
-        self.stopwords = frozenset(stopwords)
+        self.stopwords = V.strings("stopwords", stopwords, "{'the', 'a'}")
         if segments != "all" and not (isinstance(segments, int) and not isinstance(segments, bool)) \
                 and not (isinstance(segments, (list, tuple)) and all(isinstance(s, int) for s in segments)):
             raise TypeError(f"segments must be 'all', a segment index or a list of them, got {segments!r}")

@@ -55,7 +55,7 @@ class FGSM(GradientAdversary):
                  norm: str = "linf", **kwargs):
         if norm != "linf":
             raise ValueError("FGSM is the L-infinity (sign) method; for L2 use FGM")
-        self.random_start = bool(random_start)
+        self.random_start = V.boolean("random_start", random_start)
         self.alpha = (1.25 * V.positive("epsilon", epsilon) if alpha is None
                       else V.positive("alpha", alpha))
         self.generator = generator

@@ -66,7 +66,7 @@ class FreeAT(EmbeddingAdversary):
 
     def __init__(self, model, epsilon: float = 0.6, replays: int = 2, *,
                  step_size: Optional[float] = None, norm: str = "l2", **kwargs):
-        if kwargs.pop("adv_only", False) or kwargs.pop("adv_weight", 1.0) != 1.0:
+        if V.boolean("adv_only", kwargs.pop("adv_only", False)) or kwargs.pop("adv_weight", 1.0) != 1.0:
             raise ValueError("FreeAT trains on the perturbed loss only, once per call; "
                              "adv_weight/adv_only do not apply")
         V.output_target(kwargs.get("target", "output"), "FreeAT")

@@ -55,7 +55,7 @@ class PGD(GradientAdversary):
                  **kwargs):
         self.alpha = V.positive("alpha", alpha)
         self.steps = V.integer("steps", steps)
-        self.random_start = bool(random_start)
+        self.random_start = V.boolean("random_start", random_start)
         self.generator = generator
         super().__init__(model, epsilon, **kwargs)
 

@@ -71,7 +71,7 @@ class VAT(ConsistencyAdversary):
                  alpha: float = 1.0, xi: float = 1e-3, power_iters: int = 1,
                  output_type: str = "softmax", generator: Optional[torch.Generator] = None,
                  **kwargs):
-        if kwargs.pop("adv_only", False) or kwargs.pop("adv_weight", 1.0) != 1.0:
+        if V.boolean("adv_only", kwargs.pop("adv_only", False)) or kwargs.pop("adv_weight", 1.0) != 1.0:
             raise ValueError("VAT weighs its loss with alpha=; adv_weight/adv_only do not apply")
         V.output_target(kwargs.get("target", "output"), "VAT")
         self.epsilon = V.positive("epsilon", epsilon)

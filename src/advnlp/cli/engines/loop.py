@@ -8,6 +8,12 @@ Checkpoints: ``checkpoint.pt`` at the end of every epoch and on Ctrl-C (written
 atomically; loaded with ``weights_only=True``, so nothing is unpickled): weights,
 optimizer, schedule, scaler, RNG states and the run's progress, and FreeAT's delta
 between two replays of a batch, so a resumed run goes on exactly where it stopped.
+
+In one process a signal also stops a step between two of the method's passes (the
+adversary's ``stop_check``): a PGD with many steps must not hold a SIGTERM for minutes.
+The partial step is dropped (its gradients and random draws) and the checkpoint is
+the last finished step's. Under torchrun the stop waits for the step's end: a rank
+leaving mid-step would leave the others waiting in its all-reduce.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Tuple
 import torch
 import torch.distributed as dist
 
-from advnlp import FreeAT
+from advnlp import FreeAT, StepAborted
 
 from ..errors import InputError, Interrupted
 from ..files import atomic_path
@@ -48,6 +54,8 @@ def _run_epoch(run: Run) -> None:
     bar = progress_bar(run.progress, run.log, total=len(schedule), initial=run.step,
                        desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}")
     run.clf.model.train()
+    if run.adv is not None and run.dist is None:
+        run.adv.stop_check = lambda: bool(run.stop_requested)
     batch, encoded = None, None
     try:
         for span, replay in schedule[run.step:]:
@@ -58,7 +66,7 @@ def _run_epoch(run: Run) -> None:
             if not online and encoded != span:  # FreeAT's replays reuse the encoded batch
                 batch, encoded = run.batch(idx), span
             start = time.perf_counter()
-            loss = train_step(run, idx, batch)
+            loss = _finished_step(run, idx, batch)
             if run.device.type == "cuda":
                 torch.cuda.synchronize()
             loss, stop = run.end_step(loss, time.perf_counter() - start)
@@ -69,6 +77,20 @@ def _run_epoch(run: Run) -> None:
                 raise Interrupted(run.run_dir, run.stop_signal)
     finally:
         bar.close()
+
+
+def _finished_step(run: Run, idx, batch) -> torch.Tensor:
+    """:func:`train_step`; a step a signal aborted between two passes is dropped, with its
+    gradients and random draws, and the run stops at the last finished step's checkpoint."""
+    before = _rng_state()
+    try:
+        return train_step(run, idx, batch)
+    except StepAborted:
+        run.optimizer.zero_grad(set_to_none=True)
+        _set_rng_state(before)
+        save_checkpoint(run)
+        run.agree()  # sets stop_signal
+        raise Interrupted(run.run_dir, run.stop_signal) from None
 
 
 def train_step(run: Run, idx, batch) -> torch.Tensor:
@@ -137,8 +159,7 @@ def save_checkpoint(run: Run) -> None:
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         **run.progress_state(),
         "replay_state": replay,
-        "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **_rng_state(),
     }
     path = os.path.join(run.run_dir, CHECKPOINT)
     with atomic_path(path) as tmp:  # a crash mid-write leaves the old one
@@ -173,6 +194,15 @@ def _load_state(run: Run, state: dict) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.load_progress_state(state)
     _load_replay_state(run, state.get("replay_state"))
+    _set_rng_state(state)
+
+
+def _rng_state() -> dict:
+    return {"rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["rng_torch"].cpu())
     random.setstate(state["rng_python"])
     if state["rng_cuda"] and torch.cuda.is_available():
