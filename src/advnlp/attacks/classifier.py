@@ -7,7 +7,7 @@ input-embedding space (:class:`EmbeddingNeighbours`).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -67,32 +67,39 @@ class EmbeddingNeighbours:
 
     @classmethod
     def from_hf(cls, tokenizer, embedding: nn.Module) -> "EmbeddingNeighbours":
-        """A Hugging Face tokenizer: only tokens that are a whole word on their own.
-
-        WordPiece keeps tokens without ``##``; SentencePiece / byte-level BPE keep
-        tokens starting with their word-boundary mark (``▁`` / ``Ġ``), which is
-        stripped. Special tokens are dropped.
-        """
-        vocab = tokenizer.get_vocab()
-        special = set(getattr(tokenizer, "all_special_tokens", []))
-        toks = [t for t in vocab if t not in special]
-        marks = [m for m in ("\u2581", "\u0120") if sum(t.startswith(m) for t in toks) > len(toks) // 10]
-        words, rows = [], []
-        for t in toks:
-            if marks:
-                if not t.startswith(marks[0]):
-                    continue
-                w = t[len(marks[0]):]
-            else:
-                if t.startswith("##"):
-                    continue
-                w = t
-            if w.isalpha():
-                words.append(w)
-                rows.append(vocab[t])
+        """A Hugging Face tokenizer: only tokens that are a whole word on their own
+        (:func:`whole_words`)."""
+        pairs = whole_words(tokenizer)
+        rows = torch.tensor([r for _, r in pairs], dtype=torch.long)
         lowercase = bool(getattr(tokenizer, "do_lower_case", False))
-        weight = embedding.weight.detach()
-        return cls(words, weight[torch.tensor(rows, dtype=torch.long)], lowercase)
+        return cls([w for w, _ in pairs], embedding.weight.detach()[rows], lowercase)
+
+
+def whole_words(tokenizer) -> List[Tuple[str, int]]:
+    """``(word, token id)`` for the tokens of a Hugging Face tokenizer that are a whole
+    word of letters on their own.
+
+    WordPiece keeps tokens without ``##``; SentencePiece / byte-level BPE keep tokens
+    starting with their word-boundary mark (``▁`` / ``Ġ``), which is stripped. Special
+    tokens are dropped.
+    """
+    vocab = tokenizer.get_vocab()
+    special = set(getattr(tokenizer, "all_special_tokens", []))
+    toks = [t for t in vocab if t not in special]
+    marks = [m for m in ("\u2581", "\u0120") if sum(t.startswith(m) for t in toks) > len(toks) // 10]
+    out = []
+    for t in toks:
+        if marks:
+            if not t.startswith(marks[0]):
+                continue
+            w = t[len(marks[0]):]
+        else:
+            if t.startswith("##"):
+                continue
+            w = t
+        if w.isalpha():
+            out.append((w, vocab[t]))
+    return out
 
 
 class TextClassifier:

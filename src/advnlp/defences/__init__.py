@@ -1,0 +1,15 @@
+"""Defences that sit in front of a model and compose with any training method.
+
+* :class:`TypoNormalizer` - a typo-invariant encoding: each one-edit typo (the char
+  attack's) of a known word is mapped back before the tokenizer (RobEn-style clusters
+  with a word-recognition back-off; not for CJK text, see :mod:`advnlp.defences.typo`).
+  Saved as JSON beside the model, with the fingerprint of its tokenizer.
+* :func:`defended` - a classifier behind the defence, for the attacks to query.
+
+    from advnlp.defences import TypoNormalizer, defended
+    norm = TypoNormalizer.build(train_texts)
+    res = char_attack(defended(clf, norm), texts, labels)
+"""
+from .typo import FILENAME, TypoNormalizer, defended, tokenizer_fingerprint, tokenizer_words
+
+__all__ = ["FILENAME", "TypoNormalizer", "defended", "tokenizer_fingerprint", "tokenizer_words"]
