@@ -340,3 +340,18 @@ def test_sigterm_while_compare_scores_says_how_to_resume(sentiment_csv, tmp_path
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
     assert run("compare", "--resume", out, "--quiet") == 0
     assert [r["method"] for r in read_json(out, "compare.json")["methods"]] == ["none", "fgm"]
+
+
+@pytest.mark.parametrize("flags", [["--method", "neftune", "--epsilon", "1e30"],
+                                   ["--method", "fgm", "--relative-epsilon", "--epsilon", "5"]])
+def test_a_perturbation_larger_than_the_text_is_warned_even_when_quiet(sentiment_csv, tmp_path,
+                                                                       capsys, flags):
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "r", *flags) == 0
+    err = capsys.readouterr().err
+    assert "warning: --epsilon" in err and "noise" in err
+
+
+def test_a_usual_perturbation_is_not_warned(sentiment_csv, tmp_path, capsys):
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "r",
+               "--method", "fgm", "--epsilon", "1.0") == 0
+    assert "warning" not in capsys.readouterr().err

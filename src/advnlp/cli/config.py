@@ -81,6 +81,10 @@ MEASURED["neftune"] = {"relative_epsilon": True, "epsilon": round(0.03 * 3 ** 0.
 # --epochs, say). A warning, not an error: a Ctrl-C or SIGTERM still stops such a step
 # between two passes.
 MANY_STEPS = 100
+# A perturbation larger than the example it perturbs (relative units: 1 = the example's
+# own embedding norm) or than any text embedding we know in absolute units (a MiniLM
+# example of 64 tokens has an L2 norm of about 10) drowns the text: the run trains on noise.
+HUGE_RELATIVE, HUGE_ABSOLUTE = 1.0, 1000.0
 DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
 ENGINES = ("loop", "trainer")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -154,6 +158,14 @@ class TrainConfig:
                     "runs about {} passes of the model per optimizer step")
             _warn(f"--steps {cfg.steps} is far above the usual 1-10: --method {cfg.method} "
                   f"{what.format(cfg.steps)}; was it meant for --epochs?")
+        limit = HUGE_RELATIVE if cfg.relative_epsilon else HUGE_ABSOLUTE
+        for name in ("epsilon", "alpha"):
+            value = getattr(cfg, name)
+            if value is not None and value > limit:
+                _warn(f"--{name} {value:g} is larger than "
+                      + ("the example's own embedding (relative units: 1 = its norm)"
+                         if cfg.relative_epsilon else "any text embedding's norm")
+                      + f": --method {cfg.method} would train on noise, not on the text")
         if cfg.method == "freeat" and cfg.alpha is None:  # FreeAT's own L2 default, recorded
             cfg.alpha = cfg.epsilon / 6
         for name in ("epochs", "batch_size", "max_length"):
