@@ -16,7 +16,8 @@ Tags are ``O`` or ``B-``/``I-`` (BIO) and ``E-``/``S-`` too (BIOES) followed by 
 ``M-`` (BMES, as in the MSRA corpus) is read as ``I-``, so BMES is BIOES.
 What is refused, with the file and line: a tag of another form, tokens and tags of
 different lengths, a span outside the text, a span whose mention differs from the text,
-overlapping spans, a line that is not JSON. What is counted and kept: an ``I-`` that
+overlapping spans, a span type that already has a tag prefix (``B-PER``), a line that is
+not JSON or holds half a UTF-16 surrogate pair. What is counted and kept: an ``I-`` that
 does not continue an entity of its type (``O I-PER``, ``B-LOC I-PER``; seqeval's default
 mode reads it as a beginning, as conlleval does, and its strict mode drops it), and empty
 sentences (skipped).
