@@ -249,14 +249,13 @@ def hf_loading(path: str):
     """transformers' errors on loading ``path`` as one line naming it."""
     try:
         yield
-    except ValueError as e:
-        if "trust_remote_code" not in str(e):
-            raise InputError(f"--model {path}: cannot load the model ({_first_line(e)})") from None
-        raise InputError(
-            f"--model {path}: loading it would run Python code from the folder (an auto_map in "
-            "its config.json or tokenizer_config.json), and advnlp runs no code from a model "
-            "folder; use a model of an architecture transformers ships (docs/cli.md)") from None
-    except (OSError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, ValueError) and "trust_remote_code" in str(e):
+            raise InputError(
+                f"--model {path}: loading it would run Python code from the folder (an auto_map "
+                "in its config.json or tokenizer_config.json), and advnlp runs no code from a "
+                "model folder; use a model of an architecture transformers ships (docs/cli.md)"
+            ) from None
         raise InputError(f"--model {path}: cannot load the model ({_first_line(e)})") from None
 
 
