@@ -148,6 +148,23 @@ def test_bad_tagging_input_exits_2(ner, tmp_path, capsys, extra, content, messag
     assert not (tmp_path / "run" / "model").exists()
 
 
+@pytest.mark.parametrize("name, content, line", [
+    ("train.jsonl", b'{"tokens": ["EU"], "tags": ["B-ORG"]}\n'
+                    b'{"tokens": ["nice", "\\ud83d"], "tags": ["O", "O"]}\n', 2),
+    ("train.conll", b"EU B-ORG\n\nnice O\n\xed\xa0\xbd O\n", 4),  # the surrogate's bytes
+])
+def test_a_lone_surrogate_in_tagger_data_exits_2_before_anything_is_written(
+        ner, tmp_path, capsys, name, content, line):
+    # Half a UTF-16 pair trained every epoch and then failed to save the vocabulary.
+    train = tmp_path / name
+    train.write_bytes(content)
+    assert run("train", *BILSTM, "--train", train, "--validation", ner["validation"],
+               "--output-dir", tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{train}:{line}:" in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_crf_needs_the_tagging_task(ner, tmp_path, capsys):
     assert run("train", "--model", "bilstm", "--crf", "--train", ner["train"], "--quiet",
                "--output-dir", tmp_path / "a") == 2

@@ -66,6 +66,16 @@ def test_bioes_is_recognised_and_invalid_continuations_counted(tmp_path):
     ("g.jsonl", "{not json", "g.jsonl:1: not JSON"),
     ("h.jsonl", '{"words": []}', "neither 'tokens'/'tags' nor 'text'/'entities'"),
     ("i.conll", "\n\n-DOCSTART- O\n", "no tagged sentence"),
+    ("j.conll", "EU B-ORG\nrejects ORG\n", "j.conll:2: tag 'ORG' is neither O nor"),
+    # The spans make the prefixes: type "B-X" would become the tag B-B-X.
+    ("k.jsonl", '{"text": "abc", "entities": [[0, 2, "B-X"]]}',
+     "k.jsonl:1: entity [0, 2, 'B-X']: its type 'B-X' already has a tag prefix"),
+    ("l.jsonl", '{"text": "abc", "entities": [[0, 2, "M-X"]]}', "('X')"),
+    # Half a UTF-16 pair (a truncated emoji) is no text: it cannot be saved (issue 27, item 6).
+    ("m.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n'
+                '{"tokens": ["a", "\\ud83d"], "tags": ["O", "O"]}',
+     "m.jsonl:2: \\ud83d is half of a UTF-16 surrogate pair"),
+    ("n.jsonl", '{"text": "ab\\udc00", "entities": []}', "n.jsonl:1: \\udc00 is half"),
 ])
 def test_bad_files_name_the_file_and_line(tmp_path, name, text, message):
     path = tmp_path / name
@@ -81,6 +91,31 @@ def test_an_unknown_validation_tag_is_refused_with_its_line(tmp_path):
     dev.write_text("Paris B-LOC\n\nEU B-ORG\nsees B-MISC\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"dev.conll:1: validation tag 'B-LOC' never occurs"):
         check_known_tags(read_tagged(str(train)), read_tagged(str(dev)), "validation")
+
+
+@pytest.mark.parametrize("name, dev, line", [
+    ("dev.conll", "Paris B-ORG\nEU O\nsees B-MISC\n", 3),  # a token a line
+    ("dev.jsonl", '{"tokens": ["EU"], "tags": ["O"]}\n'
+                  '{"tokens": ["Paris", "sees"], "tags": ["B-ORG", "B-MISC"]}\n', 2),
+])
+def test_an_unknown_tag_is_refused_at_its_own_line(tmp_path, name, dev, line):
+    train, path = tmp_path / "train.conll", tmp_path / name
+    train.write_text("EU B-ORG\nsays O\n", encoding="utf-8")
+    path.write_text(dev, encoding="utf-8")
+    with pytest.raises(InputError, match=rf"{name}:{line}: validation tag 'B-MISC' never occurs"):
+        check_known_tags(read_tagged(str(train)), read_tagged(str(path)), "validation")
+
+
+def test_entity_types_that_merely_start_like_a_prefix_are_kept():
+    tags = spans_to_tags("abc", [[0, 2, "BIO"], [2, 3, "S"]], "here")[1]
+    assert tags == ["B-BIO", "I-BIO", "B-S"]
+
+
+def test_conll_bytes_that_are_not_utf8_are_refused_at_their_line(tmp_path):
+    path = tmp_path / "t.conll"
+    path.write_bytes(b"EU B-ORG\n\nsmile O\n\xed\xa0\xbd O\n")  # a surrogate's bytes
+    with pytest.raises(InputError, match="t.conll:4: not valid UTF-8"):
+        read_tagged(str(path))
 
 
 def test_spans_may_start_on_whitespace():

@@ -239,6 +239,14 @@ def test_eval_data_with_a_tag_the_run_never_saw_exits_2(tag_run, tmp_path, capsy
     assert f"{bad}:1: tag 'B-PER' is not one of the run's tags" in capsys.readouterr().err
 
 
+def test_attack_data_with_a_lone_surrogate_exits_2(tag_run, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"tokens": ["Alice", "\\ud83d"], "tags": ["O", "O"]}\n', encoding="utf-8")
+    assert run("attack", tag_run, "--attack", "char", "--data", bad) == 2
+    assert f"{bad}:1: \\ud83d is half of a UTF-16 surrogate pair" in capsys.readouterr().err
+    assert not (tag_run / "attack-char.json").exists()
+
+
 def test_compare_taggers_with_seeds_char_attack_and_resume(ner, tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", *BILSTM, *_files(ner), "--methods", "none,fgm", "--seeds", "2",

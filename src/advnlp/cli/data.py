@@ -14,8 +14,10 @@ import io
 import json
 import os
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -111,7 +113,22 @@ def json_lines(path: str, text: str):
             raise InputError(f"{path}:{i}: not JSON ({e.msg}); one JSON object per line") from None
         if not isinstance(row, dict):
             raise InputError(f"{path}:{i}: each line must be a JSON object")
+        _refuse_lone_surrogate(row, f"{path}:{i}")
         yield i, row
+
+
+# Half of a UTF-16 pair: JSON may escape one alone (\ud83d, a truncated emoji), and it is
+# no character: it cannot be written as UTF-8, so a vocabulary or a report holding it fails
+# to save at the end of a run. (A UTF-8 file cannot hold one: decoding refuses it.)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogate(row: dict, where: str) -> None:
+    found = _SURROGATE.search(json.dumps(row, ensure_ascii=False))
+    if found:
+        raise InputError(f"{where}: \\u{ord(found.group(0)):04x} is half of a UTF-16 surrogate pair "
+                         "(a character cut in two, e.g. a truncated emoji), not text; remove it "
+                         "or give the whole character")
 
 
 def read_text(path: str) -> str:
@@ -126,8 +143,10 @@ def _read_text(path: str, fallback_latin1: bool = False) -> str:
     except UnicodeDecodeError as e:
         if fallback_latin1:  # a few BBC articles are Latin-1
             return raw.decode("latin-1")
+        line = raw.count(b"\n", 0, e.start) + 1
         raise InputError(
-            f"{path} is not valid UTF-8 (byte {e.start}); re-save it as UTF-8"
+            f"{path}:{line}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.end]!r}); "
+            "re-save the file as UTF-8"
         ) from None
 
 
@@ -240,8 +259,8 @@ def _parse_labels(value, delimiter: str) -> List[str]:
     return [v.strip() for v in value.split(delimiter) if v.strip()]
 
 
-def _single_label(raw, path: str, line: int, numbers: Dict[float, Tuple[str, int]]) -> str:
-    """``raw`` as one class name; ``numbers`` holds the JSON numbers seen so far."""
+def _single_label(raw, path: str, line: int, numbers: Dict[Decimal, Tuple[str, int]]) -> str:
+    """``raw`` as one class name; ``numbers`` holds the numbers seen so far."""
     if isinstance(raw, (list, dict)):  # only JSONL has these; str() would make a class of them
         shown = json.dumps(raw, ensure_ascii=False)
         if isinstance(raw, list):
@@ -249,17 +268,36 @@ def _single_label(raw, path: str, line: int, numbers: Dict[float, Tuple[str, int
                              "for examples with several labels")
         raise InputError(f"{path}:{line}: label {shown} is a JSON object; "
                          "a label must be a string or a number")
-    if isinstance(raw, (int, float)):  # JSON numbers and booleans (true == 1 in Python)
-        # 1, 1.0 and true are one value but would become the classes "1", "1.0", "True".
-        spelling = json.dumps(raw)
-        first, first_line = numbers.setdefault(raw, (spelling, line))
-        if spelling != first:
-            raise InputError(f"{path}:{line}: label {spelling} and label {first} (line "
-                             f"{first_line}) are one value but would become two classes; "
-                             "spell each label one way")
     if raw is None or str(raw).strip() == "":
         raise InputError(f"{path}:{line}: empty label")
+    check_number_spelling(raw, path, line, numbers)
     return str(raw).strip()
+
+
+# A label written as a plain decimal number (what float() takes, less nan, inf and "1_0").
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def check_number_spelling(raw, path: str, line: int, numbers: Dict[Decimal, Tuple[str, int]]
+                          ) -> None:
+    """Refuse a label that is a number seen before under another spelling (JSON ``1`` and
+    ``1.0`` or ``true``; CSV ``1`` and ``1.0``): one value, but two classes "1" and "1.0".
+    ``numbers``: value -> (spelling, line) of the file's labels so far."""
+    if isinstance(raw, (bool, int, float)):
+        spelling = json.dumps(raw)  # true, not Python's True
+        value = Decimal(int(raw)) if isinstance(raw, bool) else Decimal(repr(raw))
+    else:
+        spelling = str(raw).strip()
+        if not _NUMBER.fullmatch(spelling):
+            return
+        value = Decimal(spelling)
+    if not value.is_finite():  # JSON's NaN and Infinity: never equal to another spelling
+        return
+    first, first_line = numbers.setdefault(value, (spelling, line))
+    if spelling != first:
+        raise InputError(f"{path}:{line}: label {spelling} and label {first} (line "
+                         f"{first_line}) are one number but would become two classes; "
+                         "spell each label one way")
 
 
 def read_file(path: str, spec: DataSpec) -> List[Example]:
@@ -272,12 +310,14 @@ def read_file(path: str, spec: DataSpec) -> List[Example]:
             f"{', '.join(columns) or '(none)'} (use --text-column / --label-column)"
         )
     examples: List[Example] = []
-    numbers: Dict[float, Tuple[str, int]] = {}
+    numbers: Dict[Decimal, Tuple[str, int]] = {}
     for line, row in rows:
         texts = tuple("" if row.get(c) is None else str(row[c]) for c in spec.text_columns)
         raw = row.get(spec.label_column)
         if spec.multi_label:
             label: Label = _parse_labels(raw, spec.label_delimiter)
+            for name in label:
+                check_number_spelling(name, path, line, numbers)
         else:
             label = _single_label(raw, path, line, numbers)
         examples.append((texts, label))

@@ -9,6 +9,7 @@ into logits (``__call__``), and saves itself without pickle. Two families:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -194,24 +195,68 @@ def _hf(path: str, num_labels: int):
         raise InputError(f"--model {path!r}: not {', '.join(SCRATCH)} and not a directory")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise InputError(f"--model {path}: not a model directory (no config.json)")
+    transformers = open_hf_folder(path)
+    with hf_loading(path):
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+        _check_head(path, config, num_labels)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, trust_remote_code=False, use_safetensors=True)
+    return tokenizer, model
+
+
+def open_hf_folder(path: str):
+    """The transformers module, once the model folder ``path`` has been checked: its weights
+    are intact safetensors (pickled weights are refused, never unpickled). Every call on the
+    folder then passes ``trust_remote_code=False``: transformers would otherwise ask on stdin
+    whether to run the Python files an ``auto_map`` names, and a piped "y" would run them."""
     try:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        import transformers
         from transformers.utils import logging as hf_logging
     except ImportError:
         raise InputError("a Hugging Face model needs transformers: pip install 'advnlp[hf]'") from None
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     hf_logging.disable_progress_bar()  # ours is the only progress bar
-    for name in sorted(os.listdir(path)):
-        if name.endswith(".safetensors"):
-            check_safetensors(os.path.join(path, name))
+    names = sorted(os.listdir(path))
+    safe = [n for n in names if n.endswith(".safetensors")]
+    for name in safe:
+        check_safetensors(os.path.join(path, name))
+    pickled = [n for n in names if n.startswith("pytorch_model") and n.endswith(".bin")]
+    if pickled and not safe:
+        raise InputError(
+            f"--model {path}: its weights are {pickled[0]}, a pickle, which advnlp does not load "
+            "(unpickling can run code); if you trust the file, convert it to safetensors once: "
+            f"{_conversion(path)}")
+    return transformers
+
+
+def _conversion(path: str) -> str:
+    """A command that rewrites the folder's pickled weights as model.safetensors, with the
+    folder's own model class (AutoModel would drop a classifier's head)."""
     try:
-        config = AutoConfig.from_pretrained(path)
-        _check_head(path, config, num_labels)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            arch = (json.load(f).get("architectures") or ["AutoModel"])[0]
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        arch = "AutoModel"
+    if not (isinstance(arch, str) and arch.isidentifier()):
+        arch = "AutoModel"
+    return (f"python -c \"import transformers as t; t.{arch}.from_pretrained({path!r})"
+            f".save_pretrained({path!r})\"")
+
+
+@contextlib.contextmanager
+def hf_loading(path: str):
+    """transformers' errors on loading ``path`` as one line naming it."""
+    try:
+        yield
     except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, ValueError) and "trust_remote_code" in str(e):
+            raise InputError(
+                f"--model {path}: loading it would run Python code from the folder (an auto_map "
+                "in its config.json or tokenizer_config.json), and advnlp runs no code from a "
+                "model folder; use a model of an architecture transformers ships (docs/cli.md)"
+            ) from None
         raise InputError(f"--model {path}: cannot load the model ({_first_line(e)})") from None
-    return tokenizer, model
 
 
 def _first_line(e: Exception) -> str:

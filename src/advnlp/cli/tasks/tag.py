@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..files import write_json
+from ..models import hf_loading, open_hf_folder
 
 IGNORE = -100
 
@@ -297,17 +298,16 @@ def build_tagger(name: str, names: List[str], train_sentences: Sequence[Sequence
         raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
     if not os.path.isfile(os.path.join(name, "config.json")):
         raise InputError(f"--model {name!r}: not bilstm and not a model directory (no config.json)")
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if not getattr(tokenizer, "is_fast", False):
-        raise InputError(f"--model {name}: token classification needs a fast tokenizer (its word "
-                         "ids align the tags); save one with tokenizer.save_pretrained")
-    model = AutoModelForTokenClassification.from_pretrained(
-        name, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
+    transformers = open_hf_folder(name)
+    with hf_loading(name):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        if not getattr(tokenizer, "is_fast", False):
+            raise InputError(f"--model {name}: token classification needs a fast tokenizer (its "
+                             "word ids align the tags); save one with tokenizer.save_pretrained")
+        model = transformers.AutoModelForTokenClassification.from_pretrained(
+            name, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True,
+            trust_remote_code=False, use_safetensors=True)
     limit = getattr(model.config, "max_position_embeddings", None)
     max_length = max_length or min(128, limit or 128)
     if limit is not None and max_length > limit:
@@ -328,8 +328,10 @@ def load_tagger(directory: str, names: List[str], max_length: int, all_subtokens
         model = BiLSTMTagger(meta["vocab_size"], meta["num_labels"], crf=meta["crf"])
         model.load_state_dict(load_file(os.path.join(directory, WEIGHTS)))
         return Tagger(meta["kind"], model, vocab, names, max_length, all_subtokens, meta)
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    model = AutoModelForTokenClassification.from_pretrained(directory)
-    return Tagger("hf", model, AutoTokenizer.from_pretrained(directory), names, max_length,
-                  all_subtokens, {"kind": "hf", "source": directory})
+    transformers = open_hf_folder(directory)
+    with hf_loading(directory):
+        model = transformers.AutoModelForTokenClassification.from_pretrained(
+            directory, trust_remote_code=False, use_safetensors=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    return Tagger("hf", model, tokenizer, names, max_length, all_subtokens,
+                  {"kind": "hf", "source": directory})

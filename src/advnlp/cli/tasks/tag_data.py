@@ -16,7 +16,8 @@ Tags are ``O`` or ``B-``/``I-`` (BIO) and ``E-``/``S-`` too (BIOES) followed by 
 ``M-`` (BMES, as in the MSRA corpus) is read as ``I-``, so BMES is BIOES.
 What is refused, with the file and line: a tag of another form, tokens and tags of
 different lengths, a span outside the text, a span whose mention differs from the text,
-overlapping spans, a line that is not JSON. What is counted and kept: an ``I-`` that
+overlapping spans, a span type that already has a tag prefix (``B-PER``), a line that is
+not JSON or holds half a UTF-16 surrogate pair. What is counted and kept: an ``I-`` that
 does not continue an entity of its type (``O I-PER``, ``B-LOC I-PER``; seqeval's default
 mode reads it as a beginning, as conlleval does, and its strict mode drops it), and empty
 sentences (skipped).
@@ -40,6 +41,7 @@ class Tagged:
     path: str
     sentences: List[Tuple[List[str], List[str]]] = field(default_factory=list)
     lines: List[int] = field(default_factory=list)  # the line each sentence starts on
+    token_per_line: bool = False  # CoNLL: a sentence's tokens are on consecutive lines
     skipped_empty: int = 0
     invalid_continuations: int = 0  # I-X not after B-X / I-X (BIOES: nor after nothing)
     bmes: bool = False  # the file used M- (BMES), read as I- (BIOES)
@@ -51,14 +53,18 @@ class Tagged:
     def scheme(self) -> str:
         return "BIOES" if any(t[:2] in ("E-", "S-") for t in self.tags) else "BIO"
 
+    def line(self, sentence: int, token: int) -> int:
+        """The line of a sentence's token (JSONL: the sentence's line)."""
+        return self.lines[sentence] + (token if self.token_per_line else 0)
+
 
 def read_tagged(path: str) -> Tagged:
     """The sentences of a CoNLL or JSONL file (module docstring), checked."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
-    out = Tagged(path)
-    text = read_text(path)
     jsonl = path.lower().endswith((".jsonl", ".json"))
+    out = Tagged(path, token_per_line=not jsonl)
+    text = read_text(path)
     rows = _jsonl(path, text) if jsonl else _conll(path, text.splitlines())
     for line_no, tokens, tags in rows:
         if not tokens:
@@ -67,11 +73,11 @@ def read_tagged(path: str) -> Tagged:
         if any(t.startswith("M-") for t in tags):  # BMES: M (middle) is BIOES's I
             out.bmes = True
             tags = ["I-" + t[2:] if t.startswith("M-") else t for t in tags]
-        for tag in tags:
-            _check_tag(tag, path, line_no)
-        out.invalid_continuations += count_invalid_continuations(tags)
         out.sentences.append((tokens, tags))
         out.lines.append(line_no)
+        for k, tag in enumerate(tags):
+            _check_tag(tag, path, out.line(len(out.lines) - 1, k))
+        out.invalid_continuations += count_invalid_continuations(tags)
     if not out.sentences:
         raise InputError(f"{path}: no tagged sentence (CoNLL: token and tag columns, a blank "
                          "line between sentences; JSONL: tokens and tags, or text and entities)")
@@ -153,6 +159,11 @@ def spans_to_tags(text, entities, where: str) -> Tuple[List[str], List[str]]:
             raise InputError(f"{where}: entity {ent!r} is not [start, end, type] (or with the "
                              "mention as a fourth element)")
         start, end, kind = ent[:3]
+        if kind.partition("-")[0] in PREFIXES | {"M"} and "-" in kind:
+            # The spans make the B-/I- tags: "B-PER" would become B-B-PER, another type.
+            raise InputError(f"{where}: entity {ent!r}: its type {kind!r} already has a tag "
+                             f"prefix; give the type alone ({kind[2:]!r}), the tags are made "
+                             "from the spans")
         if not 0 <= start < end <= len(text):
             raise InputError(f"{where}: entity {ent!r} is outside the text ({len(text)} characters; "
                              "offsets are 0-based, end exclusive)")
@@ -183,7 +194,7 @@ def check_known_tags(train: Tagged, other: Tagged, split: str) -> None:
 def check_tags(known, other: Tagged, message) -> None:
     """``other``'s first tag not in ``known``: an error at its file and line, ``message(tag)``."""
     known = set(known)
-    for (_, tags), line in zip(other.sentences, other.lines):
-        unknown = [t for t in tags if t not in known]
-        if unknown:
-            raise InputError(f"{other.path}:{line}: {message(unknown[0])}")
+    for i, (_, tags) in enumerate(other.sentences):
+        unknown = next((k for k, t in enumerate(tags) if t not in known), None)
+        if unknown is not None:
+            raise InputError(f"{other.path}:{other.line(i, unknown)}: {message(tags[unknown])}")
