@@ -134,19 +134,23 @@ def metric_keys(plan: dict) -> list:
 def compare_entry(name: str):
     """``(method, config overrides)`` of one ``--methods`` entry: a method (``fgm``), a
     discrete-attack training alone (``online-char``: none + ``--online-attack char``;
-    ``augment-word``: none + ``--augment-with-attack word``) or both joined by ``+``
-    (``fgm+online-char``)."""
+    ``augment-word``: none + ``--augment-with-attack word``), ``typo-defence`` (none +
+    ``--typo-defence``), or a method and these joined by ``+`` (``fgm+online-char``,
+    ``online-char+typo-defence``)."""
     parts = name.split("+")
     method = parts[0] if parts[0] in METHODS else "none"
     overrides = {}
     for extra in parts[1:] if parts[0] in METHODS else parts:
+        if extra == "typo-defence" and "typo_defence" not in overrides:
+            overrides["typo_defence"] = True
+            continue
         kind, _, attack = extra.partition("-")
         key = {"online": "online_attack", "augment": "augment_with_attack"}.get(kind)
         if key is None or attack not in AUGMENT_ATTACKS or key in overrides:
             raise InputError(
                 f"unknown method {name!r}; choose from {', '.join(METHODS)}, or online-char, "
-                "online-word, augment-char, augment-word, alone or after a method and '+' "
-                "(e.g. fgm+online-char)")
+                "online-word, augment-char, augment-word, typo-defence, alone or after a "
+                "method and '+' (e.g. fgm+online-char, online-char+typo-defence)")
         overrides[key] = attack
     return method, overrides
 
@@ -402,7 +406,8 @@ def _step_cost(plan: dict, runs: dict, log) -> Optional[dict]:
         first = next(iter(configs.values()))
         configs["none"] = dataclasses.replace(
             first, method="none", epsilon=None, alpha=None, steps=None, adv_weight=None,
-            relative_epsilon=False, online_attack=None, augment_with_attack=None)
+            relative_epsilon=False, online_attack=None, augment_with_attack=None,
+            typo_defence=False)
     fresh = {m: new_run(c) for m, c in configs.items()}
     try:
         return cost.measure(fresh, plan["cost_rounds"], log)

@@ -119,6 +119,7 @@ class TrainConfig:
     task: str = "classification"  # or token-classification (a tag per word)
     crf: bool = False  # token-classification, bilstm: a CRF layer over the tags
     label_all_subtokens: bool = False  # token-classification: every sub-token gets the tag
+    typo_defence: bool = False  # a TypoNormalizer before the tokenizer, saved with the model
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -353,6 +354,7 @@ def _check_task(cfg: TrainConfig) -> None:
     if cfg.crf and cfg.model != "bilstm":
         raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
     refused = {"--online-attack": cfg.online_attack is not None,
+               "--typo-defence": cfg.typo_defence,
                "--augment-with-attack": cfg.augment_with_attack is not None,
                "--multi-label": cfg.data.multi_label,
                "--text-columns": len(cfg.data.text_columns) != 1}

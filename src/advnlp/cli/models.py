@@ -126,15 +126,22 @@ class Vocab:
 # The common interface
 # --------------------------------------------------------------------------
 class Classifier:
-    def __init__(self, kind: str, model: nn.Module, tokenizer, max_length: int, meta: dict):
+    """A model, its tokenizer and, with ``--typo-defence``, the
+    :class:`advnlp.defences.TypoNormalizer` every text passes before the tokenizer: in
+    training, prediction and every attack alike (they all call :meth:`encode`)."""
+
+    def __init__(self, kind: str, model: nn.Module, tokenizer, max_length: int, meta: dict,
+                 normalizer=None):
         self.kind, self.model, self.tokenizer = kind, model, tokenizer
-        self.max_length, self.meta = max_length, meta
+        self.max_length, self.meta, self.normalizer = max_length, meta, normalizer
 
     @property
     def is_hf(self) -> bool:
         return self.kind not in SCRATCH
 
     def encode(self, texts: Sequence[Tuple[str, ...]]) -> Dict[str, torch.Tensor]:
+        if self.normalizer is not None:
+            texts = [tuple(self.normalizer(part) for part in t) for t in texts]
         if not self.is_hf:
             return self.tokenizer.encode(texts, self.max_length, self.model.min_length)
         columns = list(zip(*texts))
@@ -163,6 +170,8 @@ class Classifier:
         return out.logits if self.is_hf else out
 
     def save(self, directory: str) -> None:
+        if self.normalizer is not None:  # data beside the weights: loading applies it
+            self.normalizer.save(directory)
         if save_model(self.model, self.tokenizer, self.is_hf, directory):
             return
         write_json(os.path.join(directory, "vocab.json"), self.tokenizer.tokens)
@@ -357,7 +366,8 @@ def load(directory: str, kind: str, num_labels: int, max_length: int) -> Classif
     """A saved classifier (safetensors and JSON only: nothing is unpickled)."""
     if kind not in SCRATCH:
         tokenizer, model = _hf(directory, num_labels)
-        return Classifier(kind, model, tokenizer, max_length, {"kind": "hf", "source": kind})
+        return Classifier(kind, model, tokenizer, max_length, {"kind": "hf", "source": kind},
+                          saved_defence(directory, tokenizer))
     load_file = _safetensors().load_file
     with open(os.path.join(directory, "model_config.json"), encoding="utf-8") as f:
         meta = json.load(f)
@@ -367,4 +377,29 @@ def load(directory: str, kind: str, num_labels: int, max_length: int) -> Classif
     weights = os.path.join(directory, WEIGHTS)
     check_safetensors(weights)
     model.load_state_dict(load_file(weights))
-    return Classifier(kind, model, vocab, max_length, meta)
+    return Classifier(kind, model, vocab, max_length, meta, saved_defence(directory, vocab))
+
+
+def build_defence(clf: Classifier, texts: Sequence[Tuple[str, ...]]):
+    """``--typo-defence``: the typo normalizer of the training ``texts`` and the tokenizer's
+    whole words, for ``clf``'s tokenizer."""
+    from advnlp.defences import TypoNormalizer, tokenizer_words
+
+    try:
+        return TypoNormalizer.build(texts, vocabulary=tokenizer_words(clf.tokenizer),
+                                    tokenizer=clf.tokenizer)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--typo-defence: {e}") from None
+
+
+def saved_defence(directory: str, tokenizer):
+    """The typo defence saved beside a model (``typo_defence.json``), or None: a model
+    trained behind it is never loaded without it."""
+    from advnlp.defences import FILENAME, TypoNormalizer
+
+    if not os.path.isfile(os.path.join(directory, FILENAME)):
+        return None
+    try:
+        return TypoNormalizer.load(directory, tokenizer=tokenizer)
+    except (OSError, TypeError, ValueError) as e:
+        raise InputError(f"{os.path.join(directory, FILENAME)}: {e}") from None

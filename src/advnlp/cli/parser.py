@@ -99,6 +99,11 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     x.add_argument("--augment-every", type=int, default=1, help="epochs between rounds (default 1)")
     x.add_argument("--augment-samples", type=int, default=64,
                    help="training examples attacked per round (default 64)")
+    x.add_argument("--typo-defence", action="store_true",
+                   help="map every one-edit typo of a known word (the training text's words and "
+                        "the tokenizer's whole words) back to that word before the tokenizer "
+                        "(advnlp.defences.TypoNormalizer); saved with the model and applied by "
+                        "eval, attack and compare. Not for CJK text")
     d = p.add_argument_group("data (default: the bundled BBC News corpus, 5 topics)")
     d.add_argument("--train", help="training file: .csv, .tsv or .jsonl")
     d.add_argument("--validation", help="validation file (default: split off the training file)")
@@ -239,4 +244,5 @@ def config_from_args(args) -> TrainConfig:
         augment_samples=args.augment_samples, online_attack=args.online_attack,
         online_fraction=args.online_fraction, engine=args.engine,
         precision=args.precision, task=args.task, crf=args.crf,
+        typo_defence=args.typo_defence,
         label_all_subtokens=args.label_all_subtokens, data=data)

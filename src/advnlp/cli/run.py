@@ -30,7 +30,7 @@ from .data import Example, Labels, Splits, load_splits
 from .distributed import DistInfo, derive_seed, device_of, seed_everything
 from .errors import InputError
 from .files import atomic_dir, write_json
-from .models import build, check_tokenizer
+from .models import build, build_defence, check_tokenizer
 from .report import plot
 from .robustness import discrete_attack
 from .rundir import CHECKPOINT, CHECKPOINTS
@@ -121,6 +121,8 @@ class Run:
                          [t for t, _ in self.splits.train], cfg.max_length)
         cfg.max_length = self.clf.max_length  # the default resolved: config.json records it
         check_tokenizer(self.clf, [t for t, _ in self.splits.train], log)
+        if cfg.typo_defence:  # rebuilt alike on --resume: the data files are unchanged
+            self.clf.normalizer = build_defence(self.clf, [t for t, _ in self.splits.train])
         if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
             config = self.clf.model.config
             config.id2label = dict(enumerate(self.labels.names))

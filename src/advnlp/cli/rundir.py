@@ -281,5 +281,9 @@ def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, C
     model_dir = trained_model_dir(run_dir)
     clf = load(model_dir, cfg.model if cfg.model in SCRATCH else "hf", len(labels.names),
                cfg.max_length)
+    if cfg.typo_defence and clf.normalizer is None:  # never scored without its defence
+        raise InputError(f"{run_dir} was trained with --typo-defence, but {model_dir} has no "
+                         "typo_defence.json (it is part of the model): restore it, or train "
+                         "the run again")
     clf.model.to(device_of(device))
     return cfg, labels, clf

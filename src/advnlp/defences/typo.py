@@ -237,11 +237,14 @@ class TypoNormalizer:
             if not isinstance(w, str):
                 raise TypeError(f"vocabulary: expected words (str), got {w!r}")
             known.setdefault(w.lower(), counts.get(w.lower(), 0))
+        words = sum(counts.values())
+        if cjk > words:  # a vocabulary's words would not make CJK training text defendable
+            raise ValueError(f"TypoNormalizer.build: the texts are mostly CJK ({cjk} CJK "
+                             f"characters, {words} spaced words): CJK text is not supported "
+                             "(see advnlp.defences.typo)")
         if not any(any(ch.isalpha() for ch in w) for w in known):
-            why = (f"the texts have {cjk} CJK characters and no spaced words: CJK text is not "
-                   "supported (see advnlp.defences.typo)" if cjk else
-                   f"no word occurs min_count={min_count} times in the texts")
-            raise ValueError(f"TypoNormalizer.build: nothing to build from: {why}")
+            raise ValueError(f"TypoNormalizer.build: nothing to build from: no word occurs "
+                             f"min_count={min_count} times in the texts")
         fingerprint = tokenizer_fingerprint(tokenizer) if tokenizer is not None else None
         return cls(known, None, min_count=min_count, min_length=min_length,
                    max_cluster_size=max_cluster_size, stopwords=stopwords,
