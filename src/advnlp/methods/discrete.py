@@ -286,7 +286,7 @@ class DiscreteAT(Adversary):
             for j in range(rounds):
                 texts = [vs[j % len(vs)] for _, vs in edited]
                 b, _ = self._encoded(texts if pairs else [t[0] for t in texts])
-                loss = float(as_loss(step.closure(b, _subset(labels, idx))))
+                loss = float(as_loss(step.closure(b, _subset(labels, idx)), needs_grad=False))
                 if loss > best_loss:
                     best, best_loss = j, loss
         return [(i, [vs[best % len(vs)]]) for i, vs in edited]
