@@ -279,5 +279,5 @@ def test_the_repr_names_the_search_and_its_budget():
     tok = _tokenizer()
     model = BagOfTokens(tok.vocab_size)
     assert "search" not in repr(DiscreteAT(model, tok))
-    assert "search='greedy', queries=9, max_candidates=8" in repr(
+    assert "search='greedy', queries=8, max_candidates=7" in repr(
         DiscreteAT(model, tok, search="greedy"))

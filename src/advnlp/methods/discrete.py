@@ -460,8 +460,8 @@ def _search_budget(search: str, candidates: int, queries, max_candidates, exampl
         raise TypeError("example_loss must be a callable (batch, labels) -> a loss per "
                         f"example, got {type(example_loss).__name__}")
     # the clean score + one word's candidates: ~3x a plain step at fraction=0.5
-    return (V.integer("queries", 9 if queries is None else queries, minimum=2),
-            V.integer("max_candidates", 8 if max_candidates is None else max_candidates))
+    return (V.integer("queries", 8 if queries is None else queries, minimum=2),
+            V.integer("max_candidates", 7 if max_candidates is None else max_candidates))
 
 
 @contextlib.contextmanager
