@@ -13,6 +13,11 @@ Per example (untargeted):
    at the first misclassification, when ``max_change`` of the words are
    edited, or when ``query_budget`` model evaluations are spent.
 
+The loop of step 3 is :func:`greedy_search` over per-text :class:`Search` states with a
+pluggable scorer: here the classifier's probabilities, one text at a time;
+:class:`advnlp.DiscreteAT` (``search="greedy"``) runs the same loop in training, ranking
+words by the clean pass's gradient and scoring each example's loss, all examples at once.
+
 Score: single-label ``1 - p(true class)``, success when the argmax changes.
 Multi-label: each label is *right* when its probability is on the same side
 of 0.5 as the truth; score = the largest probability of being wrong over the
