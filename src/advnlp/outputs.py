@@ -12,11 +12,12 @@ from typing import Optional, Tuple
 import torch
 
 
-def as_loss(out: object) -> torch.Tensor:
+def as_loss(out: object, needs_grad: bool = True) -> torch.Tensor:
     """The scalar loss inside a closure's result.
 
     Accepts a tensor, an object with ``.loss`` (Hugging Face ``ModelOutput``),
     a dict with ``"loss"`` or a tuple/list whose first item is the loss.
+    ``needs_grad=False`` is for a loss measured under ``torch.no_grad()`` (a score).
     """
     if isinstance(out, torch.Tensor):
         loss = out
@@ -43,7 +44,7 @@ def as_loss(out: object) -> torch.Tensor:
             f"the closure returned a loss of shape {tuple(loss.shape)}; it must be a scalar. "
             "Reduce it (e.g. loss.mean()) inside the closure."
         )
-    if not loss.requires_grad:
+    if needs_grad and not loss.requires_grad:
         raise RuntimeError(
             "the closure's loss does not require grad: the forward pass ran under "
             "torch.no_grad()/inference_mode, or the loss was detached (.item(), .detach()). "

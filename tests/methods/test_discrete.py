@@ -342,3 +342,28 @@ def test_training_with_typos_makes_the_char_attack_fail_more_often():
         assert res["clean_accuracy"] == 1.0
         rates[use_adv] = res["success_rate"]
     assert rates[False] >= 0.5 and rates[True] <= rates[False] - 0.3, rates
+
+
+def test_candidates_train_on_the_edit_set_with_the_highest_batch_loss():
+    """candidates=3: three edit sets are drawn and scored without gradients (this crashed
+    before: the no-grad score went through the training loss's requires-grad check); the
+    edited pass trains on the one with the highest loss."""
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    model = BagOfTokens(tok.vocab_size)
+    model.norm = nn.Identity()
+    y = torch.tensor([1, 0, 1, 0])
+    losses = []
+
+    def closure(batch, labels):
+        loss = _loss(model)(batch, labels)
+        if not torch.is_grad_enabled():
+            losses.append((float(loss), batch["input_ids"].clone()))
+        return loss
+
+    adv = DiscreteAT(model, tok, fraction=1.0, candidates=3, seed=0)
+    adv.backward(closure, TEXTS, y)
+    assert len(losses) == 3
+    best = max(losses, key=lambda t: t[0])[1]
+    trained = tok([e for _, _, e in adv.last_edits], padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(trained, best)

@@ -13,6 +13,11 @@ Per example (untargeted):
    at the first misclassification, when ``max_change`` of the words are
    edited, or when ``query_budget`` model evaluations are spent.
 
+The loop of step 3 is :func:`greedy_search` over per-text :class:`Search` states with a
+pluggable scorer: here the classifier's probabilities, one text at a time;
+:class:`advnlp.DiscreteAT` (``search="greedy"``) runs the same loop in training, ranking
+words by the clean pass's gradient and scoring each example's loss, all examples at once.
+
 Score: single-label ``1 - p(true class)``, success when the argmax changes.
 Multi-label: each label is *right* when its probability is on the same side
 of 0.5 as the truth; score = the largest probability of being wrong over the
@@ -25,7 +30,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -208,48 +213,109 @@ def _attack_one(clf, text, label, propose, rng, max_change, budget, max_candidat
     if bool(success[0]):
         return AttackRecord(text, text, label, preds[0], "skipped", oracle.used, 0.0, 0.0)
     seg = T.Segmented(text)
-    values = list(seg.units)
     editable = [i for i in range(len(seg))
                 if T.eligible(seg.units[i], seg.kinds[i], stopwords, min_length)]
-    limit = max(1, math.floor(max_change * seg.n_words))
-    cur_score, cur_pred = float(score[0]), preds[0]
-    changed: Set[int] = set()
 
     # Leave-one-out importance, as far as the budget allows; unscored units go last.
     scored = editable[:max(0, oracle.left)]
     importance = {}
     if scored:
-        loo = [seg.render([v if j != i else "" for j, v in enumerate(values)]) for i in scored]
+        loo = [seg.render([v if j != i else "" for j, v in enumerate(seg.units)]) for i in scored]
         s, _, _ = oracle(loo)
         importance = {i: float(x) for i, x in zip(scored, s)}
     order = sorted(editable, key=lambda i: (-importance.get(i, -1.0), i))
 
-    status = "failed"
-    for i in order:
-        if oracle.left <= 0 or len(changed) >= limit:
-            break
-        if i in changed:
-            continue
-        cands = [e for e in propose(seg, values, i, changed)
-                 if not (set(e) & changed) and len(changed) + len(e) <= limit]
-        if len(cands) > max_candidates:
-            keep = sorted(rng.sample(range(len(cands)), max_candidates))
-            cands = [cands[k] for k in keep]
-        cands = cands[:oracle.left]
-        if not cands:
-            continue
-        new_texts = [seg.render([e.get(j, v) for j, v in enumerate(values)]) for e in cands]
-        s, ok, p = oracle(new_texts)
-        # A misclassifying candidate wins outright; otherwise the highest score.
-        rank = s + ok.float() * 2.0
-        best = int(torch.argmax(rank))
-        if bool(ok[best]) or float(s[best]) > cur_score:
-            for j, v in cands[best].items():
-                values[j] = v
-            changed.update(cands[best])
-            cur_score, cur_pred = float(s[best]), p[best]
-            if bool(ok[best]):
-                status = "success"
+    search = Search(seg, order, max(1, math.floor(max_change * seg.n_words)), propose, rng,
+                    max_candidates=max_candidates, budget=oracle.left, score=float(score[0]),
+                    pred=preds[0])
+    greedy_search([search], lambda asks: [oracle(texts) for _, texts in asks])
+    return AttackRecord(text, search.text, label, search.pred,
+                        "success" if search.success else "failed", oracle.used,
+                        search.changed_fraction, 0.0)
+
+
+class Search:
+    """One text's greedy search (the attack's and :class:`advnlp.DiscreteAT`'s): its units
+    ``values``, the order its units are tried in, at most ``limit`` units changed, at most
+    ``budget`` candidate texts scored, and the best ``score`` reached so far.
+
+    ``candidates()`` gives the next unit's edits (those that fit the word budget, a seeded
+    sample of ``max_candidates`` when there are more, cut to the query budget; ``[]`` once
+    the search is over); ``take()`` keeps the best of them if it succeeds or raises the
+    score. ``key`` is the caller's (what the scorer needs to know of the text)."""
+
+    def __init__(self, seg: T.Segmented, order: Sequence[int], limit: int, propose: Proposer,
+                 rng: random.Random, *, max_candidates: Optional[int] = None,
+                 budget: float = math.inf, score: float = -math.inf, pred=None, key=None):
+        self.seg, self.values, self.order, self.limit = seg, list(seg.units), list(order), limit
+        self.propose, self.rng, self.max_candidates = propose, rng, max_candidates
+        self.left, self.score, self.pred, self.key = budget, score, pred, key
+        self.changed: Set[int] = set()
+        self.success = self.done = False
+        self._next = 0
+
+    @property
+    def text(self) -> str:
+        return self.seg.render(self.values)
+
+    @property
+    def changed_fraction(self) -> float:
+        return len(self.changed) / self.seg.n_words if self.seg.n_words else 0.0
+
+    def render(self, edit: Edit) -> str:
+        return self.seg.render([edit.get(j, v) for j, v in enumerate(self.values)])
+
+    def candidates(self) -> List[Edit]:
+        while not self.done and self._next < len(self.order):
+            if self.left <= 0 or len(self.changed) >= self.limit:
                 break
-    frac = len(changed) / seg.n_words if seg.n_words else 0.0
-    return AttackRecord(text, seg.render(values), label, cur_pred, status, oracle.used, frac, 0.0)
+            i = self.order[self._next]
+            self._next += 1
+            if i in self.changed:
+                continue
+            cands = [e for e in self.propose(self.seg, self.values, i, self.changed)
+                     if not (set(e) & self.changed) and len(self.changed) + len(e) <= self.limit]
+            if self.max_candidates is not None and len(cands) > self.max_candidates:
+                keep = sorted(self.rng.sample(range(len(cands)), self.max_candidates))
+                cands = [cands[k] for k in keep]
+            cands = cands[:self.left] if self.left < len(cands) else cands
+            if cands:
+                return cands
+        self.done = True
+        return []
+
+    def apply(self, edit: Edit) -> None:
+        for j, v in edit.items():
+            self.values[j] = v
+        self.changed.update(edit)
+
+    def take(self, cands: List[Edit], scores: torch.Tensor, success: torch.Tensor, preds) -> None:
+        self.left -= len(cands)
+        # A succeeding candidate wins outright; otherwise the highest score.
+        best = int(torch.argmax(scores + success.float() * 2.0))
+        if bool(success[best]) or float(scores[best]) > self.score:
+            self.apply(cands[best])
+            self.score, self.pred = float(scores[best]), preds[best]
+            if bool(success[best]):
+                self.success = self.done = True
+
+
+# score([(search, candidate texts)]) -> [(scores, success, predictions)], one per search
+Scorer = Callable[[List[Tuple["Search", List[str]]]], List[tuple]]
+
+
+def greedy_search(searches: Sequence[Search], score: Scorer) -> None:
+    """The greedy loop, run over ``searches`` in lockstep: each round every search still on
+    offers its next unit's candidates, ``score`` rates all of them at once (one batch for
+    the attack's one text; across a training batch's examples for DiscreteAT), and each
+    search keeps its best."""
+    active = list(searches)
+    while active:
+        asks = [(s, s.candidates()) for s in active]
+        asks = [(s, c) for s, c in asks if c]
+        if not asks:
+            return
+        results = score([(s, [s.render(e) for e in c]) for s, c in asks])
+        for (s, c), (scores, success, preds) in zip(asks, results):
+            s.take(c, scores, success, preds)
+        active = [s for s, _ in asks if not s.done]

@@ -12,9 +12,26 @@ ranks the words as A2T (Yoo & Qi, 2021) does, by a gradient the step already has
     S = a random ceil(fraction * B) of the batch's examples
     for every i in S:                       rank the editable words of x_i by the sum of
                                             ||g_t||_2 over their tokens; edit the top ones,
-                                            at most max_change of its words (at least one),
-                                            one random edit each
+                                            at most max_change of its words (at least one):
+        search="random"                     one random edit each
+        search="greedy"                     per word in rank order, score all its candidate
+                                            edits (at most max_candidates) and keep the one
+                                            that raises l_i, x_i's own loss, most - only if
+                                            it raises it; at most `queries` texts scored
     L' = closure(x'_S, y_S); backward(adv_weight * L')
+
+``search="greedy"`` is the search of :mod:`advnlp.attacks` (one loop,
+:func:`~advnlp.attacks.search.greedy_search`; the attack ranks by leave-one-out and scores
+the classifier's probability, training ranks by the gradient it has and scores the loss),
+run for all of S in lockstep: each round, every example's candidates for its next word are
+scored together, in no-grad forwards of at most B texts, with the model in eval mode (no
+dropout noise; BatchNorm's running statistics, so an example's score does not depend on
+the texts scored with it; every module's mode is restored). The choice is per example.
+The scores are ``example_loss(batch, labels) -> tensor [n]`` (one loss per example, e.g.
+``cross_entropy(..., reduction="none")``); without it the closure scores one text at a
+time (its batch's loss is then that text's: exact for any closure, but one forward per
+text). Each example's clean text is its first query. The segments of a pair are searched
+one after the other, the second from the loss and budget the first left.
 
 Edits (``attack``): ``"char"`` - a typo per word (swap, delete, insert or substitute a
 QWERTY neighbour; CJK characters: delete, duplicate, swap), ``"word"`` - delete the word,
@@ -30,9 +47,9 @@ Only the words the model reads are edited, and ``max_change`` counts those: a te
 than ``max_length`` tokens keeps its unread tail as it is.
 
 An example the step selected but could not edit (no editable word: only stopwords,
-numbers, one character, an empty text) is counted in ``unedited_examples`` and left out of
-L'; a step with nothing edited runs no second pass (under DDP it runs one with weight 0,
-so that every rank reaches the same all-reduce).
+numbers, one character, an empty text; greedy: no edit raised its loss) is counted in
+``unedited_examples`` and left out of L'; a step with nothing edited runs no second pass
+(under DDP it runs one with weight 0, so that every rank reaches the same all-reduce).
 
 Contract: ``backward(closure, texts, labels)`` with ``closure(batch, labels) -> loss`` (or
 anything with a ``.loss``): ``batch`` is what ``encode`` made of the texts, on the model's
@@ -51,14 +68,30 @@ adversary, e.g. ``FGM(model)``: the clean part of the step is ``method.backward`
 ``segments="all"``; ``max_length=None``; ``neighbours=None`` (word: built from ``encode``'s
 vocabulary and the embedding); ``threshold=0.6``, ``k=8`` (word substitutes);
 ``stopwords``, ``min_length=3``; ``seed=0`` (step n draws from its own generator seeded
-with ``(seed, n)``; ``state_dict()`` holds n); ``embedding=None``.
+with ``(seed, n)``; ``state_dict()`` holds n); ``embedding=None``; ``search="random"``;
+greedy only: ``queries=9`` (texts scored per example, its clean text included: the clean
+score and one word's candidates), ``max_candidates=8`` (per word; a seeded sample when
+there are more), ``example_loss=None``.
 
 Cost: ``1 + fraction`` plain steps, plus tokenising, plus ``(candidates - 1)`` no-grad
-forwards over the edited examples.
+forwards over the edited examples. Greedy: plus at most ``|S| * queries`` texts scored
+without gradients, in forwards of up to B texts (one or more per round of the search):
+about ``fraction * queries`` forwards' worth of the batch, a forward being about a third
+of a plain step - at the defaults at most ``1 + 0.5 + 0.5 * 9 / 3 = 3`` plain steps,
+fewer where words have fewer candidates or the word budget ends the search. Without
+``example_loss`` the same texts cost one forward each.
+
+References: Ivgi & Berant, "Achieving Model Robustness through Discrete Adversarial
+Training", EMNLP 2021 (online random sampling; online search); Yoo & Qi, "Towards
+Improving Adversarial Training of NLP Models", Findings of EMNLP 2021 (A2T: gradient-
+ranked words, a cheap greedy search, a share of the training data attacked).
 
 Example::
 
     adv = DiscreteAT(model, tokenizer, attack="char", max_length=128)
+    # or the worst edits a search finds, scored with a loss per example:
+    # DiscreteAT(model, tokenizer, search="greedy", example_loss=lambda batch, y:
+    #            F.cross_entropy(model(**batch).logits, y, reduction="none"))
     for texts, y in loader:
         loss = adv.backward(lambda batch, y: model(**batch, labels=y).loss, texts, y)
         optimizer.step(); optimizer.zero_grad()
@@ -66,6 +99,7 @@ Example::
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import random
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Union
@@ -79,11 +113,13 @@ from .._base import Adversary, EmbeddingAdversary, Step, local_grads
 from ..attacks import _text as T
 from ..attacks.char import char_proposer
 from ..attacks.classifier import EmbeddingNeighbours
+from ..attacks.search import Search, greedy_search
 from ..attacks.word import WORD_TRANSFORMATIONS, word_proposer
 from ..outputs import as_loss
 from ..text import UNIT
 
 ATTACKS = ("char", "word")
+SEARCHES = ("random", "greedy")
 
 
 class DiscreteAT(Adversary):
@@ -99,12 +135,18 @@ class DiscreteAT(Adversary):
                  segments: Union[str, int, Sequence[int]] = "all",
                  max_length: Optional[int] = None, neighbours=None, threshold: float = 0.6,
                  k: int = 8, stopwords: FrozenSet[str] = T.STOPWORDS, min_length: int = 3,
-                 seed: int = 0, embedding=None):
+                 seed: int = 0, embedding=None, search: str = "random",
+                 queries: Optional[int] = None, max_candidates: Optional[int] = None,
+                 example_loss: Optional[Callable] = None):
         self.attack = V.choice("attack", attack, ATTACKS)
         self.max_change = V.fraction("max_change", max_change)
         self.fraction = V.fraction("fraction", fraction)
         self.adv_weight = V.positive("adv_weight", adv_weight, allow_zero=True)
         self.candidates = V.integer("candidates", candidates)
+        self.search = V.choice("search", search, SEARCHES)
+        self.queries, self.max_candidates = _search_budget(self.search, candidates, queries,
+                                                           max_candidates, example_loss)
+        self.example_loss = example_loss
         self.min_length = V.integer("min_length", min_length, minimum=0)
         self.max_length = None if max_length is None else V.integer("max_length", max_length)
         self.seed = V.integer("seed", seed, minimum=-2 ** 63)
@@ -166,7 +208,38 @@ class DiscreteAT(Adversary):
         if any(not isinstance(s, str) for t in segs for s in t):
             raise TypeError("texts must be strings (or tuples of strings, for pairs)")
         batch, offsets = self._encoded(texts)
+        importance = self._clean_pass(step, batch, labels)
+        if importance is None:
+            return step.clean_loss
 
+        chosen = sorted(rng.sample(range(len(texts)), math.ceil(self.fraction * len(texts))))
+        if self.search == "greedy":
+            plans = [(i, self._plans(segs[i], importance[i], offsets[i])) for i in chosen]
+            edited = self._searched(step, segs, plans, labels, pairs, rng)
+        else:  # per example, its edit sets that found something to edit
+            edited = [(i, [v for v in vs if v is not None]) for i, vs in
+                      ((i, [self._edit(segs[i], importance[i], offsets[i], rng)
+                            for _ in range(self.candidates)]) for i in chosen)]
+            edited = [(i, vs) for i, vs in edited if vs]
+        self.edited_examples += len(edited)
+        self.unedited_examples += len(chosen) - len(edited)
+        if not edited:
+            self._sync_anyway(step, batch, labels, chosen)
+            return step.clean_loss
+        if self.candidates > 1:
+            edited = self._hardest(step, edited, labels, pairs)
+        idx = [i for i, _ in edited]
+        new = [v[0] for _, v in edited]
+        self.last_edits = [(i, texts[i], n if pairs else n[0]) for i, n in zip(idx, new)]
+        adv_batch, _ = self._encoded(new if pairs else [n[0] for n in new])
+        adv_loss = as_loss(step.closure(adv_batch, _subset(labels, idx)))
+        step.backward(adv_loss, self.adv_weight)
+        step.adv_loss = adv_loss.detach()
+        return step.clean_loss
+
+    def _clean_pass(self, step: Step, batch, labels) -> Optional[torch.Tensor]:
+        """The clean pass (or ``method``'s); the norm of the gradient at the embedding output
+        per token [B, T], or None when it is not finite (the step is then over)."""
         self._grads, self._capture = [], True
         try:
             clean = lambda: step.closure(batch, labels)  # noqa: E731
@@ -192,33 +265,8 @@ class DiscreteAT(Adversary):
         if not P.all_finite([grad]):
             step.skipped = True
             self._sync_anyway(step, batch, labels, [])
-            return step.clean_loss
-        importance = grad.detach().float().norm(dim=-1).cpu()  # [B, T]
-
-        chosen = sorted(rng.sample(range(len(texts)), math.ceil(self.fraction * len(texts))))
-        edited = []
-        for i in chosen:
-            variants = [self._edit(segs[i], importance[i], offsets[i], rng)
-                        for _ in range(self.candidates)]
-            variants = [v for v in variants if v is not None]
-            if variants:
-                edited.append((i, variants))
-            else:
-                self.unedited_examples += 1
-        self.edited_examples += len(edited)
-        if not edited:
-            self._sync_anyway(step, batch, labels, chosen)
-            return step.clean_loss
-        if self.candidates > 1:
-            edited = self._hardest(step, edited, labels, pairs)
-        idx = [i for i, _ in edited]
-        new = [v[0] for _, v in edited]
-        self.last_edits = [(i, texts[i], n if pairs else n[0]) for i, n in zip(idx, new)]
-        adv_batch, _ = self._encoded(new if pairs else [n[0] for n in new])
-        adv_loss = as_loss(step.closure(adv_batch, _subset(labels, idx)))
-        step.backward(adv_loss, self.adv_weight)
-        step.adv_loss = adv_loss.detach()
-        return step.clean_loss
+            return None
+        return grad.detach().float().norm(dim=-1).cpu()
 
     def _encoded(self, texts):
         """``encode(texts)`` with the batch's tensors on the model's device."""
@@ -227,11 +275,12 @@ class DiscreteAT(Adversary):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, offsets
 
     # -- the edits -------------------------------------------------------------------------
-    def _edit(self, parts: tuple, importance: torch.Tensor, offsets, rng: random.Random):
-        """One random edit set of an example (tuple of its segments), or None if none fits."""
+    def _plans(self, parts: tuple, importance: torch.Tensor, offsets) -> list:
+        """Per edited segment of an example: ``(segment, its read part as a Segmented, the
+        editable units by gradient rank, the word budget, the unread tail)``."""
         wanted = (range(len(parts)) if self.segments == "all" else
                   [self.segments] if isinstance(self.segments, int) else self.segments)
-        out, any_edit = list(parts), False
+        plans = []
         for s in wanted:
             if not 0 <= s < len(parts):
                 raise ValueError(f"segments={self.segments!r}: the texts have {len(parts)} segment(s)")
@@ -257,23 +306,80 @@ class DiscreteAT(Adversary):
                     u -= 1
             editable = [u for u in range(len(seg)) if score[u] > 0
                         and T.eligible(seg.units[u], seg.kinds[u], self.stopwords, self.min_length)]
-            limit = max(1, math.floor(self.max_change * seg.n_words))
-            values, changed = list(seg.units), set()
-            for u in sorted(editable, key=lambda u: (-score[u], u)):
-                if len(changed) >= limit:
-                    break
-                if u in changed:
-                    continue
-                edits = [e for e in self._propose(seg, values, u, changed)
-                         if not (set(e) & changed) and len(changed) + len(e) <= limit]
-                if edits:
-                    edit = rng.choice(edits)
-                    for j, v in edit.items():
-                        values[j] = v
-                    changed.update(edit)
-            if changed:
-                out[s], any_edit = seg.render(values) + text[cut:], True
+            order = sorted(editable, key=lambda u: (-score[u], u))
+            plans.append((s, seg, order, max(1, math.floor(self.max_change * seg.n_words)),
+                          text[cut:]))
+        return plans
+
+    def _edit(self, parts: tuple, importance: torch.Tensor, offsets, rng: random.Random):
+        """One random edit set of an example (tuple of its segments), or None if none fits."""
+        out, any_edit = list(parts), False
+        for s, seg, order, limit, tail in self._plans(parts, importance, offsets):
+            search = Search(seg, order, limit, self._propose, rng)
+            for cands in iter(search.candidates, []):
+                search.apply(rng.choice(cands))
+            if search.changed:
+                out[s], any_edit = search.text + tail, True
         return tuple(out) if any_edit else None
+
+    def _searched(self, step: Step, segs: list, plans: list, labels, pairs: bool,
+                  rng: random.Random) -> list:
+        """``search='greedy'``: per example, the edits that raise its loss most, found by
+        :func:`~advnlp.attacks.search.greedy_search` with all the examples' candidates
+        scored together. Segments are searched one after the other (the second from where
+        the first left the example's loss and query budget)."""
+        examples = [_Example(i, list(segs[i]), self.queries - 1) for i, p in plans if p]
+        if not examples:
+            return []
+        clean = self._losses(step, [tuple(e.parts) for e in examples],
+                             [e.i for e in examples], labels, pairs, len(segs))
+        for e, loss in zip(examples, clean.tolist()):
+            e.loss = loss
+        plans = dict(plans)
+
+        def score(asks):
+            texts, idx = [], []
+            for search, cands in asks:
+                e, s, tail = search.key
+                texts += [tuple(e.parts[:s] + [c + tail] + e.parts[s + 1:]) for c in cands]
+                idx += [e.i] * len(cands)
+            losses = self._losses(step, texts, idx, labels, pairs, len(segs)).split(
+                [len(c) for _, c in asks])
+            return [(x, torch.zeros(len(x), dtype=torch.bool), [None] * len(x)) for x in losses]
+
+        for k in range(max(len(plans[e.i]) for e in examples)):
+            searches = [Search(seg, order, limit, self._propose, rng, key=(e, s, tail),
+                               max_candidates=self.max_candidates, budget=e.left, score=e.loss)
+                        for e in examples if k < len(plans[e.i])
+                        for s, seg, order, limit, tail in [plans[e.i][k]]]
+            greedy_search(searches, score)
+            for search in searches:
+                e, s, tail = search.key
+                e.left, e.loss = search.left, search.score
+                if search.changed:
+                    e.parts[s], e.edited = search.text + tail, True
+        return [(e.i, [tuple(e.parts)]) for e in examples if e.edited]
+
+    def _losses(self, step: Step, texts: list, idx: List[int], labels, pairs: bool,
+                size: int) -> torch.Tensor:
+        """Each text's loss (text j has the label of example ``idx[j]``): no gradients, eval
+        mode, ``example_loss`` on ``size`` texts at a time, else the closure on one text."""
+        size = size if self.example_loss is not None else 1
+        out = []
+        with torch.no_grad(), _evaluating(self.model):
+            for a in range(0, len(texts), size):
+                chunk = texts[a:a + size]
+                batch, _ = self._encoded(chunk if pairs else [t[0] for t in chunk])
+                y = _subset(labels, idx[a:a + size])
+                if self.example_loss is None:
+                    out.append(as_loss(step.closure(batch, y), needs_grad=False).reshape(1))
+                    continue
+                loss = self.example_loss(batch, y)
+                if not torch.is_tensor(loss) or loss.numel() != len(chunk):
+                    raise ValueError(f"example_loss must return one loss per example ("
+                                     f"{len(chunk)} here), got {_shape(loss)}")
+                out.append(loss.reshape(len(chunk)))
+        return torch.cat([x.detach().float().cpu() for x in out])
 
     def _hardest(self, step: Step, edited: list, labels, pairs: bool) -> list:
         """The hardest of the ``candidates`` edit sets: round j edits every example with its
@@ -286,7 +392,7 @@ class DiscreteAT(Adversary):
             for j in range(rounds):
                 texts = [vs[j % len(vs)] for _, vs in edited]
                 b, _ = self._encoded(texts if pairs else [t[0] for t in texts])
-                loss = float(as_loss(step.closure(b, _subset(labels, idx))))
+                loss = float(as_loss(step.closure(b, _subset(labels, idx)), needs_grad=False))
                 if loss > best_loss:
                     best, best_loss = j, loss
         return [(i, [vs[best % len(vs)]]) for i, vs in edited]
@@ -332,9 +438,55 @@ class DiscreteAT(Adversary):
 
     def __repr__(self) -> str:
         inner = f", method={self.method!r}" if self.method is not None else ""
+        if self.search == "greedy":
+            inner = (f", search='greedy', queries={self.queries}, "
+                     f"max_candidates={self.max_candidates}{inner}")
         return (f"DiscreteAT(attack={self.attack!r}, max_change={self.max_change}, "
                 f"fraction={self.fraction}, adv_weight={self.adv_weight}, "
                 f"candidates={self.candidates}{inner})")
+
+
+def _search_budget(search: str, candidates: int, queries, max_candidates, example_loss):
+    """``(queries, max_candidates)`` of ``search='greedy'`` (None, None for random)."""
+    if search == "random":
+        if queries is not None or max_candidates is not None or example_loss is not None:
+            raise ValueError("queries, max_candidates and example_loss set the search of "
+                             "search='greedy'; search='random' draws its edits unscored")
+        return None, None
+    if candidates != 1:
+        raise ValueError("candidates draws random edit sets (search='random'); "
+                         "search='greedy' scores max_candidates edits per word instead")
+    if example_loss is not None and not callable(example_loss):
+        raise TypeError("example_loss must be a callable (batch, labels) -> a loss per "
+                        f"example, got {type(example_loss).__name__}")
+    # the clean score + one word's candidates: ~3x a plain step at fraction=0.5
+    return (V.integer("queries", 8 if queries is None else queries, minimum=2),
+            V.integer("max_candidates", 7 if max_candidates is None else max_candidates))
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module):
+    """Eval mode (no dropout, BatchNorm's running statistics: an example's score does not
+    depend on the texts scored with it), each module's own mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+class _Example:
+    """An example under ``search='greedy'``: its segments as edited so far, its loss there,
+    the queries it has left."""
+
+    def __init__(self, i: int, parts: list, left: int):
+        self.i, self.parts, self.left, self.loss, self.edited = i, parts, left, 0.0, False
+
+
+def _shape(x) -> str:
+    return f"shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
 
 
 def _device(model: nn.Module) -> torch.device:
