@@ -101,3 +101,21 @@ def test_taggers_refuse_the_defence(ner, tmp_path, capsys):
     assert run("train", "--task", "token-classification", "--model", "bilstm", "--train",
                ner["train"], "--output-dir", tmp_path / "t", "--typo-defence", "--quiet") == 2
     assert "--typo-defence" in capsys.readouterr().err
+
+
+def test_greedy_online_training_behind_the_defence(sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", out, "--methods",
+               "greedy-char,greedy-char+typo-defence", "--attack-samples", "4",
+               "--cost-rounds", "0") == 0
+    for name, defended in (("greedy-char", False), ("greedy-char+typo-defence", True)):
+        cfg = read_json(out, name, "config.json")
+        assert (cfg["online_attack"], cfg["online_search"], cfg["typo_defence"]) == \
+            ("char", "greedy", defended)
+        assert read_json(out, name, "metrics.json")["online_attack"]["edited_examples"] > 0
+
+
+def test_the_online_search_goes_with_online_attack(sentiment_csv, tmp_path, capsys):
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "r",
+               "--online-search", "greedy") == 2
+    assert "--online-search goes with --online-attack" in capsys.readouterr().err

@@ -134,7 +134,8 @@ def metric_keys(plan: dict) -> list:
 def compare_entry(name: str):
     """``(method, config overrides)`` of one ``--methods`` entry: a method (``fgm``), a
     discrete-attack training alone (``online-char``: none + ``--online-attack char``;
-    ``augment-word``: none + ``--augment-with-attack word``), ``typo-defence`` (none +
+    ``greedy-char``: the same with ``--online-search greedy``; ``augment-word``: none +
+    ``--augment-with-attack word``), ``typo-defence`` (none +
     ``--typo-defence``), or a method and these joined by ``+`` (``fgm+online-char``,
     ``online-char+typo-defence``)."""
     parts = name.split("+")
@@ -145,13 +146,17 @@ def compare_entry(name: str):
             overrides["typo_defence"] = True
             continue
         kind, _, attack = extra.partition("-")
-        key = {"online": "online_attack", "augment": "augment_with_attack"}.get(kind)
+        key = {"online": "online_attack", "greedy": "online_attack",
+               "augment": "augment_with_attack"}.get(kind)
         if key is None or attack not in AUGMENT_ATTACKS or key in overrides:
             raise InputError(
                 f"unknown method {name!r}; choose from {', '.join(METHODS)}, or online-char, "
-                "online-word, augment-char, augment-word, typo-defence, alone or after a "
-                "method and '+' (e.g. fgm+online-char, online-char+typo-defence)")
+                "online-word, greedy-char, greedy-word, augment-char, augment-word, "
+                "typo-defence, alone or after a method and '+' (e.g. fgm+online-char, "
+                "greedy-char+typo-defence)")
         overrides[key] = attack
+        if kind == "greedy":  # online, each edit the worst a search finds (--online-search)
+            overrides["online_search"] = "greedy"
     return method, overrides
 
 
@@ -407,7 +412,7 @@ def _step_cost(plan: dict, runs: dict, log) -> Optional[dict]:
         configs["none"] = dataclasses.replace(
             first, method="none", epsilon=None, alpha=None, steps=None, adv_weight=None,
             relative_epsilon=False, online_attack=None, augment_with_attack=None,
-            typo_defence=False)
+            online_search="random", typo_defence=False)
     fresh = {m: new_run(c) for m, c in configs.items()}
     try:
         return cost.measure(fresh, plan["cost_rounds"], log)

@@ -60,6 +60,7 @@ DERIVED = {"freelb": {"init_mag": ("max_norm", 1.0 / 0.6)}}
 AUGMENT_ATTACKS = ("char", "word")
 # The methods --online-attack composes with: embedding methods whose closure returns the loss.
 ONLINE_METHODS = ("none", "fgm", "fgsm", "pgd", "yopo", "freelb")
+ONLINE_SEARCHES = ("random", "greedy")
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
 # vat: epsilon 3.0, the size benchmarks/sweep_epsilon.py chose on both models (absolute).
@@ -113,6 +114,7 @@ class TrainConfig:
     augment_samples: int = 64  # training examples attacked per round
     online_attack: Optional[str] = None  # char / word: DiscreteAT edits inside every step
     online_fraction: float = 0.5  # the share of each batch DiscreteAT edits
+    online_search: str = "random"  # random: one random edit per word; greedy: the worst found
     world_size: int = 1  # processes (torchrun); batch_size is per process
     engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
     precision: str = "fp32"  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
@@ -191,6 +193,9 @@ class TrainConfig:
             if cfg.engine != "loop":
                 raise InputError("--online-attack edits the texts of each batch, which only "
                                  "--engine loop hands to the step; drop --engine trainer")
+        if cfg.online_search not in ONLINE_SEARCHES:
+            raise InputError(f"--online-search takes {' or '.join(ONLINE_SEARCHES)}, got "
+                             f"{cfg.online_search!r}")
         if not (isinstance(cfg.online_fraction, (int, float)) and 0 < cfg.online_fraction <= 1):
             raise InputError(f"--online-fraction is a share of the batch in (0, 1], got "
                              f"{cfg.online_fraction!r}")
@@ -426,11 +431,20 @@ def build_online(cfg: TrainConfig, clf, inner, seed: int):
             else clf.model.get_input_embeddings()
         neighbours = (EmbeddingNeighbours.from_hf(clf.tokenizer, emb) if clf.is_hf
                       else EmbeddingNeighbours.from_vocab(clf.tokenizer.tokens, emb))
+    search = {}
+    if cfg.online_search == "greedy":  # each example scored alone in a batched forward
+        crit = loss_fn(cfg.data.multi_label, reduction="none")
+
+        def example_loss(batch, y):
+            loss = crit(clf(batch).float(), y)
+            return loss.mean(dim=1) if loss.dim() > 1 else loss
+
+        search = {"search": "greedy", "example_loss": example_loss}
     try:
         return DiscreteAT(clf.model, clf.tokenizer if clf.is_hf else clf.encode_with_offsets,
                           max_length=clf.max_length if clf.is_hf else None,
                           attack=cfg.online_attack, fraction=cfg.online_fraction, method=inner,
-                          neighbours=neighbours, seed=seed)
+                          neighbours=neighbours, seed=seed, normalizer=clf.normalizer, **search)
     except (TypeError, ValueError) as e:
         raise InputError(f"--online-attack {cfg.online_attack}: {e}") from None
 

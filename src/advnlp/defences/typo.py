@@ -55,6 +55,7 @@ tokenizer it was built for; :meth:`TypoNormalizer.load` refuses another tokenize
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -307,6 +308,43 @@ class TypoNormalizer:
                 self._seen_mapped += self._target(seg.units[i].lower()) is not None
         self._warn_if_foreign()
         return seg.render(values)
+
+    def align(self, text: str) -> Tuple[str, Callable[[int, int], Tuple[int, int]]]:
+        """``(mapped text, to_raw)``: ``to_raw(start, end)`` turns a character span of the
+        mapped text (a token's offsets) into the span of ``text`` it came from. Words map
+        to words and nothing else changes, so each unit and gap has a counterpart."""
+        seg = T.Segmented(text)
+        raw = [p for u, g in zip(seg.units, seg.gaps) for p in (g, u)] + [seg.gaps[-1]]
+        mapped = [p for u, k, g in zip(seg.units, seg.kinds, seg.gaps)
+                  for p in (g, self.normalize_word(u) if k == T.WORD else u)] + [seg.gaps[-1]]
+        starts_raw, starts_mapped, r, m = [], [], 0, 0
+        for a, b in zip(raw, mapped):
+            starts_raw.append(r)
+            starts_mapped.append(m)
+            r, m = r + len(a), m + len(b)
+
+        def point(offset: int, end: bool) -> int:
+            k = max(0, bisect.bisect_right(starts_mapped, offset - end) - 1)
+            local = offset - starts_mapped[k]
+            if end and local >= len(mapped[k]):  # a span's end at a piece's end: the raw end
+                return starts_raw[k] + len(raw[k])
+            return starts_raw[k] + min(local, len(raw[k]))
+
+        return "".join(mapped), lambda start, end: (point(start, False), point(end, True))
+
+    def wrap_offsets_encode(self, encode: Callable) -> Callable:
+        """``encode(texts) -> (batch, offsets)`` (offsets ``(segment, start, end)`` or None,
+        :class:`advnlp.DiscreteAT`'s form) taking raw texts: the model reads the mapped
+        texts, the offsets point into the raw ones (where the edits are made)."""
+        def encoded(texts):
+            pairs = isinstance(texts[0], tuple)
+            aligned = [[self.align(p) for p in (t if pairs else (t,))] for t in texts]
+            batch, offsets = encode([tuple(a for a, _ in al) if pairs else al[0][0]
+                                     for al in aligned])
+            return batch, [[None if o is None else (o[0], *aligned[b][o[0]][1](o[1], o[2]))
+                            for o in row] for b, row in enumerate(offsets)]
+
+        return encoded
 
     def map_batch(self, texts: Sequence) -> list:
         """Each text mapped; a pair (tuple of texts) stays a tuple of mapped texts."""

@@ -69,15 +69,18 @@ adversary, e.g. ``FGM(model)``: the clean part of the step is ``method.backward`
 vocabulary and the embedding); ``threshold=0.6``, ``k=8`` (word substitutes);
 ``stopwords``, ``min_length=3``; ``seed=0`` (step n draws from its own generator seeded
 with ``(seed, n)``; ``state_dict()`` holds n); ``embedding=None``; ``search="random"``;
-greedy only: ``queries=9`` (texts scored per example, its clean text included: the clean
-score and one word's candidates), ``max_candidates=8`` (per word; a seeded sample when
-there are more), ``example_loss=None``.
+greedy only: ``queries=8`` (texts scored per example, its clean text included: the clean
+score and one word's candidates), ``max_candidates=7`` (per word; a seeded sample when
+there are more), ``example_loss=None``; ``normalizer=None`` - a defence in front of the
+tokenizer (:class:`advnlp.defences.TypoNormalizer`): the edits are made on the raw text
+and every text the step encodes (clean, scored, edited) passes the defence first, so the
+model trains on what the defended pipeline will read.
 
 Cost: ``1 + fraction`` plain steps, plus tokenising, plus ``(candidates - 1)`` no-grad
 forwards over the edited examples. Greedy: plus at most ``|S| * queries`` texts scored
 without gradients, in forwards of up to B texts (one or more per round of the search):
 about ``fraction * queries`` forwards' worth of the batch, a forward being about a third
-of a plain step - at the defaults at most ``1 + 0.5 + 0.5 * 9 / 3 = 3`` plain steps,
+of a plain step - at the defaults at most ``1 + 0.5 + 0.5 * 8 / 3 = 2.8`` plain steps,
 fewer where words have fewer candidates or the word budget ends the search. Without
 ``example_loss`` the same texts cost one forward each.
 
@@ -137,7 +140,7 @@ class DiscreteAT(Adversary):
                  k: int = 8, stopwords: FrozenSet[str] = T.STOPWORDS, min_length: int = 3,
                  seed: int = 0, embedding=None, search: str = "random",
                  queries: Optional[int] = None, max_candidates: Optional[int] = None,
-                 example_loss: Optional[Callable] = None):
+                 example_loss: Optional[Callable] = None, normalizer=None):
         self.attack = V.choice("attack", attack, ATTACKS)
         self.max_change = V.fraction("max_change", max_change)
         self.fraction = V.fraction("fraction", fraction)
@@ -168,6 +171,11 @@ class DiscreteAT(Adversary):
         super().__init__(model)
         self.method = method
         self._encode = _encoder(encode, self.max_length)
+        if normalizer is not None:  # edits on the raw text, the model reads the mapped one
+            if not callable(getattr(normalizer, "wrap_offsets_encode", None)):
+                raise TypeError("normalizer must be a defence with wrap_offsets_encode (e.g. "
+                                f"advnlp.defences.TypoNormalizer), got {type(normalizer).__name__}")
+            self._encode = normalizer.wrap_offsets_encode(self._encode)
         self.embedding_name, emb = P.find_embedding(model, embedding)
         if self.attack == "word":
             if neighbours is None:

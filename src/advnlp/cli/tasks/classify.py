@@ -16,8 +16,9 @@ from ..errors import InputError
 from ..models import Classifier
 
 
-def loss_fn(multi_label: bool) -> nn.Module:
-    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+def loss_fn(multi_label: bool, reduction: str = "mean") -> nn.Module:
+    return (nn.BCEWithLogitsLoss(reduction=reduction) if multi_label
+            else nn.CrossEntropyLoss(reduction=reduction))
 
 
 def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
