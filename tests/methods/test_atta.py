@@ -217,3 +217,38 @@ def test_relative_units_store_fractions_of_the_embedding():
         adv.backward(lambda: ce(model(ids), y), ids=[0, 1, 2, 3])
     for (d,) in adv.store.values():
         assert d.norm().item() == pytest.approx(0.03, rel=1e-4)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_under_ddp_a_step_syncs_gradients_once_as_a_plain_backward(tmp_path):
+    """ATTA adds no collective: its one backward is the step's one gradient all-reduce round
+    (DDP's buckets), the same as a plain backward's; the gradients are the unwrapped model's."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        base = MeanPoolClassifier()
+        ids, y = batch()
+        plain, ddp = copy.deepcopy(base), nn.parallel.DistributedDataParallel(copy.deepcopy(base))
+        rounds = []
+
+        def counting(state, bucket):
+            rounds.append(bucket.index())
+            return default_hooks.allreduce_hook(state, bucket)
+
+        ddp.register_comm_hook(None, counting)
+        ce(ddp(ids), y).backward()
+        per_backward = len(rounds)
+        ddp.zero_grad()
+        adv_plain, adv_ddp = ATTA(plain, epsilon=0.5), ATTA(ddp, epsilon=0.5)
+        for _ in range(2):  # the second visit trains at the stored perturbation
+            rounds.clear()
+            adv_plain.backward(lambda: ce(plain(ids), y), ids=[0, 1, 2, 3])
+            adv_ddp.backward(lambda: ce(ddp(ids), y), ids=[0, 1, 2, 3])
+            assert len(rounds) == per_backward
+        got = {k[len("module."):]: v for k, v in grads(ddp).items()}
+        assert_grads_close(grads(plain), got)
+    finally:
+        dist.destroy_process_group()
