@@ -135,9 +135,10 @@ class Run:
         """One step's gradients on the training examples ``idx`` (``batch``: their encoding,
         None under --online-attack); the loss."""
         y = self.targets["train"][idx].to(self.device)
-        extra = {"texts": self.texts(idx)} if batch is None else {}
+        extra = ({"texts": self.texts(idx)} if batch is None
+                 else classify.example_ids(self.adv, idx))
         return classify.train_step(self.train_clf, self.adv, self.criterion, batch, y,
-                                   self.autocast, self.backward_fn, ids=list(idx), **extra)
+                                   self.autocast, self.backward_fn, **extra)
 
     def reseed_rank(self, resumed: bool = False) -> None:
         """Own dropout noise for this rank (after a DDP broadcast, or on resume: the

@@ -137,7 +137,7 @@ class TagRun(Run):
         if adv.needs_logits:  # SMART, VAT: the output's .loss and its per-token .logits
             return adv.backward(output, self.backward_fn)
         return adv.backward(lambda: output().loss.float(), self.backward_fn,
-                            **example_ids(adv, list(idx)))
+                            **example_ids(adv, idx))
 
     def evaluate(self, split: str) -> dict:
         sentences = getattr(self.splits, split)

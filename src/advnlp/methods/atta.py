@@ -86,7 +86,8 @@ class ATTA(EmbeddingAdversary):
     def __init__(self, model, epsilon: float = 1.0, *, alpha: Optional[float] = None,
                  share: float = 1.0, norm: str = "l2", store_dtype: torch.dtype = torch.bfloat16,
                  **kwargs):
-        if V.boolean("adv_only", kwargs.pop("adv_only", False)) or kwargs.pop("adv_weight", 1.0) != 1.0:
+        adv_only = V.boolean("adv_only", kwargs.pop("adv_only", False))
+        if adv_only or kwargs.pop("adv_weight", 1.0) != 1.0:
             raise ValueError("ATTA trains on its one pass only (share= keeps part of the batch "
                              "clean); adv_weight/adv_only do not apply")
         V.output_target(kwargs.get("target", "output"), "ATTA")
@@ -199,7 +200,8 @@ def _check_ids(ids) -> List[int]:
         raise ValueError("ATTA.backward() needs ids=: one integer per row of the batch that "
                          "identifies the example across epochs (e.g. its dataset index)")
     if isinstance(ids, torch.Tensor):
-        if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex \
+                or ids.dtype == torch.bool:
             raise TypeError(f"ids= must be a 1-D integer tensor or a list of ints, got a "
                             f"{ids.dtype} tensor of shape {tuple(ids.shape)}")
         ids = ids.tolist()

@@ -98,4 +98,4 @@ def train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nu
 
 def example_ids(adv, ids) -> dict:
     """``{"ids": ids}`` for a method that keeps state per example (ATTA), else nothing."""
-    return {"ids": ids} if isinstance(adv, ATTA) else {}
+    return {"ids": list(ids)} if isinstance(adv, ATTA) else {}
