@@ -104,3 +104,17 @@ def test_atta_needs_the_loop_engine(sentiment_csv, tiny_bert, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "per training example" in err and "drop --engine trainer" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_fixed_shards_cover_every_example_with_no_repeat_in_a_shard():
+    """Under torchrun rank r trains the examples r mod W, in the epoch's order; 7 examples on
+    2 ranks: rank 1's shorter shard is padded with the first of rank 0's (as DistributedSampler
+    pads), never with one of its own (a batch must not hold an example twice)."""
+    from types import SimpleNamespace
+
+    from advnlp.cli.run import Run
+
+    order = [5, 2, 6, 1, 0, 3, 4]
+    shards = [Run._fixed_shard(SimpleNamespace(world=2, rank=r, shard_size=lambda: 4), order)
+              for r in (0, 1)]
+    assert shards == [[2, 6, 0, 4], [5, 1, 3, 2]]
