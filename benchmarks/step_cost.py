@@ -352,6 +352,9 @@ def method_specs(quick: bool, extra: bool):
                 specs.append((f"freelb{k}", f"FreeLB(K={k})", "adv", lambda m, kw=kw: cls(m, **kw)))
             elif k == 2:
                 specs.append(("freelb", "FreeLB(defaults)", "adv", lambda m: cls(m)))
+    # ATTA needs the batch's example ids: its own kind (the store fills on the warm-up step)
+    specs.append(("atta", "ATTA (carried per example, relative 0.03)", "carried",
+                  lambda m: A.ATTA(m, epsilon=0.03, relative=True)))
     for name in ("SMART", "VAT", "AWP", "FreeAT"):
         c = getattr(A, name, None)
         if c is not None and not quick:
@@ -419,6 +422,12 @@ class Runner:
 
             def step():
                 adv.backward(self.closure)
+                self._finish()
+        elif kind == "carried":
+            adv, ids = factory(self.model), list(range(self.ids.shape[0]))
+
+            def step():
+                adv.backward(self.closure, ids=ids)
                 self._finish()
         elif kind == "discrete":
             adv = factory(self.model, self.tokenizer, self.ids.shape[1])
@@ -692,7 +701,7 @@ def machine_info(device):
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     info["methods_available"] = sorted(n for n in ("FGM", "FGSM", "PGD", "FreeLB", "SMART", "VAT",
-                                                   "AWP", "FreeAT") if hasattr(advnlp, n))
+                                                   "AWP", "FreeAT", "ATTA") if hasattr(advnlp, n))
     return info
 
 

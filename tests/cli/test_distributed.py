@@ -215,3 +215,24 @@ def test_freeat_under_torchrun_matches_one_process_and_resumes_mid_replay(setup,
     want = load_file(str(whole / "model" / "model.safetensors"))
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+def test_atta_keeps_each_ranks_examples_there_and_resumes_mid_epoch(setup, tmp_path):
+    """ATTA's store stays on the rank that trained the example: rank r is given the examples
+    with index r mod 2 every epoch (no exchange of perturbations between ranks), so after a
+    stop mid-epoch 2 each rank's saved store holds its 22 examples only; a torchrun
+    --resume ends on the uninterrupted 2-process run's weights."""
+    atta = [*setup["common"], "--method", "atta"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    proc = torchrun(setup, *atta, "--batch-size", "4", "--output-dir", str(whole))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = torchrun(setup, *atta, "--batch-size", "4", "--output-dir", str(cut), sigint="1,8")
+    assert proc.returncode != 0 and "interrupted; checkpoint saved" in proc.stderr, proc.stderr[-3000:]
+    saved = torch.load(cut / "checkpoint.pt", weights_only=True)["example_state"]
+    assert [sorted(s["store"]) for s in saved] == [list(range(0, 44, 2)), list(range(1, 44, 2))]
+    proc = torchrun(setup, "--resume", str(cut), "--quiet")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    got = load_file(str(cut / "model" / "model.safetensors"))
+    want = load_file(str(whole / "model" / "model.safetensors"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=lambda m: f"{k}: {m}")

@@ -53,7 +53,7 @@ def test_metrics_json_equals_seqeval_on_the_written_predictions(ner, tmp_path):
                                               .read().split("\n\n")[1].splitlines()]
 
 
-@pytest.mark.parametrize("method", ["fgm", "pgd", "smart", "vat", "awp", "freeat"])
+@pytest.mark.parametrize("method", ["fgm", "pgd", "smart", "vat", "awp", "freeat", "atta"])
 def test_every_method_trains_a_hugging_face_tagger(ner, tmp_path, tiny_tagger, method):
     out = tmp_path / "run"
     assert run("train", "--task", "token-classification", "--model", tiny_tagger, *_files(ner),

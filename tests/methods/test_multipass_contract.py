@@ -1,4 +1,4 @@
-"""The backward(closure) contract for FreeLB, FreeAT, SMART, VAT and AWP: weights and
+"""The backward(closure) contract for FreeLB, FreeAT, ATTA, SMART, VAT and AWP: weights and
 buffers restored, hook disarmed, restore on errors, pair encoders, DDP wrapper."""
 import copy
 
@@ -7,17 +7,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from advnlp import AWP, SMART, VAT, FreeAT, FreeLB
+from advnlp import ATTA, AWP, SMART, VAT, FreeAT, FreeLB
 from tinymodels import (PAD, LSTMClassifier, MeanPoolClassifier, assert_grads_close,
                       assert_state_equal, batch, grads, interrupted_on_call, snapshot)
 
 ce = nn.CrossEntropyLoss()
 gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
 
-# (name, factory, closure kind): "loss" closures return the loss, "output" closures the model output
+# (name, factory, closure kind): "loss" closures return the loss, "output" closures the model
+# output, "ids" closures the loss with the batch's example ids (ATTA)
 METHODS = [
     ("FreeLB", lambda m: FreeLB(m, adv_steps=3, generator=gen()), "loss"),
     ("FreeAT", lambda m: FreeAT(m), "loss"),
+    ("ATTA", lambda m: ATTA(m, epsilon=0.5), "ids"),
     ("AWP", lambda m: AWP(m), "loss"),
     ("SMART", lambda m: SMART(m, radius=0.2, generator=gen()), "output"),
     ("VAT", lambda m: VAT(m, generator=gen()), "output"),
@@ -26,6 +28,8 @@ IDS = [n for n, _, _ in METHODS]
 
 
 def run(adv, kind, forward, y):
+    if kind == "ids":
+        return adv.backward(lambda: ce(forward(), y), ids=list(range(len(y))))
     if kind == "loss":
         return adv.backward(lambda: ce(forward(), y))
     return adv.backward(forward, labels=y)
@@ -56,9 +60,10 @@ def test_restored_when_the_closure_raises_midway(name, make, kind):
     ids, y = batch()
     before = snapshot(model)
     adv = make(model)
-    if name == "FreeAT":  # one pass per call: fail on the second replay
+    one_pass = name in ("FreeAT", "ATTA")
+    if one_pass:  # one pass per call: fail on the second call (FreeAT's replay)
         run(adv, kind, lambda: model(ids), y)
-    forward = interrupted_on_call(1 if name == "FreeAT" else 2, lambda: model(ids))
+    forward = interrupted_on_call(1 if one_pass else 2, lambda: model(ids))
     with pytest.raises(KeyboardInterrupt):
         run(adv, kind, forward, y)
     assert_state_equal(model, before)
@@ -76,7 +81,7 @@ def test_embedding_called_twice_in_one_closure(name, make, kind):
     adv = make(model)
     seen = []
     model.proj.register_forward_pre_hook(lambda m, x: seen.append(x[0].detach()))
-    for _ in range(2 if name == "FreeAT" else 1):
+    for _ in range(2 if name in ("FreeAT", "ATTA") else 1):  # their first call adds 0
         run(adv, kind, lambda: model(a) + model(b), y)
     clean_a, clean_b = model.emb(a).detach(), model.emb(b).detach()
     pert_a, pert_b = seen[-2], seen[-1]

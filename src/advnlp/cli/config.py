@@ -22,8 +22,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from advnlp import (AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT, FreeLB,
-                    NEFTune)
+from advnlp import (ATTA, AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT,
+                    FreeLB, NEFTune)
 
 from .data import DataSpec
 from .distributed import device_of
@@ -44,6 +44,8 @@ METHODS: Dict[str, Tuple[Optional[type], Dict[str, str]]] = {
     "freelb": (FreeLB, {"epsilon": "max_norm", "alpha": "adv_lr", "steps": "adv_steps", **REL}),
     # --steps is m, the replays of each batch (the run's epochs keep plain-training cost)
     "freeat": (FreeAT, {"epsilon": "epsilon", "alpha": "step_size", "steps": "replays", **REL}),
+    # one pass per step at each example's perturbation from its previous visits (loop engine)
+    "atta": (ATTA, {"epsilon": "epsilon", "alpha": "alpha", **REL}),
     "awp": (AWP, {"epsilon": "adv_eps", "alpha": "adv_lr", "adv_weight": "adv_weight"}),
     "vat": (VAT, {"epsilon": "epsilon", "adv_weight": "alpha", **REL}),
     "smart": (SMART, {"epsilon": "radius", "alpha": "step_size", "steps": "steps",
@@ -61,6 +63,12 @@ AUGMENT_ATTACKS = ("char", "word")
 # The methods --online-attack composes with: embedding methods whose closure returns the loss.
 ONLINE_METHODS = ("none", "fgm", "fgsm", "pgd", "yopo", "freelb")
 ONLINE_SEARCHES = ("random", "greedy")
+# What the other methods do that the edited pass does not feed (default: "perturbs weights").
+NOT_ONLINE = {"vat": "compares logits", "smart": "compares logits",
+              "atta": "keeps a perturbation per example and position, which edited texts shift"}
+# --alpha derived from --epsilon (divided by this) when not given, recorded in config.json:
+# FreeAT's own L2 default (epsilon / 6); ATTA's step is its radius.
+ALPHA_OF_EPSILON = {"freeat": 6, "atta": 1}
 # fgsm's epsilon bounds every coordinate (L-inf): the library default of 1.0
 # would swamp an embedding, so the CLI starts from a small one.
 # vat: epsilon 3.0, the size benchmarks/sweep_epsilon.py chose on both models (absolute).
@@ -72,7 +80,10 @@ MEASURED: Dict[str, Dict[str, object]] = {
     "fgm": {"relative_epsilon": True, "epsilon": 0.03},
     "pgd": {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.009},
 }
-MEASURED["yopo"] = MEASURED["pgd"]  # not swept itself: YOPO approximates PGD at PGD's sizes
+MEASURED["yopo"] = MEASURED["pgd"]
+# Not swept either: ATTA's perturbation is FGM's measured size, and each visit's step too (the
+# first visit stores an FGM perturbation, the next ones train at it and move it).
+MEASURED["atta"] = {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.03}  # not swept itself: YOPO approximates PGD at PGD's sizes
 # Not swept either: the noise control of FGM is noise of FGM's measured size (NEFTune's L2
 # norm per example is alpha / sqrt(3) of the embedding's when relative).
 MEASURED["neftune"] = {"relative_epsilon": True, "epsilon": round(0.03 * 3 ** 0.5, 4)}
@@ -169,8 +180,8 @@ class TrainConfig:
                       + ("the example's own embedding (relative units: 1 = its norm)"
                          if cfg.relative_epsilon else "any text embedding's norm")
                       + f": --method {cfg.method} would train on noise, not on the text")
-        if cfg.method == "freeat" and cfg.alpha is None:  # FreeAT's own L2 default, recorded
-            cfg.alpha = cfg.epsilon / 6
+        if cfg.method in ALPHA_OF_EPSILON and cfg.alpha is None:
+            cfg.alpha = cfg.epsilon / ALPHA_OF_EPSILON[cfg.method]
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
@@ -188,7 +199,7 @@ class TrainConfig:
             if cfg.method not in ONLINE_METHODS:
                 raise InputError(f"--online-attack combines with --method "
                                  f"{', '.join(ONLINE_METHODS)}; {cfg.method} "
-                                 f"{'compares logits' if cfg.method in ('vat', 'smart') else 'perturbs weights'}"
+                                 f"{NOT_ONLINE.get(cfg.method, 'perturbs weights')}"
                                  ", which the edited pass does not feed")
             if cfg.engine != "loop":
                 raise InputError("--online-attack edits the texts of each batch, which only "
@@ -220,6 +231,10 @@ class TrainConfig:
             if cfg.method == "freeat":
                 raise InputError("--method freeat replays each batch --steps times, which only "
                                  "--engine loop does; drop --engine trainer")
+            if cfg.method == "atta":
+                raise InputError("--method atta stores a perturbation per training example, and "
+                                 "only --engine loop tells the step which examples a batch "
+                                 "holds; drop --engine trainer")
         if cfg.method == "freeat" and cfg.augment_with_attack is not None:
             raise InputError("--method freeat splits each pass over the data into --steps epochs, "
                              "and --augment-with-attack would change the data mid-pass; drop "

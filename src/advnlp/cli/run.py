@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from advnlp import ATTA
+
 from .config import PRECISIONS, TrainConfig, build_adversary, build_online
 from .data import Example, Labels, Splits, load_splits
 from .distributed import DistInfo, derive_seed, device_of, seed_everything
@@ -135,7 +137,8 @@ class Run:
         """One step's gradients on the training examples ``idx`` (``batch``: their encoding,
         None under --online-attack); the loss."""
         y = self.targets["train"][idx].to(self.device)
-        extra = {"texts": self.texts(idx)} if batch is None else {}
+        extra = ({"texts": self.texts(idx)} if batch is None
+                 else classify.example_ids(self.adv, idx))
         return classify.train_step(self.train_clf, self.adv, self.criterion, batch, y,
                                    self.autocast, self.backward_fn, **extra)
 
@@ -202,13 +205,24 @@ class Run:
         epoch order is padded by wrapping around to a multiple of the world size and rank r
         takes every world-size-th example from position r. Batch k of all ranks together is
         then positions [k*B*W, (k+1)*B*W) of the padded order: the same global batches as
-        one process with batch size B*W."""
+        one process with batch size B*W. Except for ATTA: see :meth:`_fixed_shard`."""
         order = self.epoch_order().tolist()
         if self.world == 1:
             return order
+        if isinstance(self.adv, ATTA):
+            return self._fixed_shard(order)
         total = self.shard_size() * self.world
         padded = (order * (-(-total // len(order))))[:total]
         return padded[self.rank::self.world]
+
+    def _fixed_shard(self, order: List[int]) -> List[int]:
+        """Rank r's examples every epoch are those whose index is r modulo the world size, in
+        the epoch's order: ATTA keeps each example's perturbation on the rank that trained
+        on it, with no exchange between ranks. A shorter shard is padded with the first
+        example of the others (as DistributedSampler pads), which then has a state here too."""
+        mine = [i for i in order if i % self.world == self.rank]
+        need = self.shard_size() - len(mine)
+        return mine + [i for i in order if i % self.world != self.rank][:need]
 
     def batch(self, idx: List[int]) -> dict:
         """The encoded training examples ``idx``, on the run's device."""

@@ -27,6 +27,7 @@ from .files import write_json, write_jsonl
 from .run import Run
 from .distributed import seed_everything
 from .tasks import tag as TG
+from .tasks.classify import example_ids
 from .tasks.tag_data import Tagged, check_known_tags, read_tagged
 
 
@@ -135,7 +136,8 @@ class TagRun(Run):
             return loss.detach()
         if adv.needs_logits:  # SMART, VAT: the output's .loss and its per-token .logits
             return adv.backward(output, self.backward_fn)
-        return adv.backward(lambda: output().loss.float(), self.backward_fn)
+        return adv.backward(lambda: output().loss.float(), self.backward_fn,
+                            **example_ids(adv, idx))
 
     def evaluate(self, split: str) -> dict:
         sentences = getattr(self.splits, split)

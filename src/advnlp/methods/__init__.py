@@ -1,4 +1,5 @@
 """One file per method; each holds the method's math and its paper."""
+from .atta import ATTA
 from .awp import AWP
 from .discrete import DiscreteAT
 from .fgm import FGM
@@ -12,5 +13,5 @@ from .smart import SMART
 from .vat import VAT
 from .yopo import YOPO
 
-__all__ = ["AWP", "DiscreteAT", "FGM", "FGSM", "FreeAT", "FreeLB", "NEFTune", "PGD", "R3F", "SMART",
-           "VAT", "YOPO"]
+__all__ = ["ATTA", "AWP", "DiscreteAT", "FGM", "FGSM", "FreeAT", "FreeLB", "NEFTune", "PGD", "R3F",
+           "SMART", "VAT", "YOPO"]

@@ -6,8 +6,9 @@ schedule and fp16 loss scaling are the loop's, exactly as in a hand-written loop
 
 Checkpoints: ``checkpoint.pt`` at the end of every epoch and on Ctrl-C (written
 atomically; loaded with ``weights_only=True``, so nothing is unpickled): weights,
-optimizer, schedule, scaler, RNG states and the run's progress, and FreeAT's delta
-between two replays of a batch, so a resumed run goes on exactly where it stopped.
+optimizer, schedule, scaler, RNG states and the run's progress, FreeAT's delta
+between two replays of a batch and ATTA's perturbation per example (each rank's), so a
+resumed run goes on exactly where it stopped.
 
 In one process a signal also stops a step between two of the method's passes (the
 adversary's ``stop_check``): a PGD with many steps must not hold a SIGTERM for minutes.
@@ -25,7 +26,7 @@ from typing import Tuple
 import torch
 import torch.distributed as dist
 
-from advnlp import FreeAT, StepAborted
+from advnlp import ATTA, FreeAT, StepAborted
 
 from ..errors import InputError, Interrupted
 from ..files import atomic_path
@@ -133,6 +134,16 @@ def _replay_state(run: Run):
         return None
     mine = {"delta": None if adv.delta is None else [d.detach().cpu() for d in adv.delta],
             "calls": adv.calls_on_batch}
+    return _per_rank(run, mine)
+
+
+def _example_state(run: Run):
+    """ATTA's stored perturbations, one entry per rank (each holds its own examples')."""
+    return _per_rank(run, run.adv.state_dict()) if isinstance(run.adv, ATTA) else None
+
+
+def _per_rank(run: Run, mine):
+    """``[every rank's mine]`` on rank 0 (None elsewhere), ``[mine]`` in one process."""
     if run.dist is None:
         return [mine]
     every = [None] * run.world if run.is_main else None
@@ -149,7 +160,8 @@ def _load_replay_state(run: Run, states) -> None:
 
 
 def save_checkpoint(run: Run) -> None:
-    replay = _replay_state(run)  # every rank takes part in the gather
+    replay = _replay_state(run)  # every rank takes part in the gathers
+    examples = _example_state(run)
     if not run.is_main:  # rank 0 holds the same weights and optimizer state
         return
     state = {
@@ -159,6 +171,7 @@ def save_checkpoint(run: Run) -> None:
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         **run.progress_state(),
         "replay_state": replay,
+        "example_state": examples,
         **_rng_state(),
     }
     path = os.path.join(run.run_dir, CHECKPOINT)
@@ -194,6 +207,8 @@ def _load_state(run: Run, state: dict) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.load_progress_state(state)
     _load_replay_state(run, state.get("replay_state"))
+    if isinstance(run.adv, ATTA):  # a checkpoint without it: every example starts at zero
+        run.adv.load_state_dict((state.get("example_state") or [{"store": {}}])[run.rank])
     _set_rng_state(state)
 
 

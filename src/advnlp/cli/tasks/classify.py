@@ -12,6 +12,8 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
+from advnlp import ATTA
+
 from ..errors import InputError
 from ..models import Classifier
 
@@ -72,10 +74,11 @@ def check_single_segment(attack: str, text_columns) -> None:
 
 
 def train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nullcontext,
-               backward_fn=None, texts=None) -> torch.Tensor:
+               backward_fn=None, texts=None, ids=None) -> torch.Tensor:
     """One step's gradients: clean only, or clean + adversarial through ``adv.backward``.
     ``autocast`` wraps every forward pass (--precision); ``backward_fn`` scales for fp16.
-    With ``texts`` (--online-attack) ``adv`` is a DiscreteAT that encodes them itself."""
+    With ``texts`` (--online-attack) ``adv`` is a DiscreteAT that encodes them itself.
+    ``ids``: the batch's training-set indices, for a method that keeps state per example."""
     def logits(b=batch):
         with autocast():
             return clf(b)
@@ -91,4 +94,9 @@ def train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nu
         loss = closure()
         (backward_fn or torch.Tensor.backward)(loss)
         return loss.detach()
-    return adv.backward(closure, backward_fn)
+    return adv.backward(closure, backward_fn, **example_ids(adv, ids))
+
+
+def example_ids(adv, ids) -> dict:
+    """``{"ids": ids}`` for a method that keeps state per example (ATTA), else nothing."""
+    return {"ids": list(ids)} if isinstance(adv, ATTA) else {}
