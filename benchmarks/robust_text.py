@@ -54,7 +54,8 @@ KEYS = {"clean_accuracy": "accuracy", "attacked_accuracy@char": "attacked_accura
 
 
 def job_args(job: str, out: str, args) -> list:
-    common = ["--methods", ROWS_ZH if job == "zh" else ROWS, "--seeds", str(SEEDS[job]),
+    rows = args.rows or (ROWS_ZH if job == "zh" else ROWS)
+    common = ["--methods", rows, "--seeds", str(args.seeds or SEEDS[job]),
               "--attack", "char,word", "--attack-limit", str(args.attack_limit),
               "--typo-rate", "0.3", "--output-dir", os.path.join(out, job), "--quiet"]
     if job == "minilm":
@@ -193,6 +194,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", default="minilm", help="comma list of minilm, minilm-full, zh")
     ap.add_argument("--attack-limit", type=int, default=50)
+    ap.add_argument("--seeds", type=int, help="default: 5 (minilm, zh) or 3 (minilm-full)")
+    ap.add_argument("--rows", help=f"compare entries (default {ROWS}; zh: {ROWS_ZH})")
     ap.add_argument("--zh-examples", type=int, default=2000, help="reviews per class (2000)")
     ap.add_argument("--out", default="runs/robust-text")
     ap.add_argument("--table-only", action="store_true",

@@ -68,8 +68,11 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
                         "(AdversarialTrainer), Hugging Face models only")
     a = p.add_argument_group("adversarial method parameters (each method takes some)")
-    a.add_argument("--epsilon", type=float, help="perturbation radius (fgm, fgsm, pgd)")
-    a.add_argument("--alpha", type=float, help="PGD step size")
+    a.add_argument("--epsilon", type=float,
+                   help="perturbation radius (fgm, fgsm, pgd, yopo, freelb, freeat, vat, atta, ...)")
+    a.add_argument("--alpha", type=float,
+                   help="step size (pgd, yopo, smart, freeat; atta: the step added to an "
+                        "example's perturbation per visit, default = --epsilon)")
     a.add_argument("--steps", type=int, help="ascent steps (pgd, yopo, freelb, smart); for freeat "
                    "m, the replays of each batch")
     a.add_argument("--adv-weight", type=float, help="weight of the adversarial loss (default 1)")
@@ -78,9 +81,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                        const=True, default=None,
                        help="--epsilon and the step sizes are fractions of each example's own "
                             "embedding (L2 norm over its real tokens; RMS coordinate for fgsm): "
-                            "0.05 means 5%% on every model (fgm, fgsm, pgd, freelb, vat). The "
-                            "default for fgm and pgd when no --epsilon/--alpha is given (their "
-                            "measured sizes, docs/methods.md)")
+                            "0.05 means 5%% on every model (fgm, fgsm, pgd, freelb, vat, atta). "
+                            "The default for fgm, pgd and atta when no --epsilon/--alpha is "
+                            "given (FGM's and PGD's measured sizes, docs/methods.md)")
     units.add_argument("--absolute-epsilon", dest="relative_epsilon", action="store_const",
                        const=False,
                        help="--epsilon and the step sizes in the model's own embedding units (the "
