@@ -147,6 +147,21 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch,
     assert_same_weights(whole, cut)
 
 
+def test_a_staging_link_is_not_written_through(tmp_path, monkeypatch, sentiment_csv, tiny_bert):
+    """A link planted as the checkpoints' staging folder is removed, not followed (issue 27)."""
+    cut, outside = tmp_path / "cut", tmp_path / "outside"
+    (outside / "checkpoint-6").mkdir(parents=True)  # the name the resumed run saves next
+    (outside / "keep.txt").write_text("mine", encoding="utf-8")
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        assert run(*train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")) == 130
+    (cut / "checkpoints" / ".staging").symlink_to(outside, target_is_directory=True)
+    assert run("train", "--resume", cut, "--quiet") == 0
+    assert sorted(os.listdir(outside)) == ["checkpoint-6", "keep.txt"]
+    assert os.listdir(outside / "checkpoint-6") == []
+    assert (outside / "keep.txt").read_text(encoding="utf-8") == "mine"
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--model", "textcnn"], "--engine trainer trains Hugging Face models"),
     (["--augment-with-attack", "char"], "only --engine loop does"),

@@ -183,7 +183,9 @@ class _RunTrainer(AdversarialTrainer):
         final = self.args.output_dir
         name = f"checkpoint-{self.state.global_step}"
         self._staging = os.path.join(final, ".staging")
-        if self.args.should_save:  # what a crash mid-write left there
+        if self.args.should_save:  # what a crash mid-write left there (a link: itself only)
+            if os.path.islink(self._staging):
+                os.remove(self._staging)
             shutil.rmtree(self._staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         try:
