@@ -19,22 +19,37 @@ from typing import Callable, Optional, Sequence
 from advnlp.attacks import random_typos
 
 from . import cost
-from .config import (AUGMENT_ATTACKS, METHODS, TrainConfig, build_adversary, build_online,
-                     check_environment, default_run_dir)
+from . import tag_commands as TC
+from .config import (
+    AUGMENT_ATTACKS,
+    METHODS,
+    TrainConfig,
+    build_adversary,
+    build_online,
+    check_environment,
+    default_run_dir,
+)
 from .data import load_splits, read_file
 from .distributed import DistInfo, device_of
 from .engines import engine
 from .errors import InputError, Interrupted
 from .files import atomic_path, write_json
+from .lock import locked
+from .report import compare_plot
 from .robustness import ATTACKS, discrete_attack, embedding_robustness
 from .run import STOP_SIGNALS, Run
-from . import tag_commands as TC
-from .tag_run import TagRun
-from .report import compare_plot
-from .lock import locked
-from .rundir import (claiming, clear_run, compare_run_folders, discard_replaced, has_checkpoint,
-                     load_run, read_config, remove_empty)
+from .rundir import (
+    claiming,
+    clear_run,
+    compare_run_folders,
+    discard_replaced,
+    has_checkpoint,
+    load_run,
+    read_config,
+    remove_empty,
+)
 from .statistics import LEVEL, paired_difference, require_scipy, summary
+from .tag_run import TagRun
 from .tasks.classify import check_single_segment, metrics, predict
 
 

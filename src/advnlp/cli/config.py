@@ -22,8 +22,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from advnlp import (AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT, FreeLB,
-                    NEFTune)
+from advnlp import AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT, FreeLB, NEFTune
 
 from .data import DataSpec
 from .distributed import device_of
@@ -186,9 +185,9 @@ class TrainConfig:
                 raise InputError(f"--online-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
                                  f"got {cfg.online_attack!r}")
             if cfg.method not in ONLINE_METHODS:
+                why = "compares logits" if cfg.method in ("vat", "smart") else "perturbs weights"
                 raise InputError(f"--online-attack combines with --method "
-                                 f"{', '.join(ONLINE_METHODS)}; {cfg.method} "
-                                 f"{'compares logits' if cfg.method in ('vat', 'smart') else 'perturbs weights'}"
+                                 f"{', '.join(ONLINE_METHODS)}; {cfg.method} {why}"
                                  ", which the edited pass does not feed")
             if cfg.engine != "loop":
                 raise InputError("--online-attack edits the texts of each batch, which only "

@@ -96,7 +96,8 @@ def find_layer_list(model: nn.Module, layer_list: Union[None, str, nn.ModuleList
                 best = (name, m)
     if best is None:
         raise ValueError(f"YOPO found no stack of layers in {type(root).__name__} (no nn.ModuleList "
-                         f"named {'/'.join(STACK_NAMES)} of modules of one class); pass layer_list= the nn.ModuleList "
+                         f"named {'/'.join(STACK_NAMES)} of modules of one class); pass "
+                         "layer_list= the nn.ModuleList "
                          "(or its name) whose first layers the inner steps should run through")
     return best
 
