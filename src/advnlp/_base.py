@@ -36,7 +36,7 @@ from ._seed_compat import SeedCompatMixin
 from ._spaces import OutputSpace, WeightSpace
 from .outputs import as_loss
 
-Closure = Callable[[], object]
+Closure = Callable[..., object]  # no arguments; DiscreteAT's takes (batch, labels)
 BackwardFn = Callable[[torch.Tensor], None]
 Offset = Callable[[int, Optional[torch.Tensor], torch.Tensor], Optional[torch.Tensor]]
 

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import signal
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from advnlp.attacks import random_typos
 
@@ -155,7 +155,7 @@ def compare_entry(name: str):
     ``online-char+typo-defence``)."""
     parts = name.split("+")
     method = parts[0] if parts[0] in METHODS else "none"
-    overrides = {}
+    overrides: Dict[str, object] = {}
     for extra in parts[1:] if parts[0] in METHODS else parts:
         if extra == "typo-defence" and "typo_defence" not in overrides:
             overrides["typo_defence"] = True
@@ -177,7 +177,7 @@ def compare_entry(name: str):
 
 def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
-            log: Callable[[str], None] = lambda s: None, attack: Optional[str] = None,
+            log: Callable[[str], None] = lambda s: None, attack: Optional[Sequence[str]] = None,
             attack_limit: int = 50, seeds: int = 1, typo_rate: Optional[float] = None,
             cost_rounds: int = 5) -> dict:
     """Train every method on the same data, model and budget, ``seeds`` times each

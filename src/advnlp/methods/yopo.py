@@ -117,7 +117,7 @@ class YOPO(PGD):
         if layers != "all":
             layers = V.integer("layers", layers)
         self.layers = layers
-        self._boundary = None
+        self._boundary: Optional[nn.Module] = None
         if layers != "all":
             name, stack = find_layer_list(model, layer_list)
             if layers > len(stack):
@@ -127,7 +127,8 @@ class YOPO(PGD):
             self._boundary = stack[layers - 1]
         super().__init__(model, epsilon, alpha, steps, random_start=random_start,
                          generator=generator, **kwargs)
-        self._mode, self._adjoint = None, None
+        self._mode: Optional[str] = None
+        self._adjoint: Optional[torch.Tensor] = None
         self._boundary_handle = None
         if self._boundary is not None:
             self._boundary_handle = self._boundary.register_forward_hook(self._at_boundary)
