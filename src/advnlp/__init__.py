@@ -5,10 +5,11 @@
     loss = adv.backward(lambda: criterion(model(**batch).logits, batch["labels"]))
 """
 from ._base import Adversary, EmbeddingAdversary, GradientAdversary, StepAborted
-from .methods import (ATTA, AWP, FGM, R3F, DiscreteAT, FGSM, NEFTune, PGD, SMART, VAT, YOPO,
-                      FreeAT, FreeLB)
+from .methods import (ATTA, AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT,
+                      FreeLB, NEFTune)
 from .outputs import as_loss, split_output
 
 __version__ = "0.1.0"
-__all__ = ["ATTA", "AWP", "Adversary", "DiscreteAT", "EmbeddingAdversary", "FGM", "FGSM", "FreeAT", "FreeLB",
-           "GradientAdversary", "NEFTune", "PGD", "R3F", "SMART", "StepAborted", "VAT", "YOPO", "as_loss", "split_output", "__version__"]
+__all__ = ["ATTA", "AWP", "Adversary", "DiscreteAT", "EmbeddingAdversary", "FGM", "FGSM", "FreeAT",
+           "FreeLB", "GradientAdversary", "NEFTune", "PGD", "R3F", "SMART", "StepAborted", "VAT",
+           "YOPO", "as_loss", "split_output", "__version__"]

@@ -7,8 +7,8 @@ Three layers, each adding one thing:
   closure, run the method's :meth:`~Adversary._step` on a :class:`Step`, restore
   what the step changed (also when the closure raises), count and report a step
   whose gradients were NaN/inf. ``stop_check`` (set by a training loop) is asked
-  between passes and ends a long step with :class:`StepAborted`. ``needs_logits`` says whether the closure returns
-  the model output (SMART, VAT) instead of the loss.
+  between passes and ends a long step with :class:`StepAborted`. ``needs_logits`` says whether
+  the closure returns the model output (SMART, VAT) instead of the loss.
 * :class:`EmbeddingAdversary` - methods that perturb the input embedding: finds
   it, registers the one forward hook (the last thing its constructor does, after
   every argument was checked), and gives its steps the passes of
@@ -36,7 +36,7 @@ from ._seed_compat import SeedCompatMixin
 from ._spaces import OutputSpace, WeightSpace
 from .outputs import as_loss
 
-Closure = Callable[[], object]
+Closure = Callable[..., object]  # no arguments; DiscreteAT's takes (batch, labels)
 BackwardFn = Callable[[torch.Tensor], None]
 Offset = Callable[[int, Optional[torch.Tensor], torch.Tensor], Optional[torch.Tensor]]
 

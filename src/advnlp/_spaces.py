@@ -59,10 +59,10 @@ class OutputSpace:
 
     def grads_of(self, loss: torch.Tensor, leaves: List[torch.Tensor]) -> List[torch.Tensor]:
         gs = torch.autograd.grad(loss, leaves, allow_unused=True)
-        return self.mask([torch.zeros_like(l) if g is None else g for g, l in zip(gs, leaves)])
+        return self.mask([torch.zeros_like(x) if g is None else g for g, x in zip(gs, leaves)])
 
     def grads_after_backward(self, leaves: List[torch.Tensor]) -> List[torch.Tensor]:
-        return self.mask([torch.zeros_like(l) if l.grad is None else l.grad for l in leaves])
+        return self.mask([torch.zeros_like(x) if x.grad is None else x.grad for x in leaves])
 
     def end_pass(self) -> None:
         self.hook.stop()

@@ -31,10 +31,22 @@ plus ``multi_label`` and optional embedding ``neighbours``. Adapters:
     print(res.summary()); res.to_csv("adversarial-char.csv", label_names)
 """
 from ._text import KEYBOARD, STOPWORDS
-from .char import (CJK_TRANSFORMATIONS, LATIN_TRANSFORMATIONS, char_attack, editable_token,
-                   random_typos, token_kind, word_typos)
-from .classifier import (EmbeddingNeighbours, TextClassifier, advnlp_classifier, as_classifier,
-                         hf_classifier)
+from .char import (
+                   CJK_TRANSFORMATIONS,
+                   LATIN_TRANSFORMATIONS,
+                   char_attack,
+                   editable_token,
+                   random_typos,
+                   token_kind,
+                   word_typos,
+)
+from .classifier import (
+                   EmbeddingNeighbours,
+                   TextClassifier,
+                   advnlp_classifier,
+                   as_classifier,
+                   hf_classifier,
+)
 from .embedding import embedding_attack, perturbed_outputs
 from .search import AttackRecord, AttackResult, greedy_attack
 from .word import WORD_TRANSFORMATIONS, word_attack

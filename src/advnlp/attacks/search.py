@@ -150,8 +150,8 @@ def _goal(probs: torch.Tensor, label, multi_label: bool):
         return wrong.amax(1), (wrong > 0.5).any(1), preds
     if not 0 <= label < probs.shape[1]:
         raise ValueError(f"label {label} out of range for {probs.shape[1]} classes")
-    preds = probs.argmax(1)
-    return 1 - probs[:, label], preds != label, preds.tolist()
+    top = probs.argmax(1)
+    return 1 - probs[:, label], top != label, top.tolist()
 
 
 class _Oracle:

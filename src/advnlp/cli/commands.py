@@ -14,27 +14,42 @@ import json
 import math
 import os
 import signal
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from advnlp.attacks import random_typos
 
 from . import cost
-from .config import (AUGMENT_ATTACKS, METHODS, TrainConfig, build_adversary, build_online,
-                     check_environment, default_run_dir)
+from . import tag_commands as TC
+from .config import (
+    AUGMENT_ATTACKS,
+    METHODS,
+    TrainConfig,
+    build_adversary,
+    build_online,
+    check_environment,
+    default_run_dir,
+)
 from .data import load_splits, read_file
 from .distributed import DistInfo, device_of
 from .engines import engine
 from .errors import InputError, Interrupted
 from .files import atomic_path, write_json
+from .lock import locked
+from .report import compare_plot
 from .robustness import ATTACKS, discrete_attack, embedding_robustness
 from .run import STOP_SIGNALS, Run
-from . import tag_commands as TC
-from .tag_run import TagRun
-from .report import compare_plot
-from .lock import locked
-from .rundir import (claiming, clear_run, compare_run_folders, discard_replaced, has_checkpoint,
-                     load_run, read_config, remove_empty)
+from .rundir import (
+    claiming,
+    clear_run,
+    compare_run_folders,
+    discard_replaced,
+    has_checkpoint,
+    load_run,
+    read_config,
+    remove_empty,
+)
 from .statistics import LEVEL, paired_difference, require_scipy, summary
+from .tag_run import TagRun
 from .tasks.classify import check_single_segment, metrics, predict
 
 
@@ -140,7 +155,7 @@ def compare_entry(name: str):
     ``online-char+typo-defence``)."""
     parts = name.split("+")
     method = parts[0] if parts[0] in METHODS else "none"
-    overrides = {}
+    overrides: Dict[str, object] = {}
     for extra in parts[1:] if parts[0] in METHODS else parts:
         if extra == "typo-defence" and "typo_defence" not in overrides:
             overrides["typo_defence"] = True
@@ -162,7 +177,7 @@ def compare_entry(name: str):
 
 def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
-            log: Callable[[str], None] = lambda s: None, attack: Optional[str] = None,
+            log: Callable[[str], None] = lambda s: None, attack: Optional[Sequence[str]] = None,
             attack_limit: int = 50, seeds: int = 1, typo_rate: Optional[float] = None,
             cost_rounds: int = 5) -> dict:
     """Train every method on the same data, model and budget, ``seeds`` times each

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -82,7 +82,7 @@ def on_rank0(info: Optional[DistInfo], fn: Callable[[], None]) -> None:
     """Run ``fn`` on rank 0 only; an InputError there stops every rank (no hang)."""
     if info is None:
         return fn()
-    msg = [None]
+    msg: List[Optional[str]] = [None]
     if info.rank == 0:
         try:
             fn()

@@ -1,7 +1,6 @@
 """The two ways a command ends early, their exit codes, and the rules for reading option values."""
 import signal
 
-
 WARNING = "warning: "  # how a log line that --quiet must not hide begins
 
 

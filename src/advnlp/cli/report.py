@@ -22,9 +22,10 @@ def summary(run_dir: str, result: dict) -> str:
                 f"(P {micro['precision']:.4f}, R {micro['recall']:.4f}; strict F1 "
                 f"{strict['f1']:.4f}), token accuracy {test['token_accuracy']:.4f}")
     extra = f", micro-F1 {test['micro_f1']:.4f}" if "micro_f1" in test else ""
+    aug = (f" + {result['augmented_examples']} adversarial"
+           if result.get("augmented_examples") else "")
     return (f"done: {run_dir}\n"
-            f"  {result['train_examples']} training examples"
-            f"{' + %d adversarial' % result['augmented_examples'] if result.get('augmented_examples') else ''}"
+            f"  {result['train_examples']} training examples{aug}"
             f", {len(result['epochs'])} epoch(s), "
             f"{result['seconds_per_step']:.2f} s/step\n"
             f"  test ({result['test_examples']} examples): accuracy {test['accuracy']:.4f}, "
@@ -91,8 +92,8 @@ def compare_table(out: dict) -> str:
 
 
 def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
-    """compare.png: accuracy (a tagger's entity F1) against the attack radius per method (ε = 0 is clean; mean and
-    std over seeds) and, against ``none``, the clean difference with its 95% interval."""
+    """compare.png: accuracy (a tagger's entity F1) against the attack radius per method (ε = 0 is
+    clean; mean and std over seeds) and, against ``none``, the clean difference with its 95% interval."""
     try:
         import matplotlib
 

@@ -22,10 +22,10 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .distributed import seed_everything
 from .errors import InputError
 from .files import write_json, write_jsonl
 from .run import Run
-from .distributed import seed_everything
 from .tasks import tag as TG
 from .tasks.classify import example_ids
 from .tasks.tag_data import Tagged, check_known_tags, read_tagged

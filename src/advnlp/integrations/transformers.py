@@ -47,7 +47,6 @@ if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release
 
 from .. import Adversary, DiscreteAT, split_output  # noqa: E402 (after the version check)
 
-
 MASKS = ("attention_mask", "prompt")
 
 

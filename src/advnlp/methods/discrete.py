@@ -343,7 +343,7 @@ class DiscreteAT(Adversary):
                              [e.i for e in examples], labels, pairs, len(segs))
         for e, loss in zip(examples, clean.tolist()):
             e.loss = loss
-        plans = dict(plans)
+        plans_of = dict(plans)
 
         def score(asks):
             texts, idx = [], []
@@ -355,11 +355,11 @@ class DiscreteAT(Adversary):
                 [len(c) for _, c in asks])
             return [(x, torch.zeros(len(x), dtype=torch.bool), [None] * len(x)) for x in losses]
 
-        for k in range(max(len(plans[e.i]) for e in examples)):
+        for k in range(max(len(plans_of[e.i]) for e in examples)):
             searches = [Search(seg, order, limit, self._propose, rng, key=(e, s, tail),
                                max_candidates=self.max_candidates, budget=e.left, score=e.loss)
-                        for e in examples if k < len(plans[e.i])
-                        for s, seg, order, limit, tail in [plans[e.i][k]]]
+                        for e in examples if k < len(plans_of[e.i])
+                        for s, seg, order, limit, tail in [plans_of[e.i][k]]]
             greedy_search(searches, score)
             for search in searches:
                 e, s, tail = search.key

@@ -96,7 +96,8 @@ def find_layer_list(model: nn.Module, layer_list: Union[None, str, nn.ModuleList
                 best = (name, m)
     if best is None:
         raise ValueError(f"YOPO found no stack of layers in {type(root).__name__} (no nn.ModuleList "
-                         f"named {'/'.join(STACK_NAMES)} of modules of one class); pass layer_list= the nn.ModuleList "
+                         f"named {'/'.join(STACK_NAMES)} of modules of one class); pass "
+                         "layer_list= the nn.ModuleList "
                          "(or its name) whose first layers the inner steps should run through")
     return best
 
@@ -116,7 +117,7 @@ class YOPO(PGD):
         if layers != "all":
             layers = V.integer("layers", layers)
         self.layers = layers
-        self._boundary = None
+        self._boundary: Optional[nn.Module] = None
         if layers != "all":
             name, stack = find_layer_list(model, layer_list)
             if layers > len(stack):
@@ -126,7 +127,8 @@ class YOPO(PGD):
             self._boundary = stack[layers - 1]
         super().__init__(model, epsilon, alpha, steps, random_start=random_start,
                          generator=generator, **kwargs)
-        self._mode, self._adjoint = None, None
+        self._mode: Optional[str] = None
+        self._adjoint: Optional[torch.Tensor] = None
         self._boundary_handle = None
         if self._boundary is not None:
             self._boundary_handle = self._boundary.register_forward_hook(self._at_boundary)

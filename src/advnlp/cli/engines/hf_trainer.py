@@ -31,6 +31,7 @@ import time
 from typing import List, Optional, Tuple
 
 import torch
+
 # ``TrainConfig.resolved`` has checked that these import (a one-line error otherwise).
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -14,12 +14,11 @@ from-scratch BiLSTM tagger with an optional CRF.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence
-
 import json
 import os
 from collections import Counter
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -216,8 +215,8 @@ class Tagger:
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
-        word_ids = [list(range(min(len(s), self.max_length))) + [None] * (width - min(len(s), self.max_length))
-                    for s in sentences]
+        kept = [min(len(s), self.max_length) for s in sentences]
+        word_ids = [list(range(n)) + [None] * (width - n) for n in kept]
         return {"input_ids": ids, "attention_mask": (ids != 0).long()}, word_ids
 
     def labels(self, word_ids, tag_ids: Sequence[Sequence[int]]) -> torch.Tensor:
