@@ -5,8 +5,21 @@
     loss = adv.backward(lambda: criterion(model(**batch).logits, batch["labels"]))
 """
 from ._base import Adversary, EmbeddingAdversary, GradientAdversary, StepAborted
-from .methods import (ATTA, AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT,
-                      FreeLB, NEFTune)
+from .methods import (
+                      ATTA,
+                      AWP,
+                      FGM,
+                      FGSM,
+                      PGD,
+                      R3F,
+                      SMART,
+                      VAT,
+                      YOPO,
+                      DiscreteAT,
+                      FreeAT,
+                      FreeLB,
+                      NEFTune,
+)
 from .outputs import as_loss, split_output
 
 __version__ = "0.1.0"

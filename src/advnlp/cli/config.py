@@ -22,8 +22,21 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from advnlp import (ATTA, AWP, FGM, FGSM, PGD, R3F, SMART, VAT, YOPO, DiscreteAT, FreeAT,
-                    FreeLB, NEFTune)
+from advnlp import (
+    ATTA,
+    AWP,
+    FGM,
+    FGSM,
+    PGD,
+    R3F,
+    SMART,
+    VAT,
+    YOPO,
+    DiscreteAT,
+    FreeAT,
+    FreeLB,
+    NEFTune,
+)
 
 from .data import DataSpec
 from .distributed import device_of
@@ -80,10 +93,10 @@ MEASURED: Dict[str, Dict[str, object]] = {
     "fgm": {"relative_epsilon": True, "epsilon": 0.03},
     "pgd": {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.009},
 }
-MEASURED["yopo"] = MEASURED["pgd"]
+MEASURED["yopo"] = MEASURED["pgd"]  # not swept itself: YOPO approximates PGD at PGD's sizes
 # Not swept either: ATTA's perturbation is FGM's measured size, and each visit's step too (the
 # first visit stores an FGM perturbation, the next ones train at it and move it).
-MEASURED["atta"] = {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.03}  # not swept itself: YOPO approximates PGD at PGD's sizes
+MEASURED["atta"] = {"relative_epsilon": True, "epsilon": 0.03, "alpha": 0.03}
 # Not swept either: the noise control of FGM is noise of FGM's measured size (NEFTune's L2
 # norm per example is alpha / sqrt(3) of the embedding's when relative).
 MEASURED["neftune"] = {"relative_epsilon": True, "epsilon": round(0.03 * 3 ** 0.5, 4)}
