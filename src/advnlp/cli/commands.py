@@ -51,6 +51,7 @@ from .rundir import (
 from .statistics import LEVEL, paired_difference, require_scipy, summary
 from .tag_run import TagRun
 from .tasks.classify import check_single_segment, metrics, predict
+from .tracking import tracker
 
 
 def fit(run: Run) -> Optional[dict]:
@@ -394,6 +395,7 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
                 scores = _scores(trained.cfg, trained.clf, trained.labels, trained.splits,
                                  trained.targets, trained.device, result, plan, log)
             row = {"method": m, "seed": seed, **scores}
+        _report_row(run_cfg, row, plan)
         write_json(row_path, row)
         rows.append(row)
     out = _tabulate(plan, rows, _step_cost(plan, runs, log))
@@ -401,6 +403,17 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
     write_json(path, out)
     compare_plot(os.path.dirname(path), out, log)
     return {**out, "path": path}
+
+
+def _report_row(cfg: TrainConfig, row: dict, plan: dict) -> None:
+    """--report-to: the row's scores beside the run's curves (at its last step)."""
+    if cfg.report_to == "none":
+        return
+    with open(os.path.join(cfg.output_dir, "metrics.json"), encoding="utf-8") as f:
+        last = sum(e["steps"] for e in json.load(f)["epochs"])
+    board = tracker(cfg.report_to, cfg.output_dir)
+    board.scalars({f"compare/{k}": row[k] for k in metric_keys(plan) if k in row}, last)
+    board.close()
 
 
 def _read_row(path: str) -> dict:

@@ -43,6 +43,7 @@ from .distributed import device_of
 from .errors import InputError
 from .models import SCRATCH
 from .tasks.classify import check_single_segment, loss_fn
+from .tracking import check_reporter
 
 # name -> (class, {CLI parameter: constructor argument}). Adding a method = adding a line.
 REL = {"relative_epsilon": "relative"}  # the methods that take --relative-epsilon
@@ -146,6 +147,7 @@ class TrainConfig:
     crf: bool = False  # token-classification, bilstm: a CRF layer over the tags
     label_all_subtokens: bool = False  # token-classification: every sub-token gets the tag
     typo_defence: bool = False  # a TypoNormalizer before the tokenizer, saved with the model
+    report_to: str = "none"  # tensorboard: the run's scalars in <run>/tensorboard/
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -252,6 +254,7 @@ class TrainConfig:
             raise InputError("--method freeat splits each pass over the data into --steps epochs, "
                              "and --augment-with-attack would change the data mid-pass; drop "
                              "one of the two")
+        check_reporter(cfg.report_to)
         check_method(cfg)
         check_environment(cfg)
         cfg.data = cfg.data.pinned()

@@ -52,6 +52,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-dir", help="default runs/<timestamp>-<method>")
     g.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--report-to", default="none", choices=("none", "tensorboard"),
+                   help="tensorboard: write the run's losses (clean and adversarial), learning "
+                        "rate, validation and test metrics (and compare's scores) to "
+                        "<run>/tensorboard/ as it trains; locally, nothing is sent (default none)")
     g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default); bf16 or fp16: autocast mixed precision "
                         "(fp16 with dynamic loss scaling)")
@@ -254,5 +258,5 @@ def config_from_args(args) -> TrainConfig:
         online_fraction=args.online_fraction, online_search=args.online_search,
         engine=args.engine,
         precision=args.precision, task=args.task, crf=args.crf,
-        typo_defence=args.typo_defence,
+        typo_defence=args.typo_defence, report_to=args.report_to,
         label_all_subtokens=args.label_all_subtokens, data=data)

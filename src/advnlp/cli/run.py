@@ -38,6 +38,7 @@ from .robustness import discrete_attack
 from .rundir import CHECKPOINT, CHECKPOINTS
 from .tasks import classify
 from .tasks.classify import batches, loss_fn, metrics, predict
+from .tracking import Tracker, numeric, tracker
 
 # What stops a run after its current step with a checkpoint: Ctrl-C, and what schedulers,
 # `timeout` and container runtimes send.
@@ -96,6 +97,7 @@ class Run:
         self.resumed_from: Optional[str] = None  # the checkpoint --resume loaded, if any
         # 0, or the first stop signal this process received (SIGINT or SIGTERM)
         self.stop_requested = 0
+        self._tracker: Optional[Tracker] = None  # --report-to, made at the first report
         # The agreed stop signal (under torchrun, any rank's), once agree() has seen one.
         self.stop_signal = 0
         self._previous: Dict[int, object] = {}
@@ -305,7 +307,30 @@ class Run:
         value, stop = self.agree(loss)
         self.partial["losses"].append(value)
         self.step += 1
+        adv_loss = getattr(self.adv, "last_adv_loss", None)
+        self.report({"train/loss": value, "train/learning_rate": self.scheduler.get_last_lr()[0],
+                     "train/adversarial_loss": adv_loss.item() if torch.is_tensor(adv_loss)
+                     else None})
         return value, stop
+
+    # -- --report-to ----------------------------------------------------------------------
+    def finished_steps(self) -> int:
+        """Optimizer steps of the finished epochs."""
+        return sum(h["steps"] for h in self.history)
+
+    def report(self, values: dict, step: Optional[int] = None) -> None:
+        """Scalars for --report-to at ``step`` (default: the current global step); rank 0
+        only, nothing for --report-to none."""
+        if not self.is_main or self.cfg.report_to == "none":
+            return
+        if self._tracker is None:
+            self._tracker = tracker(self.cfg.report_to, self.run_dir)
+        self._tracker.scalars(values, self.finished_steps() + self.step if step is None else step)
+
+    def close_tracker(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
 
     def agree(self, loss: Optional[torch.Tensor] = None) -> Tuple[Optional[float], bool]:
         """The global batch's loss (equal shards: the mean of the ranks' means) and whether
@@ -350,6 +375,8 @@ class Run:
                                       "unedited_examples": int(counts[1])}
         self.barrier()
         self.history.append(entry)
+        self.report({"train/epoch_loss": entry["train_loss"],
+                     **numeric("validation", entry["validation"])}, self.finished_steps())
         if self.is_main:
             self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
                      f"validation {self.headline.replace('_', ' ')} "
@@ -429,5 +456,7 @@ class Run:
             os.remove(checkpoint)
         shutil.rmtree(os.path.join(self.run_dir, CHECKPOINTS), ignore_errors=True)
         plot(self.run_dir, self.history, self.log, self.headline)
+        self.report(numeric("test", result["final"]["test"]), self.finished_steps())
+        self.close_tracker()
         self.barrier()
         return result

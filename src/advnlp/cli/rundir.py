@@ -32,7 +32,7 @@ REPLACED = ".replaced"  # the previous run, moved aside while --overwrite builds
 # Exactly what advnlp writes into a run folder; nothing else is ever moved or deleted. A
 # compare's method folders are not in it: each is a run folder of its own, and what the
 # user keeps in one stays.
-_WRITTEN = set(RUN_FILES) | {"model", "plot.png", "predictions-test.jsonl"}
+_WRITTEN = set(RUN_FILES) | {"model", "plot.png", "predictions-test.jsonl", "tensorboard"}
 _WRITTEN_TMP = {f + ".tmp" for f in _WRITTEN}  # the staging names of earlier releases
 _WRITTEN_PATTERNS = ("attack-*.json", "adversarial-*.csv", "adversarial-*.jsonl", TMP_PREFIX + "*")
 
