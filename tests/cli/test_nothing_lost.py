@@ -355,3 +355,19 @@ def test_a_usual_perturbation_is_not_warned(sentiment_csv, tmp_path, capsys):
     assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "r",
                "--method", "fgm", "--epsilon", "1.0") == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_written_files_keep_the_usual_permissions(tmp_path):
+    """Renamed-into-place files and folders get the mode open()/mkdir() give under the
+    umask, not mkstemp's private 0600 (a shared run folder stays readable)."""
+    from advnlp.cli.files import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {})
+        with atomic_dir(tmp_path / "model") as staged:
+            write_json(os.path.join(staged, "w.json"), {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755

@@ -19,6 +19,18 @@ from typing import Iterator
 TMP_PREFIX = ".advnlp-tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_open_makes(path: str, mode: int) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give the file or folder the mode
+    ``open``/``mkdir`` would have, so a run folder stays as readable as before."""
+    os.chmod(path, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """A fresh temporary path beside ``path`` (same extension, for writers that go by it);
@@ -27,6 +39,7 @@ def atomic_path(path: str) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + name, dir=folder)
     os.close(fd)
     try:
+        _as_open_makes(tmp, 0o666)
         yield tmp
         os.replace(tmp, path)
     except BaseException:
@@ -43,6 +56,7 @@ def atomic_dir(path: str) -> Iterator[str]:
     folder, name = os.path.split(os.path.abspath(path))
     tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-" + name, dir=folder)
     try:
+        _as_open_makes(tmp, 0o777)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
