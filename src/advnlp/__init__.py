@@ -22,8 +22,9 @@ from .methods import (
 )
 from .methods._gradient import GradientAdversary
 from .outputs import as_loss, split_output
+from .training import backward_step
 
 __version__ = "0.1.0"
 __all__ = ["ATTA", "AWP", "Adversary", "DiscreteAT", "EmbeddingAdversary", "FGM", "FGSM", "FreeAT",
            "FreeLB", "GradientAdversary", "NEFTune", "PGD", "R3F", "SMART", "StepAborted", "VAT",
-           "YOPO", "as_loss", "split_output", "__version__"]
+           "YOPO", "as_loss", "backward_step", "split_output", "__version__"]
