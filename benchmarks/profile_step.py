@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 import advnlp  # noqa: E402
-from advnlp import _base as B  # noqa: E402
+from advnlp import _passes as B  # noqa: E402
 from advnlp import _perturb as P  # noqa: E402
 from advnlp import _spaces as S  # noqa: E402
 

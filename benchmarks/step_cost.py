@@ -69,6 +69,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import advnlp  # noqa: E402
+from advnlp.cli.cost import timed_rounds  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LR = 1e-5
@@ -492,6 +493,16 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _book_round(rows, keys, walls, cpus, clock):
+    times = cpus if clock == "cpu" else walls
+    for key in keys:
+        rows[key]["times_s"].append(times[key])
+        rows[key]["wall_s"].append(walls[key])
+        rows[key]["cpu_s"].append(cpus[key])
+        rows[key]["ratios"].append(times[key] / times["none"])
+        rows[key]["wall_ratios"].append(walls[key] / walls["none"])
+
+
 # =============================================================================
 # One config
 # =============================================================================
@@ -554,27 +565,14 @@ def run_config(name, args, device, deadline, n_configs_left):
               f"one round ~ {t_round:.0f}s)", flush=True)
 
     keys = list(steps)
-    for r in range(rounds):
-        order = keys[r % len(keys):] + keys[: r % len(keys)]
-        walls, cpus = {}, {}
-        for key in order:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                steps[key]()
-                _sync(device)
-                walls[key] = time.perf_counter() - t0
-                cpus[key] = time.process_time() - c0
-        times = cpus if args.clock == "cpu" else walls
-        for key in keys:
-            rows[key]["times_s"].append(times[key])
-            rows[key]["wall_s"].append(walls[key])
-            rows[key]["cpu_s"].append(cpus[key])
-            rows[key]["ratios"].append(times[key] / times["none"])
-            rows[key]["wall_ratios"].append(walls[key] / walls["none"])
-        print(f"  round {r + 1}/{rounds}: none {walls['none']:.2f}s wall / {cpus['none']:.2f}s cpu, "
-              f"round {sum(walls.values()):.0f}s wall", flush=True)
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r, timed in enumerate(timed_rounds(steps, rounds, clocks, lambda: _sync(device))):
+            _book_round(rows, keys, timed["wall"], timed["cpu"], args.clock)
+            print(f"  round {r + 1}/{rounds}: none {timed['wall']['none']:.2f}s wall / "
+                  f"{timed['cpu']['none']:.2f}s cpu, round {sum(timed['wall'].values()):.0f}s wall",
+                  flush=True)
 
     none_peak = rows["none"].get("peak_bytes")
     x2_peak = rows.get("plain_x2", {}).get("peak_bytes")

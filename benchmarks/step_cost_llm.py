@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
 import advnlp  # noqa: E402
 from advnlp import FGM, NEFTune, PGD, R3F, SMART, YOPO  # noqa: E402
+from advnlp.cli.cost import timed_rounds  # noqa: E402
 
 # (name, method factory, closure returns the output (logits needed) rather than the loss)
 METHODS = [
@@ -106,12 +107,9 @@ def main() -> None:
     for name in names:  # warm-up
         steps[name]()
     times = {n: [] for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - t0)
+    for timed in timed_rounds(steps, args.rounds, {"s": time.perf_counter}):
+        for name in names:
+            times[name].append(timed["s"][name])
     ratios = {n: statistics.median(t / p for t, p in zip(times[n], times["none"])) for n in names}
     rows = [{"method": n, "ratio": ratios[n], "median_seconds": statistics.median(times[n]),
              "seconds": times[n]} for n in names]

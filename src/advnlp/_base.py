@@ -1,44 +1,36 @@
-"""The base every method derives from, and the one template of a ``backward()`` call.
-
-Three layers, each adding one thing:
+"""The bases every method derives from, and the one template of a ``backward()`` call.
 
 * :class:`Adversary` - every method (AWP included). Owns the contract
   ``loss = adv.backward(closure, backward_fn=None)`` as one template: check the
-  closure, run the method's :meth:`~Adversary._step` on a :class:`Step`, restore
-  what the step changed (also when the closure raises), count and report a step
+  closure, run the method's :meth:`~Adversary._step` on a :class:`~advnlp._passes.Step`,
+  restore what the step changed (also when the closure raises), count and report a step
   whose gradients were NaN/inf. ``stop_check`` (set by a training loop) is asked
   between passes and ends a long step with :class:`StepAborted`. ``needs_logits`` says whether
   the closure returns the model output (SMART, VAT) instead of the loss.
 * :class:`EmbeddingAdversary` - methods that perturb the input embedding: finds
   it, registers the one forward hook (the last thing its constructor does, after
   every argument was checked), and gives its steps the passes of
-  :class:`EmbeddingStep` in the space chosen by ``target``.
-* :class:`GradientAdversary` - FGM, FGSM and PGD: clean pass, ``perturb()``,
-  one adversarial pass weighted by ``adv_weight``; plus the seed's
-  ``attack()/restore()`` calls.
+  :class:`~advnlp._passes.EmbeddingStep` in the space chosen by ``target``.
 
+The passes themselves are in ``_passes.py``, the distributed helpers in ``_distributed.py``,
+and FGM/FGSM/PGD's base :class:`~advnlp.GradientAdversary` in ``methods/_gradient.py``.
 A method's file then holds only its arguments and its algorithm.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch import nn
 
 from . import _perturb as P
 from . import _validate as V
-from ._seed_compat import SeedCompatMixin
+from ._distributed import reject_zero3
+from ._passes import BackwardFn, Closure, EmbeddingStep, Step, snapshot_buffers
 from ._spaces import OutputSpace, WeightSpace
-from .outputs import as_loss
-
-Closure = Callable[..., object]  # no arguments; DiscreteAT's takes (batch, labels)
-BackwardFn = Callable[[torch.Tensor], None]
-Offset = Callable[[int, Optional[torch.Tensor], torch.Tensor], Optional[torch.Tensor]]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,10 +40,6 @@ class StepAborted(Exception):
     ``stop_check()`` returns True. Weights and buffers are as before the step; the
     parameter gradients hold what the passes already run added: discard them
     (``optimizer.zero_grad()``) rather than step on them."""
-
-
-class _Skip(Exception):
-    """A gradient was NaN/inf: the rest of this step's adversarial part is skipped."""
 
 
 def caller_stacklevel() -> int:
@@ -66,234 +54,6 @@ def _default_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
-def local_grads(model: nn.Module, sync: bool = False):
-    """``model.no_sync()`` for DDP, gradient sync off for FSDP2 (``fully_shard``), unless
-    ``sync``: passes before a step's last one keep their gradients local, so a step costs
-    one gradient all-reduce (DDP) or reduce-scatter (FSDP2) round, as in plain training."""
-    if sync:
-        return contextlib.nullcontext()
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    if _is_fsdp2(model):
-        return _fsdp2_no_sync(model)
-    return contextlib.nullcontext()
-
-
-def _is_fsdp2(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch without FSDP2
-        return False
-    return isinstance(model, FSDPModule)
-
-
-@contextlib.contextmanager
-def _fsdp2_no_sync(model: nn.Module):
-    # FSDP2's no_sync is a setting, not a context; leave it alone if the caller had already
-    # turned sync off (their own gradient accumulation).
-    groups = [g for m in model.modules() if _is_fsdp2(m)
-              for g in getattr(m._get_fsdp_state(), "_fsdp_param_groups", [])]
-    on = all(getattr(g, "reduce_grads", True) for g in groups)
-    if on:
-        model.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        if on:
-            model.set_requires_gradient_sync(True)
-
-
-def snapshot_buffers(model: nn.Module) -> List[tuple]:
-    """``(buffer, copy)`` pairs; :func:`restore_buffers` puts the values back (BatchNorm
-    statistics and counters must end as after the clean pass alone)."""
-    return [(b, b.detach().clone()) for b in P.unwrap(model).buffers()]
-
-
-def restore_buffers(saved: List[tuple]) -> None:
-    with torch.no_grad():
-        for b, copy in saved:
-            b.copy_(copy)
-
-
-# ---------------------------------------------------------------------------------------
-# One backward() call
-# ---------------------------------------------------------------------------------------
-class Step:
-    """One ``backward(closure)`` call: the closure, the backward function, and what the
-    step must undo before it returns (buffers, weights changed in place).
-
-    ``clean_loss`` and ``adv_loss`` are what the method measured; the template copies
-    ``adv_loss`` to the method's ``last_adv_loss``. ``skipped`` marks a NaN/inf step.
-    """
-
-    def __init__(self, adv: "Adversary", closure: Closure, backward_fn: BackwardFn):
-        self.adv, self.closure, self.backward_fn = adv, closure, backward_fn
-        self.buffers: List[tuple] = []
-        self.saved_weights: List[tuple] = []
-        self.clean_loss: Optional[torch.Tensor] = None
-        self.adv_loss: Optional[torch.Tensor] = None
-        self.skipped = False
-
-    def local(self, sync: bool = False):
-        return local_grads(self.adv.model, sync)
-
-    def backward(self, loss: torch.Tensor, weight: float = 1.0) -> None:
-        self.backward_fn(loss * weight if weight != 1.0 else loss)
-
-    def snapshot_buffers(self) -> None:
-        """The buffers are restored to their values now (one plain forward's worth)."""
-        self.buffers = snapshot_buffers(self.adv.model)
-
-    def save_weight(self, p: nn.Parameter) -> None:
-        """Keep a copy of ``p`` before it is changed in place; restored at the end."""
-        self.saved_weights.append((p, p.data.clone()))
-
-    def check_finite(self, tensors: Sequence[Optional[torch.Tensor]]):
-        if not P.all_finite(tensors):
-            raise _Skip()
-        return tensors
-
-    @contextlib.contextmanager
-    def skippable(self):
-        """A NaN/inf gradient inside (``check_finite``) ends the block: the step is
-        marked skipped and has no adversarial loss."""
-        try:
-            yield
-        except _Skip:
-            self.skipped, self.adv_loss = True, None
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for p, saved in self.saved_weights:
-                p.data.copy_(saved)
-        self.saved_weights = []
-        restore_buffers(self.buffers)
-        self.buffers = []
-
-
-class EmbeddingStep(Step):
-    """The passes an embedding method may ask for, in its perturbation space."""
-
-    def __init__(self, adv: "EmbeddingAdversary", closure: Closure, backward_fn: BackwardFn):
-        super().__init__(adv, closure, backward_fn)
-        self.space = adv._space
-
-    def clean(self, param_grads: bool = True):
-        """Clean pass. Adds grad(clean loss) to parameters unless ``param_grads`` is False.
-
-        Returns the detached clean loss and the gradient w.r.t. the perturbation space.
-        """
-        space = self.space
-        space.begin_clean()
-        try:
-            with self.local():
-                loss = as_loss(self.closure())
-                if param_grads:
-                    self.backward_fn(loss)
-                else:
-                    zeros = space.hook.deltas
-                    for z, g in zip(zeros, torch.autograd.grad(loss, zeros, allow_unused=True)):
-                        z.grad = g
-                grads = space.end_clean()
-        finally:
-            space.end_pass()
-        self.snapshot_buffers()
-        self.clean_loss = loss.detach()
-        return self.clean_loss, self.check_finite(grads)
-
-    def grad_at(self, delta: List[torch.Tensor]):
-        """Loss and gradient w.r.t. the perturbation at ``delta``; parameter grads untouched."""
-        leaves = self.space.leaves(delta)
-        try:
-            # the inner backward inside local() too: FSDP2 reads its sync setting at backward
-            # time, and would reduce-scatter the clean pass's gradients here
-            try:
-                with self.local():
-                    loss = as_loss(self.closure())
-                    grads = self.space.grads_of(loss, leaves)
-            except RuntimeError as e:
-                if "use_reentrant" not in str(e):
-                    raise
-                raise RuntimeError(
-                    f"{type(self.adv).__name__} takes inner gradients w.r.t. the perturbation only "
-                    "(torch.autograd.grad), which reentrant activation checkpointing does not "
-                    "support. Use non-reentrant checkpointing, e.g. model.gradient_checkpointing_"
-                    "enable(gradient_checkpointing_kwargs={'use_reentrant': False}) (transformers "
-                    "5: activation_checkpointing_enable, non-reentrant by default), or FGM/FreeLB, "
-                    "which need no inner gradient."
-                ) from e
-        finally:
-            self.space.end_pass()
-        return loss.detach(), self.check_finite(grads)
-
-    def final(self, delta: List[torch.Tensor], weight: float, sync: bool = True):
-        """Adversarial pass at ``delta``: adds ``weight`` x grad(adv loss) to parameters."""
-        self.space.apply(delta)
-        try:
-            with self.local(sync):
-                loss = as_loss(self.closure())
-                self.backward(loss, weight)
-        finally:
-            self.space.end_pass()
-        return loss.detach()
-
-    def record(self, offset: Optional[Offset] = None, weight: float = 1.0, sync: bool = True):
-        """One forward/backward at ``embedding output + offset(i, ids, out)`` (call ``i``;
-        None adds nothing) that adds ``weight`` x grad(loss) to parameters *and* gives
-        d loss / d embedding-output from the same backward (FreeLB, FreeAT). Returns
-        ``(loss, masked gradients per call)``; ``sync=False`` keeps DDP gradients local."""
-        space = self.space
-        space.begin_clean()
-        try:
-            with space.hook.offsetting(offset), self.local(sync):
-                loss = as_loss(self.closure())
-                self.backward(loss, weight)
-                grads = space.end_clean()
-        finally:
-            space.end_pass()
-        return loss.detach(), grads
-
-    def restore(self) -> None:
-        self.space.restore()
-        super().restore()
-
-
-class Offsets:
-    """Offsets added to the embedding output in :meth:`EmbeddingStep.record`, one per call.
-
-    Call ``i`` gets ``tensors[i]``. A call beyond them gets ``draw(ids, out)``, which is
-    kept (FreeLB's random start, whose shape is known only inside the forward). With
-    ``restart_on_new_shape`` a first call of another shape means a new batch: nothing
-    is added in this pass and ``restarted`` is set (FreeAT's carried perturbation).
-    """
-
-    def __init__(self, tensors: Sequence[torch.Tensor] = (), draw=None,
-                 restart_on_new_shape: bool = False):
-        self.tensors = list(tensors)
-        self.draw, self.restart_on_new_shape = draw, restart_on_new_shape
-        self.restarted = False
-
-    def __call__(self, i: int, ids, out: torch.Tensor) -> Optional[torch.Tensor]:
-        if self.restarted:
-            return None
-        if i < len(self.tensors) and self.tensors[i].shape == out.shape:
-            return self.tensors[i]
-        if i == 0 and self.restart_on_new_shape:
-            self.restarted = True
-            return None
-        if i == len(self.tensors) and self.draw is not None:
-            self.tensors.append(self.draw(ids, out))
-            return self.tensors[-1]
-        raise RuntimeError(
-            "the embedding output changed between passes (call count or shape): the closure "
-            "must feed the same batch every call"
-            + ("; call adv.new_batch() between batches" if self.restart_on_new_shape else ".")
-        )
-
-
-# ---------------------------------------------------------------------------------------
-# The bases
-# ---------------------------------------------------------------------------------------
 class Adversary:
     """Base of every advnlp method: the ``backward(closure, backward_fn)`` contract.
 
@@ -466,7 +226,7 @@ class EmbeddingAdversary(Adversary):
             raise ValueError("relative=True scales the perturbation of each example's embedding "
                              "output; target='weight' has no such example: use target='output'")
         self.relative = relative
-        _reject_zero3(model)
+        reject_zero3(model)
         self.embedding_name, self.embedding = P.find_embedding(model, embedding)
         weight = self._weight_target(model) if self.target == "weight" else None
         self._hook = P.EmbeddingHook(P.embedding_modules(model, self.embedding))
@@ -528,49 +288,6 @@ class EmbeddingAdversary(Adversary):
         return f"{type(self).__name__}({self._settings()}, embedding={self.embedding_name!r})"
 
 
-class GradientAdversary(SeedCompatMixin, EmbeddingAdversary):
-    """Clean pass, one perturbation from :meth:`perturb`, one adversarial pass.
-
-    ``grad += grad L(x) + adv_weight * grad L(x + perturb(...))`` (with ``adv_only``
-    the clean pass adds nothing: Madry-style training on the adversarial loss alone).
-
-    Args:
-        epsilon: radius of the perturbation (in embedding units, or a fraction of each
-            example's embedding with ``relative=True``). Default 1.0.
-        adv_weight: weight of the adversarial loss's gradient. Default 1.0.
-        adv_only: train on the adversarial loss alone; the clean pass then computes
-            no parameter gradients (cheaper). Default False.
-        norm, scope, target, embedding, relative: see :class:`EmbeddingAdversary`.
-    """
-
-    skip_note = "With fp16 this is usually a loss-scale overflow that the GradScaler also skips."
-
-    def __init__(self, model: nn.Module, epsilon: float = 1.0, *, norm: Optional[str] = None,
-                 scope: str = "example", target: str = "output", adv_weight: float = 1.0,
-                 adv_only: bool = False, embedding: Union[None, str, nn.Module] = None,
-                 relative: bool = False):
-        self.epsilon = V.positive("epsilon", epsilon)
-        self.adv_weight = V.positive("adv_weight", adv_weight, allow_zero=True)
-        self.adv_only = V.boolean("adv_only", adv_only)
-        super().__init__(model, norm=norm, scope=scope, target=target, embedding=embedding,
-                         relative=relative)
-
-    def _step(self, step: EmbeddingStep) -> torch.Tensor:
-        with step.skippable():
-            _, grads = step.clean(param_grads=not self.adv_only)
-            delta = self.perturb(step, grads)
-            step.adv_loss = step.final(delta, self.adv_weight)
-        return step.clean_loss
-
-    def perturb(self, step: EmbeddingStep, grads: List[torch.Tensor]) -> List[torch.Tensor]:
-        """The method: the perturbation to train on (same structure as ``grads``, the
-        clean-pass gradient w.r.t. the perturbation space)."""
-        raise NotImplementedError
-
-    def _settings(self) -> str:
-        return f"epsilon={self.epsilon}, {super()._settings()}"
-
-
 def _check_mask(mask) -> Optional[torch.Tensor]:
     if mask is None:
         return None
@@ -581,14 +298,3 @@ def _check_mask(mask) -> Optional[torch.Tensor]:
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask= takes 0/1 or bool entries (1: may be perturbed)")
     return mask.detach()
-
-
-def _reject_zero3(model: nn.Module) -> None:
-    for p in P.unwrap(model).parameters():
-        if hasattr(p, "ds_id") or hasattr(p, "ds_status"):
-            raise NotImplementedError(
-                "DeepSpeed ZeRO-3 partitions the embedding weight across ranks, so a hook on "
-                "its output sees gathered activations but advnlp cannot guarantee correct "
-                "restoration; ZeRO-3 is not supported. Use ZeRO-1/2 or DDP."
-            )
-        break

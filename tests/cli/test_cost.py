@@ -118,3 +118,18 @@ def test_bad_cost_rounds_exit_2(sentiment_csv, tmp_path, capsys, value):
                "--cost-rounds", value, "--output-dir", tmp_path / "cmp") == 2
     assert "--cost-rounds" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_timed_rounds_reads_every_clock_around_the_same_call():
+    """The core the step-cost benchmarks share: per round, each clock's time of each step."""
+    wall, cpu, calls = FakeClock(), FakeClock(), []
+    steps = _steps(wall, {"none": 1.0, "fgm": 2.0}, [1.0], calls)
+    fgm = steps["fgm"]
+
+    def fgm_half_on_cpu():
+        fgm()
+        cpu.now += 1.0
+    steps["fgm"] = fgm_half_on_cpu
+    got = list(cost.timed_rounds(steps, 2, {"wall": wall, "cpu": cpu}))
+    assert got == [{"wall": {"none": 1.0, "fgm": 2.0}, "cpu": {"none": 0.0, "fgm": 1.0}}] * 2
+    assert calls == ["none", "fgm", "fgm", "none"]

@@ -30,7 +30,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
@@ -41,7 +41,9 @@ from .classifier import TextClassifier, as_classifier
 # A candidate edit: unit index -> new value ("" deletes the unit).
 Edit = Dict[int, str]
 # (segmented text, current unit values, unit index, units already edited) -> edits
-Proposer = Callable[[T.Segmented, List[str], int, Set[int]], List[Edit]]
+# What a search edits: a text's units, and how it renders (a string; a list of words)
+Segments = Union[T.Segmented, "Words"]
+Proposer = Callable[[Segments, List[str], int, Set[int]], List[Edit]]
 
 
 @dataclass
@@ -216,22 +218,38 @@ def _attack_one(clf, text, label, propose, rng, max_change, budget, max_candidat
     editable = [i for i in range(len(seg))
                 if T.eligible(seg.units[i], seg.kinds[i], stopwords, min_length)]
 
-    # Leave-one-out importance, as far as the budget allows; unscored units go last.
-    scored = editable[:max(0, oracle.left)]
-    importance = {}
-    if scored:
-        loo = [seg.render([v if j != i else "" for j, v in enumerate(seg.units)]) for i in scored]
-        s, _, _ = oracle(loo)
-        importance = {i: float(x) for i, x in zip(scored, s)}
-    order = sorted(editable, key=lambda i: (-importance.get(i, -1.0), i))
-
+    order = importance_order(editable, oracle.left, lambda units: oracle(
+        [seg.render([v if j != i else "" for j, v in enumerate(seg.units)]) for i in units])[0])
     search = Search(seg, order, max(1, math.floor(max_change * seg.n_words)), propose, rng,
                     max_candidates=max_candidates, budget=oracle.left, score=float(score[0]),
                     pred=preds[0])
     greedy_search([search], lambda asks: [oracle(texts) for _, texts in asks])
-    return AttackRecord(text, search.text, label, search.pred,
+    return AttackRecord(text, seg.render(search.values), label, search.pred,
                         "success" if search.success else "failed", oracle.used,
                         search.changed_fraction, 0.0)
+
+
+def importance_order(editable: Sequence[int], budget: int,
+                     score: Callable[[List[int]], Sequence[float]]) -> List[int]:
+    """Leave-one-out ranking: ``score(units)`` rates the text with each unit left out (one
+    batch, at most ``budget`` units, the first ones); units are tried in order of that score,
+    highest first, ties and the unscored units (last) in text order."""
+    scored = list(editable)[:max(0, budget)]
+    importance = {i: float(x) for i, x in zip(scored, score(scored))} if scored else {}
+    return sorted(editable, key=lambda i: (-importance.get(i, -math.inf), i))
+
+
+class Words:
+    """A text already split into words (a tagged sentence), searched as :class:`Search`
+    searches a :class:`~advnlp.attacks._text.Segmented` text: rendering gives the word list
+    back, so the scorer gets lists of words. ``n_words``: the words that count towards
+    ``max_change`` (punctuation does not)."""
+
+    def __init__(self, words: Sequence[str], n_words: int):
+        self.units, self.n_words = list(words), n_words
+
+    def render(self, values: Sequence[str]) -> List[str]:
+        return list(values)
 
 
 class Search:
@@ -244,7 +262,7 @@ class Search:
     the search is over); ``take()`` keeps the best of them if it succeeds or raises the
     score. ``key`` is the caller's (what the scorer needs to know of the text)."""
 
-    def __init__(self, seg: T.Segmented, order: Sequence[int], limit: int, propose: Proposer,
+    def __init__(self, seg: Segments, order: Sequence[int], limit: int, propose: Proposer,
                  rng: random.Random, *, max_candidates: Optional[int] = None,
                  budget: float = math.inf, score: float = -math.inf, pred=None, key=None):
         self.seg, self.values, self.order, self.limit = seg, list(seg.units), list(order), limit
@@ -255,14 +273,14 @@ class Search:
         self._next = 0
 
     @property
-    def text(self) -> str:
+    def text(self) -> Union[str, List[str]]:
         return self.seg.render(self.values)
 
     @property
     def changed_fraction(self) -> float:
         return len(self.changed) / self.seg.n_words if self.seg.n_words else 0.0
 
-    def render(self, edit: Edit) -> str:
+    def render(self, edit: Edit) -> Union[str, List[str]]:
         return self.seg.render([edit.get(j, v) for j, v in enumerate(self.values)])
 
     def candidates(self) -> List[Edit]:

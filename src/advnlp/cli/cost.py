@@ -1,5 +1,6 @@
 """compare's cost column: every method's training step timed against ``none``'s,
-interleaved, as ``benchmarks/step_cost.py`` does.
+interleaved, with the timing core (:func:`timed_rounds`) ``benchmarks/step_cost.py`` and
+``step_cost_llm.py`` use too.
 
 Wall-clock training time is a poor measure of what a method costs: it moves with whatever
 else the machine does while each run trains, minutes apart. Here every method's step
@@ -14,12 +15,32 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
 HOW = ("interleaved: every method's training step on one fixed batch, in rotated order within "
        "each round; median over rounds of its time / none's time in the same round")
+
+
+def timed_rounds(steps: Dict[str, Callable[[], None]], rounds: int,
+                 clocks: Dict[str, Callable[[], float]],
+                 sync: Callable[[], None] = lambda: None) -> Iterator[Dict[str, Dict[str, float]]]:
+    """The interleaved timing core (also ``benchmarks/step_cost*.py``'s): ``rounds`` rounds,
+    every step once per round, the order rotated by one from round to round; yields each
+    round's ``{clock name: {step name: seconds}}``, every clock read around the same call."""
+    names = list(steps)
+    for r in range(rounds):
+        k = r % len(names)
+        this_round: Dict[str, Dict[str, float]] = {c: {} for c in clocks}
+        for name in names[k:] + names[:k]:
+            sync()
+            start = {c: clock() for c, clock in clocks.items()}
+            steps[name]()
+            sync()
+            for c, clock in clocks.items():
+                this_round[c][name] = clock() - start[c]
+        yield this_round
 
 
 def interleaved(steps: Dict[str, Callable[[], None]], rounds: int, reference: str = "none",
@@ -37,15 +58,8 @@ def interleaved(steps: Dict[str, Callable[[], None]], rounds: int, reference: st
             steps[name]()
     times: Dict[str, list] = {name: [] for name in names}
     ratios: Dict[str, list] = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        this_round = {}
-        for name in names[k:] + names[:k]:
-            sync()
-            start = clock()
-            steps[name]()
-            sync()
-            this_round[name] = clock() - start
+    for timed in timed_rounds(steps, rounds, {"s": clock}, sync):
+        this_round = timed["s"]
         for name in names:
             times[name].append(this_round[name])
             ratios[name].append(this_round[name] / this_round[reference])

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from advnlp import backward_step
+
 from .distributed import seed_everything
 from .errors import InputError
 from .files import write_json, write_jsonl
@@ -130,14 +132,9 @@ class TagRun(Run):
             with self.autocast():
                 return model(**batch)
 
-        if adv is None:
-            loss = output().loss.float()
-            (self.backward_fn or torch.Tensor.backward)(loss)
-            return loss.detach()
-        if adv.needs_logits:  # SMART, VAT: the output's .loss and its per-token .logits
-            return adv.backward(output, self.backward_fn)
-        return adv.backward(lambda: output().loss.float(), self.backward_fn,
-                            **example_ids(adv, idx))
+        # SMART, VAT get the output itself: its .loss and its per-token .logits
+        return backward_step(adv, lambda: output().loss.float(), output, self.backward_fn,
+                             **example_ids(adv, idx))
 
     def evaluate(self, split: str) -> dict:
         sentences = getattr(self.splits, split)

@@ -45,7 +45,7 @@ if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release
         "including advnlp train's default loop, works with transformers 4.46 and later."
     )
 
-from .. import Adversary, DiscreteAT, split_output  # noqa: E402 (after the version check)
+from .. import Adversary, DiscreteAT, backward_step, split_output  # noqa: E402 (after the version check)
 
 MASKS = ("attention_mask", "prompt")
 
@@ -83,7 +83,8 @@ class AdversarialMixin:
             al. 2024), or a function ``inputs -> (batch, length) mask``.
         *args, **kwargs: passed to the Trainer.
 
-    Subclasses change how a pass is run by overriding :meth:`adversarial_closure`.
+    Subclasses change how a pass is run by overriding :meth:`adversarial_closure`, which
+    returns the step's two closures ``(loss, output)``.
     """
 
     def __init__(self, *args, adversary: Optional[Adversary] = None, adversary_mask=None,
@@ -122,21 +123,22 @@ class AdversarialMixin:
         return real & (inputs["labels"] == -100)
 
     def adversarial_closure(self, model: nn.Module, inputs: Dict[str, Any], num_items_in_batch):
-        """The closure of one step: the Trainer's own ``compute_loss`` (with the output's
-        logits for the methods that compare outputs)."""
-        # SMART, VAT and R3F compare logits, so their closure returns (loss, logits).
-        wants_logits = self.adversary.needs_logits
-
-        def closure():
+        """The closures of one step, ``(loss, output)``, both the Trainer's own
+        ``compute_loss``: ``output`` returns ``(loss, logits)`` for the methods that compare
+        outputs (SMART, VAT, R3F); :func:`advnlp.backward_step` calls the one the method takes."""
+        def trainer_loss():
             with self.compute_loss_context_manager():
                 loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
                                                   num_items_in_batch=num_items_in_batch)
-            loss = loss.mean() if self.args.n_gpu > 1 else loss
+            return (loss.mean() if self.args.n_gpu > 1 else loss), outputs
+
+        def output():
             # The Trainer's loss (scaled, smoothed...) with the output's logits; a tuple output
             # (return_dict=False) starts with its own loss, which split_output skips.
-            return (loss, split_output(outputs, check_loss=False)[1]) if wants_logits else loss
+            loss, outputs = trainer_loss()
+            return loss, split_output(outputs, check_loss=False)[1]
 
-        return closure
+        return (lambda: trainer_loss()[0]), output
 
     def training_step(self, model: nn.Module, inputs: Dict[str, Any],
                       num_items_in_batch=None) -> torch.Tensor:
@@ -160,12 +162,9 @@ class AdversarialMixin:
         def backward_fn(loss):
             self.accelerator.backward(loss / divisor if divisor != 1 else loss)
 
-        closure = self.adversarial_closure(model, inputs, num_items_in_batch)
-        mask = self.positions(inputs)
-        if mask is None:
-            clean = self.adversary.backward(closure, backward_fn)
-        else:
-            clean = self.adversary.backward(closure, backward_fn, mask=mask)
+        loss, output = self.adversarial_closure(model, inputs, num_items_in_batch)
+        clean = backward_step(self.adversary, loss, output, backward_fn,
+                              mask=self.positions(inputs))
         sums = self._adv_sums
         sums["clean_loss"] += float(clean)
         if self.adversary.last_adv_loss is not None:  # None: a skipped (non-finite) step

@@ -131,11 +131,9 @@ class AdversarialSFTTrainer(AdversarialMixin, SFTTrainer):
                 return out
             return run
 
-        if not self.adversary.needs_logits:
-            def closure():
-                with self.compute_loss_context_manager():
-                    return self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            return once_booked(closure)
+        def loss():
+            with self.compute_loss_context_manager():
+                return self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
 
         def with_logits():
             with self.compute_loss_context_manager():
@@ -144,7 +142,7 @@ class AdversarialSFTTrainer(AdversarialMixin, SFTTrainer):
             return next_token_nll(logits, inputs["labels"], num_items_in_batch,
                                   self._token_scale(num_items_in_batch)), logits
 
-        return with_logits
+        return once_booked(loss), with_logits
 
     def _token_scale(self, num_items_in_batch) -> float:
         # as SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages

@@ -22,7 +22,8 @@ import torch
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingAdversary, EmbeddingStep
+from .._base import EmbeddingAdversary
+from .._passes import EmbeddingStep
 from ..outputs import split_output
 from ._divergence import default_task_loss, divergence, row_weights
 

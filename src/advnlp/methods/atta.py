@@ -60,7 +60,8 @@ import torch
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingAdversary, EmbeddingStep
+from .._base import EmbeddingAdversary
+from .._passes import EmbeddingStep
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 

@@ -42,7 +42,8 @@ from torch import nn
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import Adversary, Step
+from .._base import Adversary
+from .._passes import Step
 from ..outputs import as_loss
 
 

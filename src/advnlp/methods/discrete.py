@@ -112,7 +112,9 @@ from torch import nn
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import Adversary, EmbeddingAdversary, Step, local_grads
+from .._base import Adversary, EmbeddingAdversary
+from .._distributed import local_grads
+from .._passes import Step
 from ..attacks import _text as T
 from ..attacks.char import char_proposer
 from ..attacks.classifier import EmbeddingNeighbours

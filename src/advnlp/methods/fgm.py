@@ -25,7 +25,8 @@ from typing import List
 
 import torch
 
-from .._base import EmbeddingStep, GradientAdversary
+from .._passes import EmbeddingStep
+from ._gradient import GradientAdversary
 
 
 class FGM(GradientAdversary):

@@ -43,7 +43,8 @@ import torch
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingAdversary, EmbeddingStep, Offsets
+from .._base import EmbeddingAdversary
+from .._passes import EmbeddingStep, Offsets
 
 
 class FreeAT(EmbeddingAdversary):

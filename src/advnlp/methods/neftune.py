@@ -45,7 +45,8 @@ from torch import nn
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingAdversary, EmbeddingStep, Offsets
+from .._base import EmbeddingAdversary
+from .._passes import EmbeddingStep, Offsets
 from ..outputs import as_loss
 
 

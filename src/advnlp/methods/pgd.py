@@ -34,7 +34,8 @@ import torch
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingStep, GradientAdversary
+from .._passes import EmbeddingStep
+from ._gradient import GradientAdversary
 
 
 class PGD(GradientAdversary):

@@ -66,7 +66,7 @@ from torch import nn
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingStep
+from .._passes import EmbeddingStep
 from ..outputs import split_output
 from ._consistency import ConsistencyAdversary
 from ._divergence import proximal_divergence, symmetric_divergence

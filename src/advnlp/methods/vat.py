@@ -45,7 +45,7 @@ import torch
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingStep
+from .._passes import EmbeddingStep
 from ._consistency import ConsistencyAdversary
 from ._divergence import divergence
 

@@ -52,7 +52,7 @@ from torch import nn
 
 from .. import _perturb as P
 from .. import _validate as V
-from .._base import EmbeddingStep
+from .._passes import EmbeddingStep
 from .pgd import PGD
 
 

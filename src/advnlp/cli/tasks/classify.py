@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
-from advnlp import ATTA
+from advnlp import ATTA, backward_step
 
 from ..errors import InputError
 from ..models import Classifier
@@ -87,14 +87,9 @@ def train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nu
         return adv.backward(lambda b, labels: criterion(logits(b).float(), labels), texts, y,
                             backward_fn)
 
-    if adv is not None and adv.needs_logits:  # SMART, VAT compare logits: the closure returns them
-        return adv.backward(logits, backward_fn, labels=y)
-    closure = lambda: criterion(logits().float(), y)  # noqa: E731 (the closure is the API)
-    if adv is None:
-        loss = closure()
-        (backward_fn or torch.Tensor.backward)(loss)
-        return loss.detach()
-    return adv.backward(closure, backward_fn, **example_ids(adv, ids))
+    # SMART, VAT compare logits: their closure returns them and they take labels=y
+    return backward_step(adv, lambda: criterion(logits().float(), y), logits, backward_fn,
+                         labels=y, **example_ids(adv, ids))
 
 
 def example_ids(adv, ids) -> dict:

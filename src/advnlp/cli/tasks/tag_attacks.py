@@ -9,7 +9,8 @@
   Unlike the classifiers' curve it is not forced to be non-increasing (an entity score has
   no "worst point" per sentence); read a rise with ε as noise.
 - **Character attack** (:func:`tag_char_attack`): one typo per word, words found by the
-  classifiers' greedy search in miniature. Per sentence: its loss on the gold tags clean;
+  classifiers' greedy search (:func:`advnlp.attacks.search.greedy_search` over the sentence's
+  words, scored by the tagger's loss). Per sentence: its loss on the gold tags clean;
   leave-one-out importance (each editable word replaced in turn by the model's unknown token,
   one batch); in that order, every typo of the word (the classifiers' swap / delete / insert
   / QWERTY substitute, at most ``max_candidates``, sampled with the sentence's seeded RNG)
@@ -31,6 +32,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from advnlp.attacks import editable_token, perturbed_outputs, token_kind, word_typos
+from advnlp.attacks.search import Search, Words, greedy_search, importance_order
 
 from ..errors import InputError
 from .tag import Tagger, align, tag_metrics
@@ -113,6 +115,39 @@ def _candidates(tokens: List[str], kinds: List[str], i: int, editable: set, chan
     return [{i: v} for v in word_typos(tokens[i])]
 
 
+def _sentence_search(tagger: Tagger, tokens: List[str], tags: List[str], seen: set,
+                     rng: random.Random, device, *, max_change: float, query_budget: int,
+                     max_candidates: int, edit_entities: bool, batch_size: int):
+    """The classifiers' greedy search on one sentence, scored by its loss on the gold tags:
+    the finished :class:`Search` and the sentences scored."""
+    kinds = [token_kind(t) for t in tokens]
+    editable = [i for i in range(len(tokens)) if i in seen
+                and (edit_entities or tags[i] == "O") and editable_token(tokens[i])]
+    allowed, used = set(editable), [0]
+
+    def losses(texts: List[List[str]]) -> List[float]:
+        used[0] += len(texts)
+        return _losses(tagger, texts, [tags] * len(texts), device, batch_size)
+
+    clean, unknown = losses([tokens])[0], _unknown(tagger)
+    order = importance_order(editable, query_budget - used[0], lambda units: losses(
+        [[unknown if j == i else t for j, t in enumerate(tokens)] for i in units]))
+    words = Words(tokens, sum(k != "punct" for k in kinds))
+    search = Search(words, order, max(1, math.floor(max_change * words.n_words)),
+                    lambda _, values, i, changed: _candidates(values, kinds, i, allowed, changed),
+                    rng, max_candidates=max_candidates, budget=query_budget - used[0],
+                    score=clean)
+    greedy_search([search], lambda asks: [_raised(losses(texts)) for _, texts in asks])
+    return search, used[0]
+
+
+def _raised(losses: List[float]) -> tuple:
+    """A scorer's answer for the search: the losses, and no candidate "succeeds" (the search
+    keeps the one that raises the loss most, until its budgets run out)."""
+    return (torch.tensor(losses, dtype=torch.float64), torch.zeros(len(losses), dtype=torch.bool),
+            [None] * len(losses))
+
+
 def tag_char_attack(tagger: Tagger, sentences: Sequence[Sequence[str]],
                     gold: Sequence[Sequence[str]], device, scheme: str, *,
                     max_change: float = 0.15, query_budget: int = 500, max_candidates: int = 32,
@@ -124,54 +159,20 @@ def tag_char_attack(tagger: Tagger, sentences: Sequence[Sequence[str]],
     if not 0 < max_change <= 1:
         raise InputError(f"--max-change must be a fraction in (0, 1], got {max_change:g}")
     tagger.model.eval()
-    unknown = _unknown(tagger)
     visible = tagger.encode(sentences)[1]  # words past the token budget are never read
     records, t0 = [], time.perf_counter()
     for n, (tokens, tags) in enumerate(zip(sentences, gold)):
         t1 = time.perf_counter()
         rng = random.Random(seed * 1_000_003 + n)  # one RNG per sentence, as for classifiers
         tokens, tags = list(tokens), list(tags)
-        seen = {w for w in visible[n] if w is not None}
-        kinds = [token_kind(t) for t in tokens]
-        editable = {i for i in range(len(tokens)) if i in seen
-                    and (edit_entities or tags[i] == "O")
-                    and editable_token(tokens[i])}
-        words = sum(k != "punct" for k in kinds)
-        limit = max(1, math.floor(max_change * words))
-        used = 1
-        current = _losses(tagger, [tokens], [tags], device, batch_size)[0]
-        order = sorted(editable)
-        if order and used < query_budget:
-            scored = order[: query_budget - used]
-            loo = [[unknown if j == i else t for j, t in enumerate(tokens)] for i in scored]
-            s = _losses(tagger, loo, [tags] * len(loo), device, batch_size)
-            used += len(loo)
-            importance = dict(zip(scored, s))
-            order = sorted(order, key=lambda i: (-importance.get(i, -math.inf), i))
-        values, changed = list(tokens), set()
-        for i in order:
-            if used >= query_budget or len(changed) >= limit:
-                break
-            if i in changed:
-                continue
-            cands = [e for e in _candidates(values, kinds, i, editable, changed)
-                     if not (set(e) & changed) and len(changed) + len(e) <= limit]
-            if len(cands) > max_candidates:
-                cands = [cands[k] for k in sorted(rng.sample(range(len(cands)), max_candidates))]
-            cands = cands[: query_budget - used]
-            if not cands:
-                continue
-            texts = [[e.get(j, v) for j, v in enumerate(values)] for e in cands]
-            s = _losses(tagger, texts, [tags] * len(texts), device, batch_size)
-            used += len(texts)
-            best = max(range(len(s)), key=lambda k: s[k])
-            if s[best] > current:
-                values = texts[best]
-                changed.update(cands[best])
-                current = s[best]
-        records.append({"tokens": tokens, "perturbed": values, "tags": tags,
-                        "changed": sorted(changed), "queries": used,
-                        "changed_fraction": len(changed) / words if words else 0.0,
+        search, queries = _sentence_search(
+            tagger, tokens, tags, {w for w in visible[n] if w is not None}, rng, device,
+            max_change=max_change, query_budget=query_budget, max_candidates=max_candidates,
+            edit_entities=edit_entities, batch_size=batch_size)
+        records.append({"tokens": tokens, "perturbed": search.values, "tags": tags,
+                        "changed": sorted(search.changed),
+                        "queries": queries,
+                        "changed_fraction": search.changed_fraction,
                         "seconds": time.perf_counter() - t1})
     clean = tagger.predict([r["tokens"] for r in records], batch_size, device)
     attacked = tagger.predict([r["perturbed"] for r in records], batch_size, device)
