@@ -257,3 +257,17 @@ def test_every_method_has_an_api_page_in_the_nav():
         module = getattr(advnlp.methods, name).__module__
         assert f"::: {module}" in (ROOT / "docs" / page).read_text(encoding="utf-8"), page
         assert f": {page}" in nav, f"{page} is not in mkdocs.yml's nav"
+
+
+def test_the_api_pages_read_the_docstrings_rest_as_markdown():
+    pytest.importorskip("griffe")  # the [docs] extra
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rst", ROOT / "docs" / "_ext" / "rst.py")
+    rst = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rst)
+    assert rst.markdown("See :class:`advnlp.PGD` and :func:`~x.y`.") == "See `advnlp.PGD` and `x.y`."
+    assert rst.markdown("Example::\n\n    adv = FGM(model)\n") == "Example:\n\n    adv = FGM(model)\n"
+    assert rst.markdown("the step ::\n\n    x\n") == "the step:\n\n    x\n"
+    assert rst.markdown("::\n\n    x\n") == "\n\n    x\n"
+    assert rst.markdown("a::b stays") == "a::b stays"
