@@ -98,13 +98,14 @@ def rows(result: dict, infer: dict) -> dict:
     by_method, out = {}, {}
     for r in result["runs"]:
         by_method.setdefault(r["method"], []).append(r)
-    base = [training_seconds(r["run_dir"]) for r in by_method["none"]]
     for m, runs in by_method.items():
         row = {"seeds": [r["seed"] for r in runs]}
+        runs_base = [b for b in by_method["none"] if b["seed"] in row["seeds"]]
         for key, source in KEYS.items():
             values = [r[source] for r in runs]
             row[key] = {"mean": sum(values) / len(values), "per_seed": values}
-        cost = [training_seconds(r["run_dir"]) / b for r, b in zip(runs, base)]
+        cost = [training_seconds(r["run_dir"]) / training_seconds(b["run_dir"])
+                for r, b in zip(runs, runs_base)]
         row["train_cost_vs_none"] = {"mean": sum(cost) / len(cost), "per_seed": cost,
                                      "what": "training seconds per epoch (wall clock)"}
         if result.get("step_cost"):
@@ -164,6 +165,35 @@ def plot(summary: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def partial_result(folder: str) -> dict:
+    """compare.json's runs, means and paired differences from the runs finished so far (their
+    compare-row.json files), for a job stopped part-way: only seeds ``none`` also has count,
+    and a row with fewer seeds than planned says so in ``seeds``."""
+    from advnlp.cli.commands import metric_keys
+    from advnlp.cli.statistics import LEVEL, paired_difference
+
+    with open(os.path.join(folder, "compare-config.json"), encoding="utf-8") as f:
+        plan = json.load(f)
+    runs = []
+    for m in plan["methods"]:
+        for s in range(plan["config"]["seed"], plan["config"]["seed"] + plan["seeds"]):
+            path = os.path.join(folder, m, f"seed-{s}", "compare-row.json")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    runs.append(json.load(f))
+    keys = metric_keys(plan)
+    base = {r["seed"]: r for r in runs if r["method"] == "none"}
+    versus = {}
+    for m in plan["methods"]:
+        mine = [r for r in runs if r["method"] == m and r["seed"] in base]
+        if m != "none" and len(mine) >= 2:
+            versus[m] = {k: paired_difference([r[k] for r in mine], [base[r["seed"]][k] for r in mine])
+                         for k in keys if all(k in r for r in mine)}
+    return {"runs": runs, "seeds": sorted(base), "versus_none": versus, "partial": True,
+            "planned": {"methods": plan["methods"], "seeds": plan["seeds"]},
+            "interval": {"kind": "paired t-interval over seeds", "level": LEVEL}}
+
+
 def run_job(job: str, args, advnlp: str, env: dict) -> None:
     cmd = ["compare", *job_args(job, args.out, args)]
     folder = os.path.join(args.out, job)
@@ -173,8 +203,11 @@ def run_job(job: str, args, advnlp: str, env: dict) -> None:
             subprocess.run([advnlp, "compare", "--resume", folder, "--quiet"], env=env, check=True)
         else:
             subprocess.run([advnlp, *cmd], env=env, check=True)
-    with open(os.path.join(folder, "compare.json"), encoding="utf-8") as f:
-        result = json.load(f)
+    if args.partial:
+        result = partial_result(folder)
+    else:
+        with open(os.path.join(folder, "compare.json"), encoding="utf-8") as f:
+            result = json.load(f)
     summary = rows(result, inference_cost(result))
     out = {"benchmark": {"script": "benchmarks/robust_text.py", "job": job,
                          "command": "advnlp " + " ".join(cmd)},
@@ -200,6 +233,8 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/robust-text")
     ap.add_argument("--table-only", action="store_true",
                     help="no training: tabulate the compare folders already under --out")
+    ap.add_argument("--partial", action="store_true",
+                    help="with --table-only: tabulate the runs finished so far (no compare.json yet)")
     args = ap.parse_args(argv)
     advnlp = shutil.which("advnlp") or os.path.join(os.path.dirname(sys.executable), "advnlp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
