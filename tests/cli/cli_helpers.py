@@ -90,3 +90,23 @@ def sigterm_after_first_step(argv, first_line="step 1/6"):
     finally:
         proc.kill()
     return proc.returncode, err
+
+
+def one_line_error(capsys, *needles):
+    """stderr is one ``advnlp: error:`` line holding every one of ``needles``."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("advnlp: error:") and "\n" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def file_tree(root):
+    """Every file under ``root`` with its bytes."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(folder, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out

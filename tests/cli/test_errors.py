@@ -5,51 +5,43 @@ import sys
 
 import pytest
 
-from cli_helpers import run, write_csv
-
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("advnlp: error:") and "\n" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
+from cli_helpers import one_line_error, run, write_csv
 
 
 def test_missing_file(tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", tmp_path / "nope.csv") == 2
-    _one_line_error(capsys, "not found", "nope.csv")
+    one_line_error(capsys, "not found", "nope.csv")
 
 
 def test_not_utf8(tmp_path, capsys):
     path = tmp_path / "latin1.csv"
     path.write_bytes("text,label\ncaf\xe9 ok,a\n".encode("latin-1"))
     assert run("train", "--model", "textcnn", "--train", path) == 2
-    _one_line_error(capsys, "not valid UTF-8")
+    one_line_error(capsys, "not valid UTF-8")
 
 
 def test_missing_column_lists_the_columns(sentiment_csv, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--text-column", "review") == 2
-    _one_line_error(capsys, "'review'", "columns are: text, label")
+    one_line_error(capsys, "'review'", "columns are: text, label")
 
 
 def test_empty_dataset(tmp_path, capsys):
     data = write_csv(tmp_path / "empty.csv", ["text", "label"], [])
     assert run("train", "--model", "textcnn", "--train", data) == 2
-    _one_line_error(capsys, "no examples")
+    one_line_error(capsys, "no examples")
 
 
 def test_single_class(tmp_path, capsys):
     data = write_csv(tmp_path / "one.csv", ["text", "label"], [[f"text {i}", "a"] for i in range(30)])
     assert run("train", "--model", "textcnn", "--train", data) == 2
-    _one_line_error(capsys, "fewer than 2 classes", "'a'")
+    one_line_error(capsys, "fewer than 2 classes", "'a'")
 
 
 def test_test_label_never_seen_in_training(sentiment_csv, tmp_path, capsys):
     test = write_csv(tmp_path / "test.csv", ["text", "label"], [["so so", "neutral"], ["good", "pos"]])
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--test", test,
                "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, "never seen in training", "'neutral'")
+    one_line_error(capsys, "never seen in training", "'neutral'")
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -65,7 +57,7 @@ def test_test_label_never_seen_in_training(sentiment_csv, tmp_path, capsys):
 def test_bad_parameters(argv, needle, sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv,
                "--output-dir", tmp_path / "run", *argv) == 2
-    _one_line_error(capsys, needle)
+    one_line_error(capsys, needle)
     assert not (tmp_path / "run").exists()  # nothing written for a refused command
 
 
@@ -75,7 +67,7 @@ def test_output_dir_with_a_previous_run(sentiment_csv, tmp_path, capsys):
             "--output-dir", out, "--quiet"]
     assert run(*args) == 0
     assert run(*args) == 2
-    _one_line_error(capsys, "holds a previous run", "--overwrite")
+    one_line_error(capsys, "holds a previous run", "--overwrite")
     assert run(*args, "--overwrite") == 0
 
 
@@ -88,7 +80,7 @@ def test_model_that_is_not_a_model(model, needle, sentiment_csv, tmp_path, capsy
     if model == "empty_dir":
         path.mkdir()
     assert run("train", "--model", path, "--train", sentiment_csv, "--output-dir", tmp_path / "r") == 2
-    _one_line_error(capsys, needle)
+    one_line_error(capsys, needle)
 
 
 def test_broken_model_directory(sentiment_csv, tmp_path, capsys):
@@ -96,14 +88,14 @@ def test_broken_model_directory(sentiment_csv, tmp_path, capsys):
     (tmp_path / "m" / "config.json").write_text("{not json")
     assert run("train", "--model", tmp_path / "m", "--train", sentiment_csv,
                "--output-dir", tmp_path / "r") == 2
-    _one_line_error(capsys, "cannot load the model")
+    one_line_error(capsys, "cannot load the model")
 
 
 def test_eval_and_resume_need_a_run(tmp_path, capsys):
     assert run("eval", tmp_path) == 2
-    _one_line_error(capsys, "not a run directory")
+    one_line_error(capsys, "not a run directory")
     assert run("train", "--resume", tmp_path / "missing") == 2
-    _one_line_error(capsys, "not a run directory")
+    one_line_error(capsys, "not a run directory")
 
 
 def test_exit_code_and_no_traceback_from_the_console_script(tmp_path):
@@ -121,26 +113,26 @@ def test_exit_code_and_no_traceback_from_the_console_script(tmp_path):
 def test_unknown_file_format(tmp_path, capsys):
     (tmp_path / "data.xlsx").write_text("x")
     assert run("train", "--model", "textcnn", "--train", tmp_path / "data.xlsx") == 2
-    _one_line_error(capsys, "unknown format .xlsx")
+    one_line_error(capsys, "unknown format .xlsx")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_cuda(sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--device", "cuda",
                "--output-dir", tmp_path / "r") == 2
-    _one_line_error(capsys, "CUDA is not available")
+    one_line_error(capsys, "CUDA is not available")
 
 
 def test_resume_refuses_options_it_would_ignore(tmp_path, capsys):
     assert run("train", "--resume", tmp_path, "--epochs", "3") == 2
-    _one_line_error(capsys, "drop --epochs")
+    one_line_error(capsys, "drop --epochs")
 
 
 @pytest.mark.parametrize("lr", ["nan", "inf", "-inf"])
 def test_a_learning_rate_that_is_not_a_finite_number(lr, sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, f"--lr={lr}",
                "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, "--lr must be a finite number > 0")
+    one_line_error(capsys, "--lr must be a finite number > 0")
     assert not (tmp_path / "run").exists()
 
 
@@ -151,7 +143,7 @@ def test_a_learning_rate_that_is_not_a_finite_number(lr, sentiment_csv, tmp_path
 def test_method_parameters_that_are_not_finite(argv, needle, sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv,
                "--output-dir", tmp_path / "run", *argv) == 2
-    _one_line_error(capsys, needle)
+    one_line_error(capsys, needle)
     assert not (tmp_path / "run").exists()
 
 
@@ -164,7 +156,7 @@ def test_compare_checks_every_method_before_the_first_run(methods, extra, needle
                                                           tmp_path, capsys):
     assert run("compare", "--methods", methods, "--model", "textcnn", "--train", sentiment_csv,
                "--epochs", "1", "--output-dir", tmp_path / "cmp", *extra) == 2
-    _one_line_error(capsys, needle)
+    one_line_error(capsys, needle)
     assert not (tmp_path / "cmp").exists()  # no run trained, no folder made
 
 
@@ -177,7 +169,7 @@ def test_a_methods_own_argument_check_runs_before_any_file(sentiment_csv, tmp_pa
     monkeypatch.setitem(config.METHODS, "smart", (config.SMART, {"steps": "steps", "alpha": "bregman_beta"}))
     assert run("train", "--method", "smart", "--alpha", "2", "--steps", "1", "--model", "textcnn",
                "--train", sentiment_csv, "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, "--method smart: bregman_beta must be in [0, 1)")
+    one_line_error(capsys, "--method smart: bregman_beta must be in [0, 1)")
     assert not (tmp_path / "run").exists()
 
 
@@ -185,12 +177,12 @@ def test_a_methods_own_argument_check_runs_before_any_file(sentiment_csv, tmp_pa
                                        (["train", "--bogus"], "(see advnlp train --help)")])
 def test_the_help_hint_names_the_program_once(argv, see, capsys):
     assert run(*argv) == 2
-    _one_line_error(capsys, see)
+    one_line_error(capsys, see)
 
 
 def test_eval_given_a_file_instead_of_a_run(sentiment_csv, capsys):
     assert run("eval", sentiment_csv) == 2
-    _one_line_error(capsys, "is a file; give the run's directory", "--data")
+    one_line_error(capsys, "is a file; give the run's directory", "--data")
 
 
 def test_eval_batch_size_zero(sentiment_csv, tmp_path, capsys):
@@ -199,14 +191,14 @@ def test_eval_batch_size_zero(sentiment_csv, tmp_path, capsys):
                "--output-dir", out, "--quiet") == 0
     capsys.readouterr()
     assert run("eval", out, "--batch-size", "0") == 2
-    _one_line_error(capsys, "--batch-size must be >= 1")
+    one_line_error(capsys, "--batch-size must be >= 1")
     assert not (out / "eval.json").exists()
 
 
 def test_an_empty_label_delimiter(sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--multi-label",
                "--label-delimiter", "", "--output-dir", tmp_path / "r") == 2
-    _one_line_error(capsys, "--label-delimiter is empty")
+    one_line_error(capsys, "--label-delimiter is empty")
     assert not (tmp_path / "r").exists()
 
 
@@ -220,7 +212,7 @@ def test_eval_on_a_run_that_died_before_its_first_checkpoint(sentiment_csv, tmp_
     import shutil
     shutil.rmtree(out / "model")  # as a kill before the end leaves it
     assert run("eval", out) == 2
-    err = _one_line_error(capsys, "no checkpoint", "--overwrite")
+    err = one_line_error(capsys, "no checkpoint", "--overwrite")
     assert "--resume" not in err
     assert run("train", "--resume", out) == 2  # and indeed there is nothing to resume
     capsys.readouterr()
@@ -245,7 +237,7 @@ def test_max_length_above_the_models_position_limit(tiny_bert, tmp_path, capsys)
                       for i in range(40)])
     assert run("train", "--model", tiny_bert, "--train", data, "--max-length", "100",
                "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, "--max-length 100", "64")
+    one_line_error(capsys, "--max-length 100", "64")
     assert not (tmp_path / "run").exists()
 
 
@@ -254,7 +246,7 @@ def test_a_truncated_model_given_as_model(tiny_bert, sentiment_csv, tmp_path, ca
     _truncate(model / "model.safetensors")
     assert run("train", "--model", model, "--train", sentiment_csv,
                "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, str(model / "model.safetensors"))
+    one_line_error(capsys, str(model / "model.safetensors"))
     assert not (tmp_path / "run").exists()
 
 
@@ -267,7 +259,7 @@ def test_a_run_with_truncated_weights(model, command, tiny_bert, sentiment_csv, 
     capsys.readouterr()
     _truncate(out / "model" / "model.safetensors")
     assert run(command[0], out, *command[1:]) == 2
-    _one_line_error(capsys, str(out / "model" / "model.safetensors"))
+    one_line_error(capsys, str(out / "model" / "model.safetensors"))
 
 
 def test_a_classifier_with_another_number_of_labels(tiny_bert, sentiment_csv, tmp_path, capsys):
@@ -278,7 +270,7 @@ def test_a_classifier_with_another_number_of_labels(tiny_bert, sentiment_csv, tm
     BertForSequenceClassification(config).save_pretrained(str(three))
     assert run("train", "--model", three, "--train", sentiment_csv,
                "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, "3 labels", "2", "base model", "ignore_mismatched_sizes")
+    one_line_error(capsys, "3 labels", "2", "base model", "ignore_mismatched_sizes")
     assert not (tmp_path / "run").exists()
 
 
@@ -286,13 +278,13 @@ def test_a_classifier_with_another_number_of_labels(tiny_bert, sentiment_csv, tm
 def test_an_output_dir_under_a_file(sentiment_csv, tmp_path, capsys):
     assert run("train", "--model", "textcnn", "--train", sentiment_csv,
                "--output-dir", os.path.join(sentiment_csv, "run")) == 2
-    _one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
+    one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
 
 
 def test_compare_output_dir_under_a_file(sentiment_csv, tmp_path, capsys):
     assert run("compare", "--methods", "none,fgm", "--model", "textcnn", "--train", sentiment_csv,
                "--output-dir", os.path.join(sentiment_csv, "cmp", "deeper")) == 2
-    _one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
+    one_line_error(capsys, "--output-dir", f"{sentiment_csv} is a file")
 
 
 def test_an_output_dir_without_write_permission(sentiment_csv, tmp_path, capsys, monkeypatch):
@@ -307,7 +299,7 @@ def test_an_output_dir_without_write_permission(sentiment_csv, tmp_path, capsys,
                         lambda p, mode: False if os.path.samefile(p, locked) else real_access(p, mode))
     assert run("train", "--model", "textcnn", "--train", sentiment_csv,
                "--output-dir", locked / "run") == 2
-    _one_line_error(capsys, "--output-dir", "cannot write")
+    one_line_error(capsys, "--output-dir", "cannot write")
     assert not (locked / "run").exists()
 
 
@@ -338,7 +330,7 @@ def test_resume_from_a_checkpoint_of_the_wrong_structure(content, sentiment_csv,
         state["model"] = torch.nn.Linear(3, 2).state_dict()
         torch.save(state, path)
     assert run("train", "--resume", out) == 2
-    _one_line_error(capsys, str(path), "not a checkpoint of this run")
+    one_line_error(capsys, str(path), "not a checkpoint of this run")
 
 
 @pytest.mark.parametrize("broken", ["model.safetensors", "optimizer.pt"])
@@ -367,7 +359,7 @@ def test_resume_from_a_trainer_checkpoint_with_truncated_files(broken, tiny_bert
     _truncate(os.path.join(checkpoint, broken))
     # --quiet: the Trainer loads the optimizer after the "resuming at ..." line.
     assert run("train", "--resume", out, "--quiet") == 2
-    _one_line_error(capsys, checkpoint, broken)
+    one_line_error(capsys, checkpoint, broken)
 
 
 _BAD_CONFIGS = [({"epochs": "two"}, "field 'epochs'"),
@@ -398,7 +390,7 @@ def test_resume_a_run_whose_config_has_wrong_types(edit, needle, sentiment_csv, 
     capsys.readouterr()
     _edit_config(out, edit)
     assert run("train", "--resume", out) == 2
-    _one_line_error(capsys, str(out / "config.json"), needle)
+    one_line_error(capsys, str(out / "config.json"), needle)
 
 
 @pytest.mark.parametrize("edit, needle", _BAD_CONFIGS)
@@ -409,5 +401,5 @@ def test_eval_a_run_whose_config_has_wrong_types(edit, needle, sentiment_csv, tm
     capsys.readouterr()
     _edit_config(out, edit)
     assert run("eval", out) == 2
-    _one_line_error(capsys, str(out / "config.json"), needle)
+    one_line_error(capsys, str(out / "config.json"), needle)
     assert not (out / "eval.json").exists()

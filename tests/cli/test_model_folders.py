@@ -11,17 +11,9 @@ import sys
 import pytest
 import torch
 
-from cli_helpers import run
+from cli_helpers import one_line_error, run
 
 TAGGER = ["--task", "token-classification"]
-
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("advnlp: error:") and "\n" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def _task(task, sentiment_csv, ner):
@@ -60,7 +52,7 @@ def test_a_model_folder_with_custom_code_is_refused_without_asking_or_running_it
     monkeypatch.setattr(sys, "stdin", stdin)
     assert run("train", "--model", model, *_task(task, sentiment_csv, ner), "--quiet",
                "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, str(model), "would run Python code from the folder")
+    one_line_error(capsys, str(model), "would run Python code from the folder")
     assert not marker.exists()
     assert stdin.tell() == 0  # nothing was asked
     assert not (tmp_path / "run").exists()
@@ -90,7 +82,7 @@ def test_pickled_weights_are_refused_unread_with_how_to_convert_them(
     model = _pickled_weights(tiny_tagger, tmp_path / "m", marker)
     assert run("train", "--model", model, *_task(task, sentiment_csv, ner), "--quiet",
                "--output-dir", tmp_path / "run") == 2
-    _one_line_error(capsys, f"--model {model}: its weights are pytorch_model.bin, a pickle",
+    one_line_error(capsys, f"--model {model}: its weights are pytorch_model.bin, a pickle",
                     ".from_pretrained(", ".save_pretrained(")
     assert not marker.exists()
     assert not (tmp_path / "run").exists()
@@ -106,7 +98,7 @@ def test_the_conversion_the_refusal_gives_makes_a_loadable_folder(tiny_bert, sen
     os.remove(model / "model.safetensors")
     args = ["train", "--model", model, "--train", sentiment_csv, "--epochs", "1", "--quiet"]
     assert run(*args, "--output-dir", tmp_path / "refused") == 2
-    command = re.search(r'python -c "(.*)"$', _one_line_error(capsys)).group(1)
+    command = re.search(r'python -c "(.*)"$', one_line_error(capsys)).group(1)
     assert "BertModel" in command  # the folder's own class: a classifier keeps its head
     exec(command, {})  # what the user would run, trusting the file
     assert os.path.isfile(model / "model.safetensors")

@@ -12,21 +12,10 @@ import textwrap
 
 import pytest
 
-from cli_helpers import read_json, run, write_csv
+from cli_helpers import file_tree, read_json, run, write_csv
 
 ARGS = ["--model", "textcnn", "--epochs", "1", "--batch-size", "16", "--quiet"]
 SCORE = ["--attack-samples", "4", "--attack-steps", "1", "--cost-rounds", "0"]
-
-
-def _tree(root):
-    """Every file under ``root`` with its bytes."""
-    out = {}
-    for folder, _, files in os.walk(root):
-        for f in files:
-            path = os.path.join(folder, f)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = fh.read()
-    return out
 
 
 def _compare(csv, out, *extra):
@@ -41,11 +30,11 @@ def test_compare_refuses_a_previous_train_run_in_a_method_folder(sentiment_csv, 
     folder = exp / "fgm" / ("seed-43" if seeds == "2" else "")
     assert run("train", *ARGS, "--train", sentiment_csv, "--method", "fgm",
                "--output-dir", folder) == 0
-    before = _tree(exp)
+    before = file_tree(exp)
     assert _compare(sentiment_csv, exp, "--methods", "none,fgm", "--seeds", seeds) == 2
     err = capsys.readouterr().err
     assert "previous run" in err and "--overwrite" in err and "Traceback" not in err
-    assert _tree(exp) == before  # nothing trained, nothing written, nothing replaced
+    assert file_tree(exp) == before  # nothing trained, nothing written, nothing replaced
 
 
 def test_compare_overwrite_replaces_a_train_run_only_when_the_new_one_works(sentiment_csv, tmp_path,
@@ -53,7 +42,7 @@ def test_compare_overwrite_replaces_a_train_run_only_when_the_new_one_works(sent
     exp = tmp_path / "exp"
     assert run("train", *ARGS, "--train", sentiment_csv, "--method", "fgm",
                "--output-dir", exp / "fgm") == 0
-    before = _tree(exp / "fgm")
+    before = file_tree(exp / "fgm")
     from advnlp.cli.tasks import classify
 
     def broken(*a, **k):
@@ -63,7 +52,7 @@ def test_compare_overwrite_replaces_a_train_run_only_when_the_new_one_works(sent
         m.setattr(classify, "train_step", broken)
         with pytest.raises(RuntimeError):
             _compare(sentiment_csv, exp, "--methods", "fgm", "--overwrite")
-    assert _tree(exp / "fgm") == before
+    assert file_tree(exp / "fgm") == before
     assert _compare(sentiment_csv, exp, "--methods", "fgm", "--overwrite") == 0
     assert read_json(exp, "fgm", "config.json")["data"]["train"] == str(sentiment_csv)
     assert not (exp / "fgm" / ".replaced").exists()
@@ -149,7 +138,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(sentiment_
                                                                      capsys, holder):
     out = tmp_path / "run"
     assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", out) == 0
-    before = _tree(out)
+    before = file_tree(out)
     pid = holder(out)
     capsys.readouterr()
     for argv in (["train", *ARGS, "--train", sentiment_csv, "--output-dir", out, "--overwrite"],
@@ -158,19 +147,19 @@ def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(sentiment_
         assert run(*argv) == 2, argv
         err = capsys.readouterr().err
         assert f"pid {pid}" in err and err.count("\n") == 1 and "Traceback" not in err
-    assert _tree(out) == {**before, ".advnlp.lock": str(pid).encode()}
+    assert file_tree(out) == {**before, ".advnlp.lock": str(pid).encode()}
 
 
 def test_train_into_a_folder_of_a_running_compare_is_refused(sentiment_csv, tmp_path, capsys,
                                                             holder):
     out = tmp_path / "cmp"
     assert _compare(sentiment_csv, out, "--methods", "none") == 0
-    before = _tree(out / "none")
+    before = file_tree(out / "none")
     pid = holder(out)  # as a compare working on cmp holds it
     assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", out / "none",
                "--overwrite") == 2
     assert f"pid {pid}" in capsys.readouterr().err
-    assert _tree(out / "none") == before
+    assert file_tree(out / "none") == before
     assert run("compare", "--resume", out) == 2
 
 

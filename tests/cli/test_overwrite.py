@@ -3,20 +3,9 @@ import os
 
 import pytest
 
-from cli_helpers import ctrl_c_after, run, write_csv
+from cli_helpers import ctrl_c_after, file_tree, run, write_csv
 
 ARGS = ["--model", "textcnn", "--epochs", "1", "--batch-size", "16", "--quiet"]
-
-
-def _tree(root):
-    """Every file under ``root`` with its bytes."""
-    out = {}
-    for folder, _, files in os.walk(root):
-        for f in files:
-            path = os.path.join(folder, f)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = fh.read()
-    return out
 
 
 @pytest.fixture
@@ -28,15 +17,15 @@ def old_run(sentiment_csv, tmp_path, capsys):
 
 
 def test_bad_input_during_an_overwrite_keeps_the_old_run(old_run, tmp_path, capsys):
-    before = _tree(old_run)
+    before = file_tree(old_run)
     # One class only: refused while the run is being built, after the folder was checked.
     one_class = write_csv(tmp_path / "one.csv", ["text", "label"], [[f"text {i}", "a"] for i in range(30)])
     assert run("train", *ARGS, "--train", one_class, "--output-dir", old_run, "--overwrite") == 2
     assert "fewer than 2 classes" in capsys.readouterr().err
-    assert _tree(old_run) == before
+    assert file_tree(old_run) == before
     missing = write_csv(tmp_path / "cols.csv", ["body", "label"], [["x", "a"], ["y", "b"]])
     assert run("train", *ARGS, "--train", missing, "--output-dir", old_run, "--overwrite") == 2
-    assert _tree(old_run) == before
+    assert file_tree(old_run) == before
 
 
 def test_an_error_in_a_fresh_folder_leaves_no_folder(tmp_path, capsys):
@@ -48,7 +37,7 @@ def test_an_error_in_a_fresh_folder_leaves_no_folder(tmp_path, capsys):
 def test_a_crash_during_an_overwrite_puts_the_old_run_back(old_run, sentiment_csv, monkeypatch):
     from advnlp.cli.tasks import classify
 
-    before = _tree(old_run)
+    before = file_tree(old_run)
     step, calls = classify.train_step, {"n": 0}
 
     def crash_at_two(*a):
@@ -60,16 +49,16 @@ def test_a_crash_during_an_overwrite_puts_the_old_run_back(old_run, sentiment_cs
     monkeypatch.setattr(classify, "train_step", crash_at_two)
     with pytest.raises(RuntimeError, match="simulated"):
         run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run, "--overwrite")
-    assert _tree(old_run) == before
+    assert file_tree(old_run) == before
 
 
 def test_a_model_folder_is_never_written_over(tiny_bert, sentiment_csv, capsys):
-    before = _tree(tiny_bert)
+    before = file_tree(tiny_bert)
     for extra in ([], ["--overwrite"]):
         assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tiny_bert, *extra) == 2
         err = capsys.readouterr().err
         assert "'config.json', which is not an advnlp run's" in err and "Traceback" not in err
-    assert _tree(tiny_bert) == before
+    assert file_tree(tiny_bert) == before
 
 
 def test_an_interrupted_overwrite_leaves_no_old_model_to_score(old_run, sentiment_csv, monkeypatch,
@@ -152,9 +141,9 @@ def test_files_that_only_look_like_advnlps_are_never_moved(old_run, sentiment_cs
     # A separate run the user keeps inside an older run's folder survives its --overwrite.
     nested = old_run / "ablation"
     assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", nested) == 0
-    before = _tree(nested)
+    before = file_tree(nested)
     assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run, "--overwrite") == 0
-    assert _tree(nested) == before
+    assert file_tree(nested) == before
 
 
 def test_a_second_overwrite_does_not_drop_the_run_the_first_one_kept(old_run, sentiment_csv,
@@ -163,11 +152,11 @@ def test_a_second_overwrite_does_not_drop_the_run_the_first_one_kept(old_run, se
         ctrl_c_after(m, 1)
         assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run,
                    "--overwrite") == 130
-    kept = _tree(old_run / ".replaced")
+    kept = file_tree(old_run / ".replaced")
     capsys.readouterr()
     assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", old_run, "--overwrite") == 2
     assert ".replaced/" in capsys.readouterr().err
-    assert _tree(old_run / ".replaced") == kept
+    assert file_tree(old_run / ".replaced") == kept
 
 
 def test_overwriting_a_compare_from_before_plans_moves_its_method_runs(sentiment_csv, tmp_path):
