@@ -10,6 +10,7 @@ from advnlp import __version__
 from .config import METHODS, TrainConfig
 from .data import DataSpec
 from .errors import InputError, comma_list
+from .tasks import DEFAULT_TASK, TASKS
 
 CHANGED_DATA = ("use the run's data files even if they changed since it started (size or "
                 "sha256 differ); without it such a run is refused")
@@ -59,14 +60,12 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default); bf16 or fp16: autocast mixed precision "
                         "(fp16 with dynamic loss scaling)")
-    g.add_argument("--task", default="classification",
-                   choices=("classification", "token-classification"),
-                   help="classification (default): a label (or label set) per text; "
-                        "token-classification: a tag per word (NER; CoNLL or JSONL data)")
+    g.add_argument("--task", default=DEFAULT_TASK, choices=tuple(TASKS),
+                   help="; ".join(t.help for t in TASKS.values()))
     g.add_argument("--crf", action="store_true",
-                   help="token-classification with --model bilstm: a CRF layer over the tags")
+                   help="a tagger with --model bilstm: a CRF layer over the tags")
     g.add_argument("--label-all-subtokens", action="store_true",
-                   help="token-classification: train on every sub-token of a word (I- on the "
+                   help="a tagger: train on every sub-token of a word (I- on the "
                         "later ones), not only the first")
     g.add_argument("--engine", default="loop", choices=("loop", "trainer"),
                    help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
@@ -198,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, default=0.6,
                    help="word: minimum cosine similarity of a substitute (default 0.6)")
     d.add_argument("--edit-entities", action="store_true",
-                   help="token-classification, char: edit entity words too (they keep their "
+                   help="a tagger, char: edit entity words too (they keep their "
                         "gold tags; by default only words tagged O are edited)")
     g = a.add_argument_group("embedding attack (FGSM/PGD on the input-embedding output)")
     g.add_argument("--epsilons", type=_floats, default=_floats("0.1,0.25,0.5,1.0"),

@@ -24,13 +24,13 @@ import torch
 
 from advnlp import backward_step
 
-from .distributed import seed_everything
-from .errors import InputError
-from .files import write_json, write_jsonl
-from .run import Run
-from .tasks import tag as TG
-from .tasks.classify import example_ids
-from .tasks.tag_data import Tagged, check_known_tags, read_tagged
+from ...distributed import seed_everything
+from ...errors import InputError
+from ...files import write_json, write_jsonl
+from ...run import Run
+from ..classification.classify import example_ids
+from . import tag as TG
+from .tag_data import Tagged, check_known_tags, read_tagged
 
 
 class TagLabels:
