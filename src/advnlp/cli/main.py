@@ -18,7 +18,7 @@ from . import distributed
 from .commands import attack_run, compare, evaluate_run, resume, resume_compare, train
 from .distributed import distributed_requested, setup_distributed
 from .errors import WARNING, InputError, Interrupted, comma_list
-from .parser import build_parser, check_enabled, config_from_args
+from .parser import build_parser, check_enabled, config_defaults, config_from_args
 from .report import compare_table, summary
 from .robustness import ATTACKS
 from .rundir import read_config
@@ -117,8 +117,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "config", None):  # its settings are defaults; the flags given win
+            args = build_parser(config_defaults(args.config)).parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    except InputError as e:
+        print(f"advnlp: error: {e}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2

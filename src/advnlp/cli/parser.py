@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
-from typing import List
+from typing import List, Optional
 
 from advnlp import __version__
 
@@ -37,6 +39,12 @@ def _floats(text: str) -> List[float]:
         return [float(x) for x in comma_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _config_option(p) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="a run's config.json (or YAML of the same keys): its settings are the "
+                        "defaults, the options given here override them")
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
@@ -136,7 +144,8 @@ def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str)
     g.add_argument("--attack-samples", type=int, default=100, help="test examples attacked (default 100)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
+    """The command line; ``config`` (:func:`config_defaults`): train's and compare's defaults."""
     parser = _Parser(prog="advnlp", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"advnlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,eval,attack}")
@@ -148,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one rank of a torchrun job (automatic when torchrun starts more than one "
                         "process); --batch-size is per process")
     _training_options(t)
+    _config_option(t)
+    t.set_defaults(**(config or {}))
     c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
     c.add_argument("--methods", default="none,fgm,pgd",
                    help="comma-separated (default none,fgm,pgd): methods, online-char / online-word "
@@ -173,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after training, time every method's step against none's, interleaved "
                         "on one batch, N rounds: the table's step-cost column (0: none; the "
                         "wall-clock column remains) (default 5)")
+    _config_option(c)
+    c.set_defaults(**_without(config, "method"))
     e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
@@ -259,3 +272,35 @@ def config_from_args(args) -> TrainConfig:
         precision=args.precision, task=args.task, crf=args.crf,
         typo_defence=args.typo_defence, report_to=args.report_to,
         label_all_subtokens=args.label_all_subtokens, data=data)
+
+
+def _without(config: Optional[dict], key: str) -> dict:
+    return {k: v for k, v in (config or {}).items() if k != key}
+
+
+def config_defaults(path: str) -> dict:
+    """A run's ``config.json`` (or the same in YAML) as train's and compare's defaults, by
+    their options' names: the options given on the command line override it, so
+    ``advnlp train --config RUN/config.json --output-dir NEW`` trains RUN again."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                try:
+                    import yaml  # optional: PyYAML, when installed
+                except ImportError:
+                    raise InputError(f"--config {path}: reading YAML needs PyYAML "
+                                     "(pip install pyyaml); or give the JSON") from None
+                raw = yaml.safe_load(f)
+            else:
+                raw = json.load(f)
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping of option names to values")
+        cfg = TrainConfig.from_json(raw)
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"--config {path}: unreadable ({e})") from None
+    values = dataclasses.asdict(cfg)
+    data = values.pop("data")
+    values.pop("world_size")  # torchrun's, not an option
+    data.pop("fingerprints")  # taken anew when the run starts
+    data["text_columns"] = ",".join(data["text_columns"])
+    return {**values, **data}
