@@ -286,7 +286,7 @@ def config_defaults(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             if path.endswith((".yaml", ".yml")):
                 try:
-                    import yaml  # optional: PyYAML, when installed
+                    import yaml  # type: ignore[import-untyped]  # optional: PyYAML
                 except ImportError:
                     raise InputError(f"--config {path}: reading YAML needs PyYAML "
                                      "(pip install pyyaml); or give the JSON") from None
