@@ -75,7 +75,7 @@ def inference_cost(result: dict, rounds: int = 5) -> dict:
 
     from advnlp.cli.data import load_splits
     from advnlp.cli.rundir import load_run
-    from advnlp.cli.tasks.classify import predict
+    from advnlp.cli.tasks.classification.classify import predict
 
     first = {}
     for r in result["runs"]:

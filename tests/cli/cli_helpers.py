@@ -4,7 +4,7 @@ import json
 import os
 import signal
 
-from advnlp.cli.tasks import classify as T
+from advnlp.cli.tasks.classification import classify as T
 from advnlp.cli import main
 
 

@@ -9,7 +9,7 @@ import time
 
 import advnlp.cli.engines.hf_trainer as E
 import advnlp.cli.engines.loop as L
-from advnlp.cli.tasks import classify as T
+from advnlp.cli.tasks.classification import classify as T
 from advnlp.cli import main
 
 

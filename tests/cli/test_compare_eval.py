@@ -116,7 +116,7 @@ def test_compare_scores_several_radii_and_a_typod_test_copy(sentiment_csv, tmp_p
     from advnlp.attacks import random_typos
     from advnlp.cli.data import load_splits
     from advnlp.cli.rundir import load_run
-    from advnlp.cli.tasks.classify import predict
+    from advnlp.cli.tasks.classification.classify import predict
 
     out = tmp_path / "cmp"
     assert run("compare", "--methods", "none,fgm", "--model", "textcnn", "--train", sentiment_csv,

@@ -2,7 +2,7 @@
 import pytest
 
 from advnlp.cli import cost
-from advnlp.cli.tasks import classify as T
+from advnlp.cli.tasks.classification import classify as T
 from cli_helpers import read_json, run
 
 

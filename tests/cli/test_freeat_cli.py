@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import advnlp.cli.run as R
-from advnlp.cli.tasks import classify as T
+from advnlp.cli.tasks.classification import classify as T
 from cli_helpers import ctrl_c_after, read_json, run
 
 # sentiment_csv: 96 training examples / 16 = 6 batches per pass.

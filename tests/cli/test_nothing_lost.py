@@ -43,7 +43,7 @@ def test_compare_overwrite_replaces_a_train_run_only_when_the_new_one_works(sent
     assert run("train", *ARGS, "--train", sentiment_csv, "--method", "fgm",
                "--output-dir", exp / "fgm") == 0
     before = file_tree(exp / "fgm")
-    from advnlp.cli.tasks import classify
+    from advnlp.cli.tasks.classification import classify
 
     def broken(*a, **k):
         raise RuntimeError("out of memory")
@@ -313,7 +313,7 @@ def test_comma_lists_follow_one_rule(sentiment_csv, tmp_path, capsys):
 def test_sigterm_while_compare_scores_says_how_to_resume(sentiment_csv, tmp_path, capsys,
                                                          monkeypatch):
     out = tmp_path / "cmp"
-    from advnlp.cli import commands
+    from advnlp.cli.tasks.classification import commands  # where a classifier's row is scored
 
     real = commands._scores
 

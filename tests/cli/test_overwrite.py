@@ -35,7 +35,7 @@ def test_an_error_in_a_fresh_folder_leaves_no_folder(tmp_path, capsys):
 
 
 def test_a_crash_during_an_overwrite_puts_the_old_run_back(old_run, sentiment_csv, monkeypatch):
-    from advnlp.cli.tasks import classify
+    from advnlp.cli.tasks.classification import classify
 
     before = file_tree(old_run)
     step, calls = classify.train_step, {"n": 0}
@@ -94,7 +94,7 @@ def test_a_compare_overwrite_drops_the_methods_it_no_longer_runs(sentiment_csv, 
 
 def _crash_at(monkeypatch, n):
     """The n-th training step raises, as an out-of-memory error would."""
-    from advnlp.cli.tasks import classify
+    from advnlp.cli.tasks.classification import classify
 
     step, calls = classify.train_step, {"n": 0}
 

@@ -72,7 +72,7 @@ def test_real_ctrl_c_in_a_subprocess(sentiment_csv, tmp_path):
 
 def test_ignored_signals_stay_ignored(sentiment_csv, tmp_path, monkeypatch):
     # Started under nohup or a script's `&`, SIGINT is ignored: the run must not undo that.
-    from advnlp.cli.tasks import classify as T
+    from advnlp.cli.tasks.classification import classify as T
 
     seen = []
     step = T.train_step
@@ -117,7 +117,7 @@ def test_sigterm_saves_a_checkpoint_and_resumes(sentiment_csv, tmp_path, engine=
 def _sigterm_on_forward(monkeypatch, n):
     """Deliver a real SIGTERM during the n-th forward pass of the training steps; returns the
     count of forward passes run."""
-    from advnlp.cli.tasks import classify as T
+    from advnlp.cli.tasks.classification import classify as T
 
     calls = {"n": 0}
     step = T.train_step

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from advnlp.cli.tag_run import TagRun
+from advnlp.cli.tasks.tagging.tag_run import TagRun
 from cli_helpers import read_json, run
 from tagging_data import conll as _conll, sentences as _sentences
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from advnlp.cli.errors import InputError
-from advnlp.cli.tasks import tag as TG
-from advnlp.cli.tasks.tag_data import (check_known_tags, count_invalid_continuations, read_tagged,
+from advnlp.cli.tasks.tagging import tag as TG
+from advnlp.cli.tasks.tagging.tag_data import (check_known_tags, count_invalid_continuations, read_tagged,
                                        spans_to_tags)
 
 CONLL = """-DOCSTART- -X- -X- O

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from advnlp.attacks import perturbed_outputs, word_typos
-from advnlp.cli.tasks import tag as TG
-from advnlp.cli.tasks.tag_attacks import tag_char_attack, tag_embedding_robustness
+from advnlp.cli.tasks.tagging import tag as TG
+from advnlp.cli.tasks.tagging.tag_attacks import tag_char_attack, tag_embedding_robustness
 from cli_helpers import read_json, run
 from tagging_data import sentences as _sentences
 from test_tag_cli import BILSTM, _files
@@ -294,7 +294,7 @@ def test_compare_refuses_classifier_only_scores_for_taggers(ner, tmp_path, capsy
 @pytest.mark.parametrize("method", ["smart", "vat"])
 def test_smart_and_vat_divergences_are_per_real_token_through_the_cli(ner, tmp_path, monkeypatch,
                                                                       method):
-    from advnlp.cli.tag_run import TagRun
+    from advnlp.cli.tasks.tagging.tag_run import TagRun
     from advnlp.methods import _consistency
 
     seen, batches = [], []

@@ -240,3 +240,29 @@ def test_yopo_on_a_model_without_a_stack_of_layers_exits_2(sentiment_csv, tmp_pa
     # The library's argument name (layer_list=) is no command-line option (issue 27, item 7)
     assert "--method yopo" in err and "stack" in err and "layer_list" not in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_config_retrains_a_run_to_the_same_weights(sentiment_csv, tmp_path, capsys):
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "2",
+               "--method", "pgd", "--steps", "2", "--seed", "7", "--quiet",
+               "--output-dir", str(first)) == 0
+    assert run("train", "--config", str(first / "config.json"), "--output-dir", str(again),
+               "--quiet") == 0
+    a = load_file(str(first / "model" / "model.safetensors"))
+    b = load_file(str(again / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = read_json(again, "config.json")
+    assert cfg == {**read_json(first, "config.json"), "output_dir": str(again)}
+    # a flag given on the command line overrides the file's value
+    assert run("train", "--config", str(first / "config.json"), "--output-dir",
+               str(tmp_path / "other"), "--seed", "8", "--epochs", "1", "--quiet") == 0
+    assert read_json(tmp_path / "other", "config.json")["seed"] == 8
+
+
+def test_train_config_that_is_no_config_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": "many"}')
+    assert run("train", "--config", str(bad)) == 2
+    assert f"--config {bad}: unreadable" in capsys.readouterr().err
+    assert run("train", "--config", str(tmp_path / "missing.json")) == 2

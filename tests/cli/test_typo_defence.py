@@ -42,7 +42,7 @@ def test_loading_a_run_applies_its_defence_and_it_changes_the_scores(runs, capsy
     """eval's accuracy on typo'd text is the defended pipeline's; without the normalizer the
     same weights score differently (the defence is what is being measured)."""
     from advnlp.cli.rundir import load_run
-    from advnlp.cli.tasks.classify import predict
+    from advnlp.cli.tasks.classification.classify import predict
 
     cfg, labels, clf = load_run(str(runs / "defended"))
     assert clf.normalizer is not None

@@ -16,10 +16,7 @@ import os
 import signal
 from typing import Callable, Dict, Optional, Sequence
 
-from advnlp.attacks import random_typos
-
 from . import cost
-from . import tag_commands as TC
 from .config import (
     AUGMENT_ATTACKS,
     METHODS,
@@ -29,14 +26,14 @@ from .config import (
     check_environment,
     default_run_dir,
 )
-from .data import load_splits, read_file
-from .distributed import DistInfo, device_of
+from .distributed import DistInfo
 from .engines import engine
 from .errors import InputError, Interrupted
-from .files import atomic_path, write_json
+from .files import write_json
 from .lock import locked
+from .plan import TYPO_SEED, attack_epsilons, attack_key, discrete_attacks, robust_key, success_key
 from .report import compare_plot
-from .robustness import ATTACKS, discrete_attack, embedding_robustness
+from .robustness import ATTACKS
 from .run import STOP_SIGNALS, Run
 from .rundir import (
     claiming,
@@ -44,13 +41,11 @@ from .rundir import (
     compare_run_folders,
     discard_replaced,
     has_checkpoint,
-    load_run,
     read_config,
     remove_empty,
 )
 from .statistics import LEVEL, paired_difference, require_scipy, summary
-from .tag_run import TagRun
-from .tasks.classify import check_single_segment, metrics, predict
+from .tasks import task_of
 from .tracking import tracker
 
 
@@ -67,10 +62,8 @@ def fit(run: Run) -> Optional[dict]:
 
 def new_run(cfg: TrainConfig, progress: bool = False, log: Callable[[str], None] = lambda s: None,
             dist_info: Optional[DistInfo] = None) -> Run:
-    """The Run of ``cfg``'s task: :class:`Run` (classification) or a token-classification
-    :class:`~advnlp.cli.tag_run.TagRun`."""
-    cls = TagRun if cfg.task == "token-classification" else Run
-    return cls(cfg, progress, log, dist_info)
+    """The Run of ``cfg``'s task (its module's ``Run``)."""
+    return task_of(cfg).parts.Run(cfg, progress, log, dist_info)
 
 
 def _start(cfg: TrainConfig, progress: bool, log, dist_info: Optional[DistInfo] = None) -> Run:
@@ -101,45 +94,15 @@ PLAN = "compare-config.json"  # what a compare runs, for compare --resume
 ROW = "compare-row.json"  # one finished run's row, kept in its run directory
 
 
-def is_tagging(plan: dict) -> bool:
-    return plan.get("config", {}).get("task", "classification") == "token-classification"
-
-
-def score_name(plan: dict) -> str:
-    """What a compare's rows score: accuracy, or a tagger's entity F1."""
-    return "entity_f1" if is_tagging(plan) else "accuracy"
-
-
-def robust_key(epsilon: float, score: str = "accuracy") -> str:
-    """The row key of the score (accuracy; entity_f1) under the embedding attack at ``epsilon``."""
-    return f"robust_{score}@{epsilon:g}"
-
-
-def attack_epsilons(plan: dict) -> list:
-    eps = plan["attack_epsilon"]  # one number in plans written before several radii
-    return [eps] if isinstance(eps, (int, float)) else list(eps)
-
-
-def attack_key(attack: str, score: str = "accuracy") -> str:
-    """The row key of the score under the discrete attack ``attack`` (char / word)."""
-    return f"attacked_{score}@{attack}"
-
-
-def success_key(attack: str) -> str:
-    """The row key of the discrete attack's success rate (over originally-correct examples)."""
-    return f"attack_success_rate@{attack}"
-
-
-def discrete_attacks(plan: dict) -> list:
-    attack = plan["attack"]  # None or one name in plans written before several attacks
-    return [] if attack is None else [attack] if isinstance(attack, str) else list(attack)
+def plan_task(plan: dict):
+    """The task of a compare plan (a plan's config without one: the default task)."""
+    return task_of(plan.get("config", {}))
 
 
 def metric_keys(plan: dict) -> list:
     """The per-run numbers a compare reports with mean, spread and a paired difference."""
-    score = score_name(plan)
-    clean = ["entity_f1", "strict_entity_f1"] if is_tagging(plan) else ["accuracy", "macro_f1"]
-    keys = [*clean, *(robust_key(e, score) for e in attack_epsilons(plan))]
+    score = plan_task(plan).score
+    keys = [*plan_task(plan).clean_keys, *(robust_key(e, score) for e in attack_epsilons(plan))]
     if plan.get("typo_rate"):
         keys.append("typo_accuracy")
     validation = [f"validation_{k}" for k in keys]
@@ -201,24 +164,21 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     :mod:`advnlp.cli.cost` (all methods' steps interleaved on one batch, ``cost_rounds``
     rounds): the figure to read, as wall clock moves with the machine's other load.
     """
-    tagging = cfg.task == "token-classification"
+    task = task_of(cfg)
     attacks = discrete_attacks({"attack": attack})
     if attack is not None:
-        known = ("char",) if tagging else AUGMENT_ATTACKS
-        bad = [a for a in attacks if a not in known]
+        bad = [a for a in attacks if a not in task.attacks]
         if bad or not attacks:
-            raise InputError(f"--attack takes {' and/or '.join(known)} (comma-separated)"
-                             + (" for taggers (the word attack edits whole texts)" if tagging else "")
-                             + f", got {attack!r}")
+            raise InputError(f"--attack takes {' and/or '.join(task.attacks)} (comma-separated)"
+                             f"{task.attacks_note}, got {attack!r}")
         if len(set(attacks)) < len(attacks):
             raise InputError(f"--attack lists an attack more than once: {attack!r}")
         for a in attacks:
-            check_single_segment(a, cfg.data.text_columns)
+            task.check_attack(a, cfg.data.text_columns)
         if attack_limit < 1:
             raise InputError("--attack-limit must be >= 1")
-    if tagging and typo_rate is not None:
-        raise InputError("--typo-rate is for classifiers; a tagger's typo robustness is "
-                         "--attack char (typos on non-entity words, entity F1 under attack)")
+    if task.typo_rate is not None and typo_rate is not None:
+        raise InputError(task.typo_rate)
     epsilons = [attack_epsilon] if isinstance(attack_epsilon, (int, float)) else list(attack_epsilon)
     if not epsilons or any(isinstance(e, bool) or not 0 < e < math.inf for e in epsilons):
         raise InputError(f"--attack-epsilon takes one or more radii > 0, got {attack_epsilon!r}")
@@ -379,7 +339,8 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
             continue
         folder = run_cfg.output_dir
         if resuming and os.path.isdir(os.path.join(folder, "model")):  # trained, not yet scored
-            row = {"method": m, "seed": seed, **_scores_of_saved(folder, plan, log)}
+            row = {"method": m, "seed": seed,
+                   **plan_task(plan).parts.row_of_saved(folder, plan, log)}
         else:
             if resuming and has_checkpoint(folder):
                 trained = _resumed_run(folder, progress, log)
@@ -388,13 +349,8 @@ def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dic
                     clear_run(folder)  # train it again (the user's files there stay)
                 trained = _start(run_cfg, progress, log)
             result = fit(trained)
-            if is_tagging(plan):
-                scores = _tag_scores(trained.cfg, trained.clf, trained.labels, trained.splits,
-                                     trained.device, result, plan, log)
-            else:
-                scores = _scores(trained.cfg, trained.clf, trained.labels, trained.splits,
-                                 trained.targets, trained.device, result, plan, log)
-            row = {"method": m, "seed": seed, **scores}
+            row = {"method": m, "seed": seed,
+                   **plan_task(plan).parts.row(trained, result, plan, log)}
         _report_row(run_cfg, row, plan)
         write_json(row_path, row)
         rows.append(row)
@@ -450,104 +406,6 @@ def _step_cost(plan: dict, runs: dict, log) -> Optional[dict]:
                 r.adv.remove()
 
 
-def _split_scores(clf, cfg: TrainConfig, examples: list, targets, device, plan: dict) -> dict:
-    """Robust accuracy at each radius (first ``attack_samples`` examples) and, with a typo
-    rate, accuracy on the typo'd copy of ``examples``."""
-    sample = examples[:plan["attack_samples"]]
-    curve = embedding_robustness(clf, [t for t, _ in sample], targets[: len(sample)],
-                                 cfg.data.multi_label, attack_epsilons(plan),
-                                 plan["attack_steps"], cfg.batch_size, device)["curve"]
-    out = {robust_key(p["epsilon"]): p["accuracy"] for p in curve[1:]}
-    if plan.get("typo_rate"):
-        typoed = typo_copy([t for t, _ in examples], plan["typo_rate"])
-        out["typo_accuracy"] = metrics(predict(clf, typoed, cfg.batch_size, device), targets,
-                                       cfg.data.multi_label)["accuracy"]
-    return out
-
-
-def _scores(cfg: TrainConfig, clf, labels, splits, targets: dict, device, result: dict,
-            plan: dict, log) -> dict:
-    """One trained run's row: test metrics, robust accuracy at each radius, accuracy on the
-    typo'd test copy and under the discrete attack, the same on the validation split
-    (``validation_*``: what to choose settings by), and the cost."""
-    test = splits.test
-    row = {**result["final"]["test"],
-           **_split_scores(clf, cfg, test, targets["test"], device, plan)}
-    validation = {**result["final"]["validation"],
-                  **_split_scores(clf, cfg, splits.validation, targets["validation"], device, plan)}
-    row.update({f"validation_{k}": v for k, v in validation.items() if k != "micro_f1"})
-    row.update(seconds_per_step=result["seconds_per_step"], run_dir=cfg.output_dir,
-               test_examples=len(test))
-    if "typo_accuracy" in row:
-        log(f"  typo'd test copy (rate {plan['typo_rate']:g}): accuracy {row['typo_accuracy']:.4f}")
-    sample = test[:plan["attack_limit"]]
-    for attack in discrete_attacks(plan):
-        res = discrete_attack(attack, clf, labels, [t[0] for t, _ in sample],
-                              targets["test"][: len(sample)], device, seed=cfg.seed,
-                              batch_size=cfg.batch_size * 2).summary()
-        row[attack_key(attack)] = res["attacked_accuracy"]
-        row[success_key(attack)] = res["success_rate"]
-        log(f"  {attack} attack: accuracy {res['clean_accuracy']:.4f} -> "
-            f"{res['attacked_accuracy']:.4f} on {res['examples']} test examples")
-    return row
-
-
-TYPO_SEED = 0  # one typo'd copy of a test split for every method and seed of a compare
-
-
-def typo_copy(texts: Sequence[tuple], rate: float) -> list:
-    """The typo'd copy of a split's texts: each text column gets its own random typos."""
-    columns = list(zip(*texts)) if texts else []
-    noisy = [random_typos(col, rate, seed=TYPO_SEED + k) for k, col in enumerate(columns)]
-    return list(zip(*noisy))
-
-
-def _tag_scores(cfg: TrainConfig, tagger, labels, splits, device, result: dict, plan: dict,
-                log) -> dict:
-    """A tagger's row: clean entity scores, entity F1 under the embedding attack at each
-    radius and under the char attack, validation's the same (``validation_*``), the cost."""
-    def scored(sentences, metrics_):
-        out = TC.flat_scores(metrics_)
-        out.update(TC.split_scores(tagger, sentences, attack_epsilons(plan), plan["attack_steps"],
-                                   plan["attack_samples"], cfg.batch_size, device, labels.scheme,
-                                   cfg.seed))
-        return out
-
-    row = scored(splits.test, result["final"]["test"])
-    validation = scored(splits.validation, result["final"]["validation"])
-    row.update({f"validation_{k}": v for k, v in validation.items()})
-    row.update(seconds_per_step=result["seconds_per_step"], run_dir=cfg.output_dir,
-               test_examples=len(splits.test))
-    for attack in discrete_attacks(plan):  # "char": typos on non-entity words
-        res = TC.char_scores(tagger, splits.test, plan["attack_limit"], cfg.batch_size * 2,
-                             device, labels.scheme, cfg.seed)
-        row[attack_key(attack, "entity_f1")] = res["attacked"]
-        row[f"clean_entity_f1@{attack}"] = res["clean"]  # the same sentences, not attacked
-        log(f"  char attack: entity F1 {res['clean']:.4f} -> {res['attacked']:.4f} on "
-            f"{res['examples']} test sentences")
-    return row
-
-
-def _scores_of_saved(folder: str, plan: dict, log) -> dict:
-    """The row of a run that finished training but was stopped before it was scored."""
-    if is_tagging(plan):
-        cfg, labels, tagger, splits = TC.load_for_scoring(folder, plan["config"]["device"])
-        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
-            result = json.load(f)
-        log("  trained before: scoring it")
-        return _tag_scores(cfg, tagger, labels, splits, device_of(plan["config"]["device"]),
-                           result, plan, log)
-    cfg, labels, clf = load_run(folder, plan["config"]["device"])
-    splits = load_splits(cfg.data, cfg.seed)
-    targets = {name: labels.encode([lab for _, lab in getattr(splits, name)], f"{name} split")
-               for name in ("validation", "test")}
-    with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
-        result = json.load(f)
-    log("  trained before: scoring it")
-    return _scores(cfg, clf, labels, splits, targets, device_of(plan["config"]["device"]), result,
-                   plan, log)
-
-
 def _upgraded(row: dict, plan: dict) -> dict:
     """A row written before compare took several radii or several discrete attacks: its
     one robust accuracy and its one attacked accuracy, renamed."""
@@ -588,8 +446,7 @@ def _tabulate(plan: dict, runs: list, step_cost: Optional[dict] = None) -> dict:
     out = {"attack": {"norm": "l2", "epsilons": attack_epsilons(plan), "steps": plan["attack_steps"],
                       "examples": min(plan["attack_samples"], n_test)},
            "metrics": keys, "methods": rows}
-    if is_tagging(plan):  # rows score entity F1 (seqeval, default mode, micro), not accuracy
-        out["task"], out["score"] = "token-classification", "entity_f1"
+    out.update(plan_task(plan).table)  # e.g. a tagger's rows score entity F1
     if step_cost is not None:
         out["step_cost"] = step_cost
     if plan.get("typo_rate"):
@@ -652,15 +509,6 @@ def _resumed_run(run_dir: str, progress: bool, log, dist_info: Optional[DistInfo
     return run
 
 
-def _examples(run_dir: str, data, device: str, allow_changed_data: bool):
-    cfg, labels, clf = load_run(run_dir, device)
-    if data is None and not allow_changed_data:
-        cfg.data.check_unchanged()
-    examples = read_file(data, cfg.data) if data else load_splits(cfg.data, cfg.seed).test
-    targets = labels.encode([lab for _, lab in examples], data or "test split")
-    return cfg, labels, clf, device_of(device), examples, targets
-
-
 def _writing_run(command: Callable) -> Callable:
     """``command(run_dir, ...)`` holds ``run_dir``'s lock while it runs (it writes there);
     a folder that is no run is refused first, so the lock makes no folder."""
@@ -680,21 +528,8 @@ def evaluate_run(run_dir: str, data: str = None, epsilons: Sequence[float] = (0.
     Without ``data``, the run's own test split (its files unchanged unless ``allow_changed_data``)."""
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
-    if read_config(run_dir).task == "token-classification":
-        return TC.evaluate_tag_run(run_dir, data, epsilons, steps, samples, batch_size, device,
-                                allow_changed_data)
-    cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
-    texts = [t for t, _ in examples]
-    clean = metrics(predict(clf, texts, batch_size, dev), targets, labels.multi_label)
-    n = min(samples, len(texts))
-    att = embedding_robustness(clf, texts[:n], targets[:n], labels.multi_label, epsilons, steps,
-                               batch_size, dev, seed=cfg.seed)
-    out = {"data": data or "test split", "examples": len(texts), "clean": clean,
-           "attack": {"norm": att["norm"], "space": att["space"], "method": att["method"],
-                      "steps": steps, "alpha": att["alpha"], "examples": n},
-           "robust": att["curve"]}
-    write_json(os.path.join(run_dir, "eval.json"), out)
-    return out
+    return task_of(read_config(run_dir)).parts.evaluate_run(
+        run_dir, data, epsilons, steps, samples, batch_size, device, allow_changed_data)
 
 
 @_writing_run
@@ -709,36 +544,8 @@ def attack_run(run_dir: str, attack: str, data: str = None, limit: int = 100, *,
     attack edits entity words too (by default only words tagged O)."""
     if attack not in ATTACKS:
         raise InputError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
-    if read_config(run_dir).task == "token-classification":
-        return TC.attack_tag_run(run_dir, attack, data, limit, max_change=max_change,
-                              query_budget=query_budget, seed=seed, epsilons=epsilons, norm=norm,
-                              steps=steps, random_start=random_start, batch_size=batch_size,
-                              device=device, allow_changed_data=allow_changed_data,
-                              edit_entities=edit_entities)
-    if edit_entities:
-        raise InputError("--edit-entities is for token-classification runs (a classifier's "
-                         "char attack edits any word)")
-    check_single_segment(attack, read_config(run_dir).data.text_columns)
-    cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
-    seed = cfg.seed if seed is None else seed
-    examples, targets = examples[:limit], targets[:limit]
-    texts = [t for t, _ in examples]
-    source = {"run_dir": run_dir, "data": data or "test split", "limit": limit, "seed": seed}
-    files = {}
-    if attack == "embedding":
-        res = embedding_robustness(clf, texts, targets, labels.multi_label, epsilons, steps,
-                                   batch_size, dev, norm=norm, random_start=random_start, seed=seed)
-        out = {**res, **source}
-    else:
-        res = discrete_attack(attack, clf, labels, [t[0] for t in texts], targets, dev,
-                              max_change=max_change, query_budget=query_budget,
-                              threshold=threshold, seed=seed, batch_size=batch_size)
-        csv_path = os.path.join(run_dir, f"adversarial-{attack}.csv")
-        with atomic_path(csv_path) as tmp:
-            res.to_csv(tmp, labels.names)
-        files["csv"] = csv_path
-        out = {**res.to_dict(), **source}
-    path = os.path.join(run_dir, f"attack-{attack}.json")
-    out["files"] = {"json": path, **files}
-    write_json(path, out)
-    return out
+    return task_of(read_config(run_dir)).parts.attack_run(
+        run_dir, attack, data, limit, max_change=max_change, query_budget=query_budget,
+        threshold=threshold, seed=seed, epsilons=epsilons, norm=norm, steps=steps,
+        random_start=random_start, batch_size=batch_size, device=device,
+        allow_changed_data=allow_changed_data, edit_entities=edit_entities)

@@ -42,7 +42,8 @@ from .data import DataSpec
 from .distributed import device_of
 from .errors import InputError
 from .models import SCRATCH
-from .tasks.classify import check_single_segment, loss_fn
+from .tasks import DEFAULT_TASK, task_named
+from .tasks.classification.classify import check_single_segment, loss_fn
 from .tracking import check_reporter
 
 # name -> (class, {CLI parameter: constructor argument}). Adding a method = adding a line.
@@ -143,9 +144,9 @@ class TrainConfig:
     world_size: int = 1  # processes (torchrun); batch_size is per process
     engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
     precision: str = "fp32"  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
-    task: str = "classification"  # or token-classification (a tag per word)
-    crf: bool = False  # token-classification, bilstm: a CRF layer over the tags
-    label_all_subtokens: bool = False  # token-classification: every sub-token gets the tag
+    task: str = DEFAULT_TASK  # a name in tasks.TASKS
+    crf: bool = False  # a tagger, bilstm: a CRF layer over the tags
+    label_all_subtokens: bool = False  # a tagger: every sub-token gets the tag
     typo_defence: bool = False  # a TypoNormalizer before the tokenizer, saved with the model
     report_to: str = "none"  # tensorboard: the run's scalars in <run>/tensorboard/
     data: DataSpec = field(default_factory=DataSpec)
@@ -371,33 +372,8 @@ def check_environment(cfg: TrainConfig) -> None:
                          "pick one with CUDA_VISIBLE_DEVICES=0")
 
 
-TASKS = ("classification", "token-classification")
-
-
 def _check_task(cfg: TrainConfig) -> None:
-    if cfg.task not in TASKS:
-        raise InputError(f"--task takes {' or '.join(TASKS)}, got {cfg.task!r}")
-    if cfg.task == "classification":
-        if cfg.crf or cfg.label_all_subtokens:
-            raise InputError("--crf and --label-all-subtokens are for --task token-classification")
-        return
-    if cfg.data.train is None:
-        raise InputError("--task token-classification needs --train: a CoNLL file (token and tag "
-                         "columns) or JSONL (tokens/tags, or text/entities)")
-    if cfg.model == "textcnn":
-        raise InputError("--model textcnn classifies texts; a tagger is --model bilstm or a "
-                         "Hugging Face model directory")
-    if cfg.crf and cfg.model != "bilstm":
-        raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
-    refused = {"--online-attack": cfg.online_attack is not None,
-               "--typo-defence": cfg.typo_defence,
-               "--augment-with-attack": cfg.augment_with_attack is not None,
-               "--multi-label": cfg.data.multi_label,
-               "--text-columns": len(cfg.data.text_columns) != 1}
-    for flag, given in refused.items():
-        if given:
-            raise InputError(f"--task token-classification does not take {flag} (it edits or "
-                             "reads whole texts); drop it")
+    task_named(cfg.task).check(cfg)
 
 
 def _warn(message: str) -> None:
@@ -495,12 +471,8 @@ def build_adversary(cfg: TrainConfig, model: nn.Module):
     for arg, (source, factor) in DERIVED.get(cfg.method, {}).items():
         if source in kwargs:  # runs written before --epsilon sized FreeLB keep its defaults
             kwargs[arg] = kwargs[source] * factor
-    if cls.needs_logits and cfg.task == "classification":  # SMART, VAT: loss from labels=y
-        # (a tagger's closure returns the model's output, whose .loss is the task loss)
-        crit = loss_fn(cfg.data.multi_label)
-        # In float32 whatever dtype autocast gave the logits (--precision).
-        kwargs.update(loss_fn=lambda logits, y: crit(logits.float(), y),
-                      output_type="sigmoid" if cfg.data.multi_label else "softmax")
+    if cls.needs_logits:  # SMART, VAT: the task's loss on the logits, if its closure needs one
+        kwargs.update(task_named(cfg.task).logits_loss(cfg))
     try:
         return cls(model, **kwargs)
     except (TypeError, ValueError) as e:

@@ -18,10 +18,11 @@ from . import distributed
 from .commands import attack_run, compare, evaluate_run, resume, resume_compare, train
 from .distributed import distributed_requested, setup_distributed
 from .errors import WARNING, InputError, Interrupted, comma_list
-from .parser import build_parser, check_enabled, config_from_args
+from .parser import build_parser, check_enabled, config_defaults, config_from_args
 from .report import compare_table, summary
 from .robustness import ATTACKS
 from .rundir import read_config
+from .tasks import task_of
 
 
 def _train(args, progress: bool, log) -> None:
@@ -41,7 +42,7 @@ def _train(args, progress: bool, log) -> None:
             raise InputError(f"--resume takes the run's own settings; drop --{extra[0].replace('_', '-')}")
         result = resume(args.resume, progress, log, info, args.allow_changed_data)
         if result is not None:
-            print(summary(args.resume, result))
+            print(summary(args.resume, result, read_config(args.resume).task))
         return
     if args.allow_changed_data:
         raise InputError("--allow-changed-data goes with --resume (a new run reads its data as it is)")
@@ -49,7 +50,7 @@ def _train(args, progress: bool, log) -> None:
     cfg = config_from_args(args).resolved()
     result = train(cfg, args.overwrite, progress, log, info)
     if result is not None:
-        print(summary(cfg.output_dir, result))
+        print(summary(cfg.output_dir, result, cfg.task))
 
 
 def _compare(args, progress: bool, log) -> None:
@@ -81,23 +82,8 @@ def _eval(args) -> None:
     out = evaluate_run(args.run_dir, args.data, args.epsilons, args.attack_steps,
                        args.attack_samples, args.batch_size, args.device,
                        allow_changed_data=args.allow_changed_data)
-    c = out["clean"]
-    if out.get("task") == "token-classification":
-        print(f"{out['data']} ({out['examples']} sentences): entity F1 {c['entity_f1']:.4f} "
-              f"(strict {c['strict']['micro']['f1']:.4f}), token accuracy "
-              f"{c['token_accuracy']:.4f}")
-        print("entity F1 under L2 PGD on the embeddings "
-              f"({out['attack']['examples']} sentences, {out['attack']['steps']} steps):")
-        for point in out["robust"]:
-            print(f"  epsilon {point['epsilon']:<5g} {point['entity_f1']:.4f}")
-        print(f"written: {os.path.join(args.run_dir, 'eval.json')}")
-        return
-    print(f"{out['data']} ({out['examples']} examples): accuracy {c['accuracy']:.4f}, "
-          f"macro-F1 {c['macro_f1']:.4f}")
-    print("robust accuracy, L2 PGD on the embeddings "
-          f"({out['attack']['examples']} examples, {out['attack']['steps']} steps):")
-    for point in out["robust"]:
-        print(f"  epsilon {point['epsilon']:<5g} {point['accuracy']:.4f}")
+    for line in task_of(read_config(args.run_dir)).parts.eval_report(out):
+        print(line)
     print(f"written: {os.path.join(args.run_dir, 'eval.json')}")
 
 
@@ -121,39 +107,8 @@ def _attack(args) -> None:
                      batch_size=args.batch_size, device=args.device,
                      allow_changed_data=args.allow_changed_data,
                      edit_entities=args.edit_entities)
-    if out.get("task") == "token-classification":
-        _print_tag_attack(args, out)
-        return
-    print(f"{args.attack} attack on {out['examples']} examples of {out['data']} (seed {out['seed']}):")
-    if args.attack == "embedding":
-        print(f"| epsilon ({out['norm']}) | accuracy | success rate |\n|---|---|---|")
-        for p in out["curve"]:
-            print(f"| {p['epsilon']:g} | {p['accuracy']:.4f} | {p['success_rate']:.4f} |")
-    else:
-        print("| clean accuracy | accuracy under attack | success rate | words changed "
-              "| queries/example | s/example |\n|---|---|---|---|---|---|")
-        print(f"| {out['clean_accuracy']:.4f} | {out['attacked_accuracy']:.4f} "
-              f"| {out['success_rate']:.4f} ({out['successes']}) | {out['avg_changed_fraction']:.3f} "
-              f"| {out['avg_queries']:.1f} | {out['seconds_per_example']:.3f} |")
-    print("written: " + ", ".join(out["files"].values()))
-
-
-def _print_tag_attack(args, out: dict) -> None:
-    print(f"{args.attack} attack on {out['examples']} sentences of {out['data']} "
-          f"(seed {out['seed']}):")
-    if args.attack == "embedding":
-        print(f"| epsilon ({out['norm']}) | entity F1 | precision | recall | token accuracy |\n"
-              "|---|---|---|---|---|")
-        for p in out["curve"]:
-            print(f"| {p['epsilon']:g} | {p['entity_f1']:.4f} | {p['precision']:.4f} "
-                  f"| {p['recall']:.4f} | {p['token_accuracy']:.4f} |")
-    else:
-        print(f"edits: {out['edits']}")
-        print("| clean entity F1 | entity F1 under attack | sentences changed | words changed "
-              "| queries/sentence | s/sentence |\n|---|---|---|---|---|---|")
-        print(f"| {out['clean_entity_f1']:.4f} | {out['attacked_entity_f1']:.4f} "
-              f"| {out['sentences_changed']} | {out['avg_changed_fraction']:.3f} "
-              f"| {out['avg_queries']:.1f} | {out['seconds_per_example']:.3f} |")
+    for line in task_of(read_config(args.run_dir)).parts.attack_report(args.attack, out):
+        print(line)
     print("written: " + ", ".join(out["files"].values()))
 
 
@@ -162,8 +117,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "config", None):  # its settings are defaults; the flags given win
+            args = build_parser(config_defaults(args.config)).parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    except InputError as e:
+        print(f"advnlp: error: {e}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
-from typing import List
+from typing import List, Optional
 
 from advnlp import __version__
 
 from .config import METHODS, TrainConfig
 from .data import DataSpec
 from .errors import InputError, comma_list
+from .tasks import DEFAULT_TASK, TASKS
 
 CHANGED_DATA = ("use the run's data files even if they changed since it started (size or "
                 "sha256 differ); without it such a run is refused")
@@ -38,6 +41,12 @@ def _floats(text: str) -> List[float]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
 
 
+def _config_option(p) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="a run's config.json (or YAML of the same keys): its settings are the "
+                        "defaults, the options given here override them")
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training")
     g.add_argument("--model", help="a local Hugging Face model directory, or textcnn / bilstm "
@@ -59,14 +68,12 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default); bf16 or fp16: autocast mixed precision "
                         "(fp16 with dynamic loss scaling)")
-    g.add_argument("--task", default="classification",
-                   choices=("classification", "token-classification"),
-                   help="classification (default): a label (or label set) per text; "
-                        "token-classification: a tag per word (NER; CoNLL or JSONL data)")
+    g.add_argument("--task", default=DEFAULT_TASK, choices=tuple(TASKS),
+                   help="; ".join(t.help for t in TASKS.values()))
     g.add_argument("--crf", action="store_true",
-                   help="token-classification with --model bilstm: a CRF layer over the tags")
+                   help="a tagger with --model bilstm: a CRF layer over the tags")
     g.add_argument("--label-all-subtokens", action="store_true",
-                   help="token-classification: train on every sub-token of a word (I- on the "
+                   help="a tagger: train on every sub-token of a word (I- on the "
                         "later ones), not only the first")
     g.add_argument("--engine", default="loop", choices=("loop", "trainer"),
                    help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
@@ -137,7 +144,8 @@ def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str)
     g.add_argument("--attack-samples", type=int, default=100, help="test examples attacked (default 100)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
+    """The command line; ``config`` (:func:`config_defaults`): train's and compare's defaults."""
     parser = _Parser(prog="advnlp", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"advnlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,eval,attack}")
@@ -149,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one rank of a torchrun job (automatic when torchrun starts more than one "
                         "process); --batch-size is per process")
     _training_options(t)
+    _config_option(t)
+    t.set_defaults(**(config or {}))
     c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
     c.add_argument("--methods", default="none,fgm,pgd",
                    help="comma-separated (default none,fgm,pgd): methods, online-char / online-word "
@@ -174,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after training, time every method's step against none's, interleaved "
                         "on one batch, N rounds: the table's step-cost column (0: none; the "
                         "wall-clock column remains) (default 5)")
+    _config_option(c)
+    c.set_defaults(**_without(config, "method"))
     e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
@@ -198,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, default=0.6,
                    help="word: minimum cosine similarity of a substitute (default 0.6)")
     d.add_argument("--edit-entities", action="store_true",
-                   help="token-classification, char: edit entity words too (they keep their "
+                   help="a tagger, char: edit entity words too (they keep their "
                         "gold tags; by default only words tagged O are edited)")
     g = a.add_argument_group("embedding attack (FGSM/PGD on the input-embedding output)")
     g.add_argument("--epsilons", type=_floats, default=_floats("0.1,0.25,0.5,1.0"),
@@ -260,3 +272,35 @@ def config_from_args(args) -> TrainConfig:
         precision=args.precision, task=args.task, crf=args.crf,
         typo_defence=args.typo_defence, report_to=args.report_to,
         label_all_subtokens=args.label_all_subtokens, data=data)
+
+
+def _without(config: Optional[dict], key: str) -> dict:
+    return {k: v for k, v in (config or {}).items() if k != key}
+
+
+def config_defaults(path: str) -> dict:
+    """A run's ``config.json`` (or the same in YAML) as train's and compare's defaults, by
+    their options' names: the options given on the command line override it, so
+    ``advnlp train --config RUN/config.json --output-dir NEW`` trains RUN again."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                try:
+                    import yaml  # type: ignore[import-untyped]  # optional: PyYAML
+                except ImportError:
+                    raise InputError(f"--config {path}: reading YAML needs PyYAML "
+                                     "(pip install pyyaml); or give the JSON") from None
+                raw = yaml.safe_load(f)
+            else:
+                raw = json.load(f)
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping of option names to values")
+        cfg = TrainConfig.from_json(raw)
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"--config {path}: unreadable ({e})") from None
+    values = dataclasses.asdict(cfg)
+    data = values.pop("data")
+    values.pop("world_size")  # torchrun's, not an option
+    data.pop("fingerprints")  # taken anew when the run starts
+    data["text_columns"] = ",".join(data["text_columns"])
+    return {**values, **data}

@@ -5,31 +5,16 @@ import os
 from typing import Callable
 
 from .files import atomic_path
+from .tasks import task_named
 
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
-def summary(run_dir: str, result: dict) -> str:
-    test = result["final"]["test"]
-    if "entity_f1" in test:  # a tagger
-        micro, strict = test["default"]["micro"], test["strict"]["micro"]
-        return (f"done: {run_dir}\n"
-                f"  {result['train_examples']} training sentences, {len(result['epochs'])} "
-                f"epoch(s), {result['seconds_per_step']:.2f} s/step\n"
-                f"  test ({result['test_examples']} sentences): entity F1 {micro['f1']:.4f} "
-                f"(P {micro['precision']:.4f}, R {micro['recall']:.4f}; strict F1 "
-                f"{strict['f1']:.4f}), token accuracy {test['token_accuracy']:.4f}")
-    extra = f", micro-F1 {test['micro_f1']:.4f}" if "micro_f1" in test else ""
-    aug = (f" + {result['augmented_examples']} adversarial"
-           if result.get("augmented_examples") else "")
-    return (f"done: {run_dir}\n"
-            f"  {result['train_examples']} training examples{aug}"
-            f", {len(result['epochs'])} epoch(s), "
-            f"{result['seconds_per_step']:.2f} s/step\n"
-            f"  test ({result['test_examples']} examples): accuracy {test['accuracy']:.4f}, "
-            f"macro-F1 {test['macro_f1']:.4f}{extra}")
+def summary(run_dir: str, result: dict, task: str) -> str:
+    """What ``advnlp train`` prints at the end of a run of ``task`` (its module's summary)."""
+    return task_named(task).parts.summary(run_dir, result)
 
 
 def column(key: str, out: dict) -> str:

@@ -17,7 +17,7 @@ from advnlp.attacks import advnlp_classifier, char_attack, embedding_attack, wor
 
 from .errors import InputError
 from .models import Classifier
-from .tasks.classify import batches
+from .tasks.classification.classify import batches
 
 
 def embedding_robustness(clf: Classifier, texts: Sequence[tuple], targets: torch.Tensor,

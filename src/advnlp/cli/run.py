@@ -36,8 +36,8 @@ from .models import build, build_defence, check_tokenizer
 from .report import plot
 from .robustness import discrete_attack
 from .rundir import CHECKPOINT, CHECKPOINTS
-from .tasks import classify
-from .tasks.classify import batches, loss_fn, metrics, predict
+from .tasks.classification import classify
+from .tasks.classification.classify import batches, loss_fn, metrics, predict
 from .tracking import Tracker, numeric, tracker
 
 # What stops a run after its current step with a checkpoint: Ctrl-C, and what schedulers,

@@ -21,6 +21,7 @@ from .errors import InputError, Interrupted
 from .files import TMP_PREFIX
 from .lock import LOCK, locked
 from .models import SCRATCH, Classifier, load
+from .tasks import task_named
 
 CHECKPOINT = "checkpoint.pt"  # --engine loop
 CHECKPOINTS = "checkpoints"  # --engine trainer: the Trainer's checkpoint folders
@@ -271,9 +272,10 @@ def trained_model_dir(run_dir: str) -> str:
 def load_run(run_dir: str, device: str = "auto") -> Tuple[TrainConfig, Labels, Classifier]:
     """The configuration, labels and trained classifier of a finished run."""
     cfg = read_config(run_dir)
-    if cfg.task != "classification":
+    loader = task_named(cfg.task).loader
+    if loader != f"{__name__}.load_run":  # another task's model is no Classifier
         raise InputError(f"{run_dir} is a {cfg.task} run, not a classifier's; load it with "
-                         "advnlp.cli.tag_commands.load_tag_run")
+                         f"{loader}")
     try:
         labels = Labels.from_json(read_labels(run_dir))
     except (KeyError, TypeError) as e:

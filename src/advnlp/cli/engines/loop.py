@@ -1,7 +1,7 @@
 """``--engine loop`` (the default): advnlp's own training loop, the reference example.
 
 The only adversarial line is the training step's ``adv.backward(closure)``
-(:func:`advnlp.cli.tasks.classify.train_step`); the optimizer, clipping at 1.0, the
+(:func:`advnlp.cli.tasks.classification.classify.train_step`); the optimizer, clipping at 1.0, the
 schedule and fp16 loss scaling are the loop's, exactly as in a hand-written loop.
 
 Checkpoints: ``checkpoint.pt`` at the end of every epoch and on Ctrl-C (written

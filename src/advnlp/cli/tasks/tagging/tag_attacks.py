@@ -34,7 +34,7 @@ import torch
 from advnlp.attacks import editable_token, perturbed_outputs, token_kind, word_typos
 from advnlp.attacks.search import Search, Words, greedy_search, importance_order
 
-from ..errors import InputError
+from ...errors import InputError
 from .tag import Tagger, align, tag_metrics
 
 

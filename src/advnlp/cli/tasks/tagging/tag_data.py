@@ -28,8 +28,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
-from ..data import json_lines, read_text
-from ..errors import InputError
+from ...data import json_lines, read_text
+from ...errors import InputError
 
 PREFIXES = {"B", "I", "E", "S"}
 

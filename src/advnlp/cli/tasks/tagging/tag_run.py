@@ -1,5 +1,5 @@
 """A token-classification run (``--task token-classification``): a :class:`Run` whose data
-are tagged sentences, whose model is a :class:`~advnlp.cli.tasks.tag.Tagger`, and whose
+are tagged sentences, whose model is a :class:`~advnlp.cli.tasks.tagging.tag.Tagger`, and whose
 metrics are seqeval's entity scores.
 
 Everything else is the classification run's: the loop, the schedule, checkpoints and
@@ -24,13 +24,13 @@ import torch
 
 from advnlp import backward_step
 
-from .distributed import seed_everything
-from .errors import InputError
-from .files import write_json, write_jsonl
-from .run import Run
-from .tasks import tag as TG
-from .tasks.classify import example_ids
-from .tasks.tag_data import Tagged, check_known_tags, read_tagged
+from ...distributed import seed_everything
+from ...errors import InputError
+from ...files import write_json, write_jsonl
+from ...run import Run
+from ..classification.classify import example_ids
+from . import tag as TG
+from .tag_data import Tagged, check_known_tags, read_tagged
 
 
 class TagLabels:

@@ -23,9 +23,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..files import write_json
-from ..models import hf_loading, open_hf_folder
+from ...errors import InputError
+from ...files import write_json
+from ...models import hf_loading, open_hf_folder
 
 IGNORE = -100
 
@@ -274,7 +274,7 @@ class Tagger:
         return out
 
     def save(self, directory: str) -> None:
-        from ..models import save_model
+        from ...models import save_model
 
         if save_model(self.model, self.tokenizer, self.is_hf, directory):
             return

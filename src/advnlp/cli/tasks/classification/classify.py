@@ -14,8 +14,8 @@ from torch import nn
 
 from advnlp import ATTA, backward_step
 
-from ..errors import InputError
-from ..models import Classifier
+from ...errors import InputError
+from ...models import Classifier
 
 
 def loss_fn(multi_label: bool, reduction: str = "mean") -> nn.Module:
