@@ -162,8 +162,10 @@ def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
     c.add_argument("--methods", default="none,fgm,pgd",
                    help="comma-separated (default none,fgm,pgd): methods, online-char / online-word "
-                        "(none + --online-attack), augment-char / augment-word (none + "
-                        "--augment-with-attack), or a method joined to one by + (fgm+online-char)")
+                        "(none + --online-attack), greedy-char / greedy-word (the same with "
+                        "--online-search greedy), augment-char / augment-word (none + "
+                        "--augment-with-attack), typo-defence (none + --typo-defence), or a "
+                        "method joined to these by + (fgm+online-char, greedy-char+typo-defence)")
     c.add_argument("--seeds", type=int, default=1,
                    help="train every method this many times, seeds --seed, --seed+1, ... paired "
                         "across methods; reports mean, spread and each method's difference "
