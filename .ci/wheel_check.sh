@@ -67,6 +67,6 @@ check() {  # check EXTRA CODE: the extra alone, in its own virtualenv, imports w
     echo "[$1]: ok"
 }
 check hf 'from advnlp.integrations.transformers import AdversarialTrainer'
-check tag 'from advnlp.cli.tasks.tag import tag_metrics
+check tag 'from advnlp.cli.tasks.tagging.tag import tag_metrics
 assert tag_metrics([["B-X", "O"]], [["B-X", "O"]])["entity_f1"] == 1.0'
 check llm 'from advnlp.integrations.trl import AdversarialSFTTrainer'
