@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute: the checks run elsewhere
 TORCH_PIN=${TORCH_PIN:-torch==2.13.0}  # the Makefile's pin: the CPU wheel, not a CUDA build
 PIP=(-m pip install -q --disable-pip-version-check)
 work=$(mktemp -d)
