@@ -68,9 +68,9 @@ def job_args(job: str, out: str, args) -> list:
     return common + ["--model", "textcnn", "--train", data, "--attack-epsilon", "7"]
 
 
-def inference_cost(result: dict, rounds: int = 5) -> dict:
-    """Each row's prediction time over the test split (its first seed's run) against none's,
-    the models timed in turn, ``rounds`` times; the median ratio."""
+def inference_cost(result: dict, rounds: int = 5, examples: int = 64) -> dict:
+    """Each row's prediction time over the first ``examples`` of the test split (its first
+    seed's run) against none's, the models timed in turn, ``rounds`` times; the median ratio."""
     import torch
 
     from advnlp.cli.data import load_splits
@@ -82,7 +82,7 @@ def inference_cost(result: dict, rounds: int = 5) -> dict:
         first.setdefault(r["method"], r["run_dir"])
     loaded = {m: load_run(d, "cpu") for m, d in first.items()}
     cfg = loaded["none"][0]
-    texts = [t for t, _ in load_splits(cfg.data, cfg.seed).test]
+    texts = [t for t, _ in load_splits(cfg.data, cfg.seed).test][:examples]
     times = {m: [] for m in loaded}
     with torch.no_grad():
         for _ in range(rounds):
