@@ -156,27 +156,15 @@ class DiscreteAT(Adversary):
         self.max_length = None if max_length is None else V.integer("max_length", max_length)
         self.seed = V.integer("seed", seed, minimum=-2 ** 63)
         self.stopwords = V.strings("stopwords", stopwords, "{'the', 'a'}")
-        if segments != "all" and not (isinstance(segments, int) and not isinstance(segments, bool)) \
-                and not (isinstance(segments, (list, tuple)) and all(isinstance(s, int) for s in segments)):
-            raise TypeError(f"segments must be 'all', a segment index or a list of them, got {segments!r}")
-        self.segments = segments
-        if method is not None:
-            if not isinstance(method, EmbeddingAdversary):
-                raise TypeError("method must be an embedding adversary (FGM, FGSM, PGD, FreeLB, "
-                                f"FreeAT, SMART, VAT), got {type(method).__name__}")
-            if method.needs_logits:
-                raise ValueError(f"method={type(method).__name__} compares logits (its closure "
-                                 "returns the model output); DiscreteAT's closure returns the loss. "
-                                 "Combine it with FGM, FGSM, PGD, FreeLB or FreeAT")
-            if not method.built_on(model):
-                raise ValueError("method was built on another model")
+        self.segments = _checked_segments(segments)
+        _check_inner(method, model)
+        if normalizer is not None and not callable(getattr(normalizer, "wrap_offsets_encode", None)):
+            raise TypeError("normalizer must be a defence with wrap_offsets_encode (e.g. "
+                            f"advnlp.defences.TypoNormalizer), got {type(normalizer).__name__}")
         super().__init__(model)
         self.method = method
         self._encode = _encoder(encode, self.max_length)
         if normalizer is not None:  # edits on the raw text, the model reads the mapped one
-            if not callable(getattr(normalizer, "wrap_offsets_encode", None)):
-                raise TypeError("normalizer must be a defence with wrap_offsets_encode (e.g. "
-                                f"advnlp.defences.TypoNormalizer), got {type(normalizer).__name__}")
             self._encode = normalizer.wrap_offsets_encode(self._encode)
         self.embedding_name, emb = P.find_embedding(model, embedding)
         if self.attack == "word":
@@ -454,6 +442,28 @@ class DiscreteAT(Adversary):
         return (f"DiscreteAT(attack={self.attack!r}, max_change={self.max_change}, "
                 f"fraction={self.fraction}, adv_weight={self.adv_weight}, "
                 f"candidates={self.candidates}{inner})")
+
+
+def _checked_segments(segments):
+    if segments != "all" and not (isinstance(segments, int) and not isinstance(segments, bool)) \
+            and not (isinstance(segments, (list, tuple)) and all(isinstance(s, int) for s in segments)):
+        raise TypeError(f"segments must be 'all', a segment index or a list of them, got {segments!r}")
+    return segments
+
+
+def _check_inner(method, model: nn.Module) -> None:
+    """``method=``: an embedding adversary on this model whose closure returns the loss."""
+    if method is None:
+        return
+    if not isinstance(method, EmbeddingAdversary):
+        raise TypeError("method must be an embedding adversary (FGM, FGSM, PGD, FreeLB, "
+                        f"FreeAT, SMART, VAT), got {type(method).__name__}")
+    if method.needs_logits:
+        raise ValueError(f"method={type(method).__name__} compares logits (its closure "
+                         "returns the model output); DiscreteAT's closure returns the loss. "
+                         "Combine it with FGM, FGSM, PGD, FreeLB or FreeAT")
+    if not method.built_on(model):
+        raise ValueError("method was built on another model")
 
 
 def _search_budget(search: str, candidates: int, queries, max_candidates, example_loss):
