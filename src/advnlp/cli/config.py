@@ -164,97 +164,19 @@ class TrainConfig:
         cfg.lr = cfg.lr if cfg.lr is not None else (2e-3 if scratch else 1e-4)
         if cfg.data.train is None and cfg.data.max_train_samples is None:
             cfg.data.max_train_samples = DEFAULT_TRAIN_SAMPLES
-        takes = METHODS[cfg.method][1]
-        if cfg.relative_epsilon is None:  # a size the user gives keeps its absolute meaning
-            sized = any(getattr(cfg, k) is not None for k in ("epsilon", "alpha"))
-            cfg.relative_epsilon = bool(MEASURED.get(cfg.method, {}).get("relative_epsilon")) \
-                and not sized
-        if cfg.relative_epsilon and "relative_epsilon" not in takes:
-            which = [m for m, (_, t) in METHODS.items() if "relative_epsilon" in t]
-            raise InputError(f"--method {cfg.method} takes no --relative-epsilon "
-                             f"({', '.join(which)} do)")
-        for name in ("epsilon", "alpha", "steps", "adv_weight"):
-            value = getattr(cfg, name)
-            if value is not None and name not in takes:
-                raise InputError(f"--method {cfg.method} takes no --{name.replace('_', '-')}")
-            if value is not None and (not math.isfinite(value)
-                                      or (value <= 0 if name != "adv_weight" else value < 0)):
-                raise InputError(f"--{name.replace('_', '-')} must be "
-                                 f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
-            if value is None and name in takes:
-                setattr(cfg, name, _method_default(cfg.method, name, cfg.relative_epsilon))
-        if cfg.steps is not None and cfg.steps > MANY_STEPS:
-            what = ("replays every batch {} times" if cfg.method == "freeat" else
-                    "runs about {} passes of the model per optimizer step")
-            _warn(f"--steps {cfg.steps} is far above the usual 1-10: --method {cfg.method} "
-                  f"{what.format(cfg.steps)}; was it meant for --epochs?")
-        limit = HUGE_RELATIVE if cfg.relative_epsilon else HUGE_ABSOLUTE
-        for name in ("epsilon", "alpha"):
-            value = getattr(cfg, name)
-            if value is not None and value > limit:
-                _warn(f"--{name} {value:g} is larger than "
-                      + ("the example's own embedding (relative units: 1 = its norm)"
-                         if cfg.relative_epsilon else "any text embedding's norm")
-                      + f": --method {cfg.method} would train on noise, not on the text")
-        if cfg.method in ALPHA_OF_EPSILON and cfg.alpha is None:
-            cfg.alpha = cfg.epsilon / ALPHA_OF_EPSILON[cfg.method]
+        _resolve_sizes(cfg)
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
         if not (math.isfinite(cfg.lr) and cfg.lr > 0):
             raise InputError(f"--lr must be a finite number > 0, got {cfg.lr}")
-        if cfg.augment_with_attack is not None:
-            if cfg.augment_with_attack not in AUGMENT_ATTACKS:
-                raise InputError(f"--augment-with-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
-                                 f"got {cfg.augment_with_attack!r}")
-            check_single_segment(cfg.augment_with_attack, cfg.data.text_columns)
-        if cfg.online_attack is not None:
-            if cfg.online_attack not in AUGMENT_ATTACKS:
-                raise InputError(f"--online-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
-                                 f"got {cfg.online_attack!r}")
-            if cfg.method not in ONLINE_METHODS:
-                raise InputError(f"--online-attack combines with --method "
-                                 f"{', '.join(ONLINE_METHODS)}; {cfg.method} "
-                                 f"{NOT_ONLINE.get(cfg.method, 'perturbs weights')}"
-                                 ", which the edited pass does not feed")
-            if cfg.engine != "loop":
-                raise InputError("--online-attack edits the texts of each batch, which only "
-                                 "--engine loop hands to the step; drop --engine trainer")
-        if cfg.online_search not in ONLINE_SEARCHES:
-            raise InputError(f"--online-search takes {' or '.join(ONLINE_SEARCHES)}, got "
-                             f"{cfg.online_search!r}")
-        if not (isinstance(cfg.online_fraction, (int, float)) and 0 < cfg.online_fraction <= 1):
-            raise InputError(f"--online-fraction is a share of the batch in (0, 1], got "
-                             f"{cfg.online_fraction!r}")
-        if cfg.augment_every < 1 or cfg.augment_samples < 1:
-            raise InputError("--augment-every and --augment-samples must be >= 1")
+        _check_discrete(cfg)
         if cfg.data.multi_label and not cfg.data.label_delimiter:
             raise InputError("--label-delimiter is empty: give the character between the labels "
                              "of an example, e.g. --label-delimiter ',' (JSON lists need none)")
         if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
             raise InputError("--max-train-samples must be >= 1")
-        if cfg.precision not in PRECISIONS:
-            raise InputError(f"--precision takes {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-        if cfg.engine not in ENGINES:
-            raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
-        if cfg.engine == "trainer":
-            if scratch:
-                raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
-                                 "trains with the default --engine loop")
-            if cfg.augment_with_attack is not None:
-                raise InputError("--augment-with-attack grows the training set between epochs, "
-                                 "which only --engine loop does; drop one of the two")
-            if cfg.method == "freeat":
-                raise InputError("--method freeat replays each batch --steps times, which only "
-                                 "--engine loop does; drop --engine trainer")
-            if cfg.method == "atta":
-                raise InputError("--method atta stores a perturbation per training example, and "
-                                 "only --engine loop tells the step which examples a batch "
-                                 "holds; drop --engine trainer")
-        if cfg.method == "freeat" and cfg.augment_with_attack is not None:
-            raise InputError("--method freeat splits each pass over the data into --steps epochs, "
-                             "and --augment-with-attack would change the data mid-pass; drop "
-                             "one of the two")
+        _check_engine(cfg, scratch)
         check_reporter(cfg.report_to)
         check_method(cfg)
         check_environment(cfg)
@@ -337,6 +259,99 @@ def _typed_value(v, tp, name: str):
         raise ValueError(f"field {name!r} must be {_describe(tp)}, got {v!r}")
     return float(v) if tp is float else v
 
+
+
+def _resolve_sizes(cfg: TrainConfig) -> None:
+    """The method's sizes: what it takes, in which units, their defaults and their checks."""
+    takes = METHODS[cfg.method][1]
+    if cfg.relative_epsilon is None:  # a size the user gives keeps its absolute meaning
+        sized = any(getattr(cfg, k) is not None for k in ("epsilon", "alpha"))
+        cfg.relative_epsilon = bool(MEASURED.get(cfg.method, {}).get("relative_epsilon")) \
+            and not sized
+    if cfg.relative_epsilon and "relative_epsilon" not in takes:
+        which = [m for m, (_, t) in METHODS.items() if "relative_epsilon" in t]
+        raise InputError(f"--method {cfg.method} takes no --relative-epsilon "
+                         f"({', '.join(which)} do)")
+    for name in ("epsilon", "alpha", "steps", "adv_weight"):
+        value = getattr(cfg, name)
+        if value is not None and name not in takes:
+            raise InputError(f"--method {cfg.method} takes no --{name.replace('_', '-')}")
+        if value is not None and (not math.isfinite(value)
+                                  or (value <= 0 if name != "adv_weight" else value < 0)):
+            raise InputError(f"--{name.replace('_', '-')} must be "
+                             f"{'>= 0' if name == 'adv_weight' else '> 0'}, got {value}")
+        if value is None and name in takes:
+            setattr(cfg, name, _method_default(cfg.method, name, cfg.relative_epsilon))
+    if cfg.steps is not None and cfg.steps > MANY_STEPS:
+        what = ("replays every batch {} times" if cfg.method == "freeat" else
+                "runs about {} passes of the model per optimizer step")
+        _warn(f"--steps {cfg.steps} is far above the usual 1-10: --method {cfg.method} "
+              f"{what.format(cfg.steps)}; was it meant for --epochs?")
+    limit = HUGE_RELATIVE if cfg.relative_epsilon else HUGE_ABSOLUTE
+    for name in ("epsilon", "alpha"):
+        value = getattr(cfg, name)
+        if value is not None and value > limit:
+            _warn(f"--{name} {value:g} is larger than "
+                  + ("the example's own embedding (relative units: 1 = its norm)"
+                     if cfg.relative_epsilon else "any text embedding's norm")
+                  + f": --method {cfg.method} would train on noise, not on the text")
+    if cfg.method in ALPHA_OF_EPSILON and cfg.alpha is None:
+        cfg.alpha = cfg.epsilon / ALPHA_OF_EPSILON[cfg.method]
+
+
+def _check_discrete(cfg: TrainConfig) -> None:
+    """The discrete-attack options: augmentation and online training."""
+    if cfg.augment_with_attack is not None:
+        if cfg.augment_with_attack not in AUGMENT_ATTACKS:
+            raise InputError(f"--augment-with-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
+                             f"got {cfg.augment_with_attack!r}")
+        check_single_segment(cfg.augment_with_attack, cfg.data.text_columns)
+    if cfg.online_attack is not None:
+        if cfg.online_attack not in AUGMENT_ATTACKS:
+            raise InputError(f"--online-attack takes {' or '.join(AUGMENT_ATTACKS)}, "
+                             f"got {cfg.online_attack!r}")
+        if cfg.method not in ONLINE_METHODS:
+            raise InputError(f"--online-attack combines with --method "
+                             f"{', '.join(ONLINE_METHODS)}; {cfg.method} "
+                             f"{NOT_ONLINE.get(cfg.method, 'perturbs weights')}"
+                             ", which the edited pass does not feed")
+        if cfg.engine != "loop":
+            raise InputError("--online-attack edits the texts of each batch, which only "
+                             "--engine loop hands to the step; drop --engine trainer")
+    if cfg.online_search not in ONLINE_SEARCHES:
+        raise InputError(f"--online-search takes {' or '.join(ONLINE_SEARCHES)}, got "
+                         f"{cfg.online_search!r}")
+    if not (isinstance(cfg.online_fraction, (int, float)) and 0 < cfg.online_fraction <= 1):
+        raise InputError(f"--online-fraction is a share of the batch in (0, 1], got "
+                         f"{cfg.online_fraction!r}")
+    if cfg.augment_every < 1 or cfg.augment_samples < 1:
+        raise InputError("--augment-every and --augment-samples must be >= 1")
+
+
+def _check_engine(cfg: TrainConfig, scratch: bool) -> None:
+    """Precision and engine, and what only the loop engine does."""
+    if cfg.precision not in PRECISIONS:
+        raise InputError(f"--precision takes {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.engine not in ENGINES:
+        raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
+    if cfg.engine == "trainer":
+        if scratch:
+            raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
+                             "trains with the default --engine loop")
+        if cfg.augment_with_attack is not None:
+            raise InputError("--augment-with-attack grows the training set between epochs, "
+                             "which only --engine loop does; drop one of the two")
+        if cfg.method == "freeat":
+            raise InputError("--method freeat replays each batch --steps times, which only "
+                             "--engine loop does; drop --engine trainer")
+        if cfg.method == "atta":
+            raise InputError("--method atta stores a perturbation per training example, and "
+                             "only --engine loop tells the step which examples a batch "
+                             "holds; drop --engine trainer")
+    if cfg.method == "freeat" and cfg.augment_with_attack is not None:
+        raise InputError("--method freeat splits each pass over the data into --steps epochs, "
+                         "and --augment-with-attack would change the data mid-pass; drop "
+                         "one of the two")
 
 def check_environment(cfg: TrainConfig) -> None:
     """What this machine must offer the run: checked on a new run and again on --resume
