@@ -48,6 +48,13 @@ def _config_option(p) -> None:
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
+    _model_options(p)
+    _method_options(p)
+    _discrete_options(p)
+    _data_options(p)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training")
     g.add_argument("--model", help="a local Hugging Face model directory, or textcnn / bilstm "
                    "(trained from scratch). Default: the bundled pretrained MiniLM")
@@ -78,6 +85,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", default="loop", choices=("loop", "trainer"),
                    help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
                         "(AdversarialTrainer), Hugging Face models only")
+
+
+def _method_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("adversarial method parameters (each method takes some)")
     a.add_argument("--epsilon", type=float,
                    help="perturbation radius (fgm, fgsm, pgd, yopo, freelb, freeat, vat, atta, ...)")
@@ -99,6 +109,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                        const=False,
                        help="--epsilon and the step sizes in the model's own embedding units (the "
                             "library's default; the CLI's whenever --epsilon or --alpha is given)")
+
+
+def _discrete_options(p: argparse.ArgumentParser) -> None:
     x = p.add_argument_group("adversarial data augmentation (discrete attacks)")
     x.add_argument("--augment-with-attack", metavar="char|word",
                    help="after each epoch but the last, attack a sample of the training set and "
@@ -122,6 +135,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                         "the tokenizer's whole words) back to that word before the tokenizer "
                         "(advnlp.defences.TypoNormalizer); saved with the model and applied by "
                         "eval, attack and compare. Not for CJK text")
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data (default: the bundled BBC News corpus, 5 topics)")
     d.add_argument("--train", help="training file: .csv, .tsv or .jsonl")
     d.add_argument("--validation", help="validation file (default: split off the training file)")
@@ -150,6 +166,19 @@ def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"advnlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,eval,attack}")
     t = sub.add_parser("train", help="fine-tune a classifier with adversarial training")
+    _train_command(t, config)
+    c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
+    _compare_command(c, config)
+    e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
+    _eval_command(e)
+    a = sub.add_parser("attack", help="attack a saved run: typos, word swaps or embedding PGD")
+    _attack_command(a)
+    parser.commands = {"train": t, "compare": c, "eval": e, "attack": a}
+    return parser
+
+
+def _train_command(t: argparse.ArgumentParser, config: Optional[dict]) -> None:
+    """``advnlp train``'s options."""
     t.add_argument("--method", default="fgm", help=f"{' | '.join(METHODS)} (default fgm)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--allow-changed-data", action="store_true", help=CHANGED_DATA)
@@ -159,7 +188,10 @@ def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
     _training_options(t)
     _config_option(t)
     t.set_defaults(**(config or {}))
-    c = sub.add_parser("compare", help="train once per method and tabulate accuracy, robustness, cost")
+
+
+def _compare_command(c: argparse.ArgumentParser, config: Optional[dict]) -> None:
+    """``advnlp compare``'s options."""
     c.add_argument("--methods", default="none,fgm,pgd",
                    help="comma-separated (default none,fgm,pgd): methods, online-char / online-word "
                         "(none + --online-attack), greedy-char / greedy-word (the same with "
@@ -188,14 +220,20 @@ def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
                         "wall-clock column remains) (default 5)")
     _config_option(c)
     c.set_defaults(**_without(config, "method"))
-    e = sub.add_parser("eval", help="clean metrics and a robustness curve for a saved run")
+
+
+def _eval_command(e: argparse.ArgumentParser) -> None:
+    """``advnlp eval``'s options."""
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
     e.add_argument("--allow-changed-data", action="store_true", help=CHANGED_DATA)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto")
     _attack_options(e, "--epsilons", "0.1,0.25,0.5,1")
-    a = sub.add_parser("attack", help="attack a saved run: typos, word swaps or embedding PGD")
+
+
+def _attack_command(a: argparse.ArgumentParser) -> None:
+    """``advnlp attack``'s options."""
     a.add_argument("run_dir", metavar="RUN_DIR")
     a.add_argument("--attack", required=True, help="char | word | embedding")
     a.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
@@ -220,8 +258,6 @@ def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
     g.add_argument("--norm", default="l2", help="l2 (per example, default) or linf (per coordinate)")
     g.add_argument("--steps", type=int, default=10, help="ascent steps; 1 = FGSM (default 10)")
     g.add_argument("--random-start", action="store_true", help="start from a random point in the ball")
-    parser.commands = {"train": t, "compare": c, "eval": e, "attack": a}
-    return parser
 
 
 # Options that only mean something beside another one: given without it, they would be
