@@ -164,43 +164,9 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     :mod:`advnlp.cli.cost` (all methods' steps interleaved on one batch, ``cost_rounds``
     rounds): the figure to read, as wall clock moves with the machine's other load.
     """
-    task = task_of(cfg)
-    attacks = discrete_attacks({"attack": attack})
-    if attack is not None:
-        bad = [a for a in attacks if a not in task.attacks]
-        if bad or not attacks:
-            raise InputError(f"--attack takes {' and/or '.join(task.attacks)} (comma-separated)"
-                             f"{task.attacks_note}, got {attack!r}")
-        if len(set(attacks)) < len(attacks):
-            raise InputError(f"--attack lists an attack more than once: {attack!r}")
-        for a in attacks:
-            task.check_attack(a, cfg.data.text_columns)
-        if attack_limit < 1:
-            raise InputError("--attack-limit must be >= 1")
-    if task.typo_rate is not None and typo_rate is not None:
-        raise InputError(task.typo_rate)
-    epsilons = [attack_epsilon] if isinstance(attack_epsilon, (int, float)) else list(attack_epsilon)
-    if not epsilons or any(isinstance(e, bool) or not 0 < e < math.inf for e in epsilons):
-        raise InputError(f"--attack-epsilon takes one or more radii > 0, got {attack_epsilon!r}")
-    if len(set(epsilons)) < len(epsilons):
-        raise InputError(f"--attack-epsilon lists a radius more than once: {attack_epsilon!r}")
-    epsilons = sorted(epsilons)  # robust at a radius = at it and every smaller one
-    if typo_rate is not None:
-        if not 0 < typo_rate <= 1:
-            raise InputError(f"--typo-rate is a probability in (0, 1], got {typo_rate:g}")
-    if not methods:
-        raise InputError(f"--methods is empty; choose from {', '.join(METHODS)}")
-    for m in methods:
-        compare_entry(m)
-    repeated = sorted({m for m in methods if methods.count(m) > 1})
-    if repeated:
-        raise InputError(f"--methods lists {', '.join(repeated)} more than once; each method "
-                         "is one run (one row)")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"--seeds takes a number of seeds >= 1, got {seeds!r}")
-    if isinstance(cost_rounds, bool) or not isinstance(cost_rounds, int) or cost_rounds < 0:
-        raise InputError(f"--cost-rounds takes a number of rounds >= 0 (0: no step-cost "
-                         f"measurement), got {cost_rounds!r}")
+    attacks = _checked_attacks(task_of(cfg), cfg, attack, attack_limit, typo_rate)
+    epsilons = _checked_radii(attack_epsilon)
+    _check_entries(methods, seeds, cost_rounds)
     out_dir = cfg.output_dir or default_run_dir("compare")
     if seeds > 1:
         require_scipy()  # before hours of training, not after
@@ -223,6 +189,53 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     discard_replaced(*folders, *dropped)
     remove_empty(*dropped)
     return out
+
+
+def _checked_attacks(task, cfg: TrainConfig, attack, attack_limit: int, typo_rate) -> list:
+    """compare's discrete attacks (and the typo rate) as the task allows them."""
+    attacks = discrete_attacks({"attack": attack})
+    if attack is not None:
+        bad = [a for a in attacks if a not in task.attacks]
+        if bad or not attacks:
+            raise InputError(f"--attack takes {' and/or '.join(task.attacks)} (comma-separated)"
+                             f"{task.attacks_note}, got {attack!r}")
+        if len(set(attacks)) < len(attacks):
+            raise InputError(f"--attack lists an attack more than once: {attack!r}")
+        for a in attacks:
+            task.check_attack(a, cfg.data.text_columns)
+        if attack_limit < 1:
+            raise InputError("--attack-limit must be >= 1")
+    if task.typo_rate is not None and typo_rate is not None:
+        raise InputError(task.typo_rate)
+    if typo_rate is not None and not 0 < typo_rate <= 1:
+        raise InputError(f"--typo-rate is a probability in (0, 1], got {typo_rate:g}")
+    return attacks
+
+
+def _checked_radii(attack_epsilon) -> list:
+    """The embedding attack's radii, sorted (robust at a radius = at it and every smaller one)."""
+    epsilons = [attack_epsilon] if isinstance(attack_epsilon, (int, float)) else list(attack_epsilon)
+    if not epsilons or any(isinstance(e, bool) or not 0 < e < math.inf for e in epsilons):
+        raise InputError(f"--attack-epsilon takes one or more radii > 0, got {attack_epsilon!r}")
+    if len(set(epsilons)) < len(epsilons):
+        raise InputError(f"--attack-epsilon lists a radius more than once: {attack_epsilon!r}")
+    return sorted(epsilons)
+
+
+def _check_entries(methods, seeds, cost_rounds) -> None:
+    if not methods:
+        raise InputError(f"--methods is empty; choose from {', '.join(METHODS)}")
+    for m in methods:
+        compare_entry(m)
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise InputError(f"--methods lists {', '.join(repeated)} more than once; each method "
+                         "is one run (one row)")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"--seeds takes a number of seeds >= 1, got {seeds!r}")
+    if isinstance(cost_rounds, bool) or not isinstance(cost_rounds, int) or cost_rounds < 0:
+        raise InputError(f"--cost-rounds takes a number of rounds >= 0 (0: no step-cost "
+                         f"measurement), got {cost_rounds!r}")
 
 
 def _check_methods_fit(runs: dict, methods) -> None:
