@@ -27,9 +27,11 @@ script is run again: it resumes the compare folder (``compare --resume``).
 
 Results: ``benchmarks/results/robust-text-<job>-cpu.{json,md,png}``: per row the mean and
 per-seed values of ``clean_accuracy``, ``attacked_accuracy@char``, ``attacked_accuracy@word``,
-``typo_accuracy``, ``train_cost_vs_none`` (training seconds per epoch against none's, wall
-clock) and ``infer_cost_vs_none`` (prediction over the test split, timed interleaved against
-none's model), and each row's paired difference from none with its 95% interval.
+``typo_accuracy``; ``train_cost_vs_none`` (a training step against none's, interleaved on one
+batch: compare's step-cost column; an epoch has the same number of steps in every row) with
+the wall-clock ratio beside it, and ``infer_cost_vs_none`` (prediction over 64 test texts,
+timed interleaved against none's model); and each row's paired difference from none with its
+95% interval.
 
 Run:  python benchmarks/robust_text.py --jobs minilm            (~2 h on 2 cores)
 """
@@ -94,7 +96,19 @@ def inference_cost(result: dict, rounds: int = 5, examples: int = 64) -> dict:
     return {m: median[m] / median["none"] for m in median}
 
 
-def rows(result: dict, infer: dict) -> dict:
+def step_costs(result: dict, path) -> dict:
+    """Each row's training step against none's, interleaved on one batch: compare's own
+    step-cost column, or (a job tabulated before its compare finished) a separate compare's
+    ``--step-cost`` JSON."""
+    if result.get("step_cost"):
+        return result["step_cost"]["ratios"]
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["step_cost"]["ratios"]
+    return {}
+
+
+def rows(result: dict, infer: dict, steps: dict) -> dict:
     by_method, out = {}, {}
     for r in result["runs"]:
         by_method.setdefault(r["method"], []).append(r)
@@ -104,12 +118,15 @@ def rows(result: dict, infer: dict) -> dict:
         for key, source in KEYS.items():
             values = [r[source] for r in runs]
             row[key] = {"mean": sum(values) / len(values), "per_seed": values}
-        cost = [training_seconds(r["run_dir"]) / training_seconds(b["run_dir"])
+        wall = [training_seconds(r["run_dir"]) / training_seconds(b["run_dir"])
                 for r, b in zip(runs, runs_base)]
-        row["train_cost_vs_none"] = {"mean": sum(cost) / len(cost), "per_seed": cost,
-                                     "what": "training seconds per epoch (wall clock)"}
-        if result.get("step_cost"):
-            row["step_cost_vs_none"] = result["step_cost"]["ratios"][m]
+        # Every row trains the same number of steps per epoch: its cost per epoch against
+        # none's is its step cost, measured interleaved (the wall clock moved with the
+        # machine's other load while the runs trained, minutes and hours apart).
+        row["train_cost_vs_none"] = steps.get(m)
+        row["train_wall_clock_vs_none"] = {"mean": sum(wall) / len(wall), "per_seed": wall,
+                                           "what": "training seconds (wall clock, not comparable "
+                                                   "across runs made under different load)"}
         row["infer_cost_vs_none"] = infer.get(m)
         row["versus_none"] = {k: result.get("versus_none", {}).get(m, {}).get(s)
                               for k, s in KEYS.items()}
@@ -121,7 +138,7 @@ def table(summary: dict) -> str:
     from advnlp.cli.statistics import format_difference
 
     head = ["row", "clean", "char attack", "word attack", "typo'd test (p=0.3)",
-            "training cost vs none", "inference cost vs none"]
+            "training step cost vs none (interleaved)", "inference cost vs none"]
     lines = ["mean over seeds (per-seed values in the JSON); against none: mean paired difference "
              "[95% t-interval] verdict", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, row in summary.items():
@@ -132,7 +149,8 @@ def table(summary: dict) -> str:
                 cell += f"<br>{format_difference(row['versus_none'][key])}"
             cells.append(cell)
         infer = row["infer_cost_vs_none"]
-        cells += [f"{row['train_cost_vs_none']['mean']:.2f}x",
+        train = row["train_cost_vs_none"]
+        cells += ["-" if train is None else f"{train:.2f}x",
                   "-" if infer is None else f"{infer:.2f}x"]
         lines.append("| " + " | ".join([m, *cells]) + " |")
     return "\n".join(lines)
@@ -208,7 +226,7 @@ def run_job(job: str, args, advnlp: str, env: dict) -> None:
     else:
         with open(os.path.join(folder, "compare.json"), encoding="utf-8") as f:
             result = json.load(f)
-    summary = rows(result, inference_cost(result))
+    summary = rows(result, inference_cost(result), step_costs(result, args.step_cost))
     out = {"benchmark": {"script": "benchmarks/robust_text.py", "job": job,
                          "command": "advnlp " + " ".join(cmd)},
            "rows": summary, "compare": result}
@@ -233,6 +251,8 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/robust-text")
     ap.add_argument("--table-only", action="store_true",
                     help="no training: tabulate the compare folders already under --out")
+    ap.add_argument("--step-cost", help="a compare.json-like file whose step_cost.ratios give the "
+                    "training cost column when the job's compare did not measure it")
     ap.add_argument("--partial", action="store_true",
                     help="with --table-only: tabulate the runs finished so far (no compare.json yet)")
     args = ap.parse_args(argv)
