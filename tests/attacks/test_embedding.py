@@ -138,3 +138,30 @@ def test_bad_arguments(trained, kwargs, match):
     args = {"epsilons": [0.1], "batches": batches, **kwargs}
     with pytest.raises(ValueError, match=match):
         embedding_attack(model, model, args.pop("batches"), args.pop("epsilons"), **args)
+
+
+def test_perturbed_outputs_with_a_mask_and_a_relative_radius():
+    """One full L2 step on a loss linear in the embedding output: the step is eps times the
+    masked gradient's direction, scaled by the example's clean embedding norm over the
+    masked positions (relative=True); nothing moves outside the mask. Recomputed here."""
+    from advnlp.attacks import perturbed_outputs
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(20, 4)
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    w = torch.randn(5, 4)
+    out = perturbed_outputs(emb, emb, lambda o: (o * w).sum(), ids, [0.5], steps=1,
+                            mask=mask, relative=True)
+    delta = out[0.5] - out[0.0]
+    clean = emb(ids).detach()
+    m = mask.unsqueeze(-1).float()
+    for i in range(2):
+        g = w * m[i]
+        want = 0.5 * (clean[i] * m[i]).norm() * g / g.norm()
+        torch.testing.assert_close(delta[i], want, atol=1e-5, rtol=1e-4)
+    assert torch.all(delta[mask == 0] == 0)
+    # absolute units, no mask: every position moves, the step's norm is eps
+    out = perturbed_outputs(emb, emb, lambda o: (o * w).sum(), ids, [0.5], steps=1)
+    norms = (out[0.5] - out[0.0]).flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 0.5))

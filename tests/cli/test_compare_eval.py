@@ -159,3 +159,21 @@ def test_bad_radii_and_typo_rates_are_refused_before_training(sentiment_csv, tmp
                "--output-dir", out, "--quiet", *flags) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_validation_scores_clean_skips_the_validation_attacks_only(sentiment_csv, tmp_path, capsys):
+    args = ["compare", "--methods", "none,fgm", "--model", "textcnn", "--train", sentiment_csv,
+            "--epochs", "1", "--attack-steps", "2", "--attack-samples", "8", "--typo-rate", "0.3",
+            "--cost-rounds", "0", "--quiet"]
+    assert run(*args, "--output-dir", tmp_path / "full") == 0
+    assert run(*args, "--validation-scores", "clean", "--output-dir", tmp_path / "clean") == 0
+    full, clean = read_json(tmp_path / "full", "compare.json"), read_json(tmp_path / "clean",
+                                                                             "compare.json")
+    for f, c in zip(full["methods"], clean["methods"]):
+        # the same runs: every test score and the clean validation metrics agree
+        for k in ("accuracy", "robust_accuracy@0.5", "typo_accuracy", "validation_accuracy"):
+            assert c[k] == f[k], k
+        assert "validation_robust_accuracy@0.5" in f and "validation_typo_accuracy" in f
+        assert "validation_robust_accuracy@0.5" not in c and "validation_typo_accuracy" not in c
+    assert read_json(tmp_path / "clean", "compare-config.json")["validation_scores"] == "clean"
+    assert run(*args, "--validation-scores", "some", "--output-dir", tmp_path / "x") == 2

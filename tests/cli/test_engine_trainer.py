@@ -190,7 +190,7 @@ def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentimen
                                                  capsys, when):
     """Ctrl-C during the last epoch's last step or validation: the training is done, so the
     run finishes (exit 0) with the uninterrupted weights instead of leaving a checkpoint."""
-    import advnlp.cli.run as T
+    import advnlp.cli.tasks.classification.run as T
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert run(*train_args(tiny_bert, sentiment_csv, whole, "--engine", "trainer")) == 0
@@ -198,7 +198,7 @@ def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentimen
         if when == "last-step":
             interrupt_after(m, 12)  # 2 epochs x 6 steps
         else:
-            evaluate, calls = T.Run.evaluate, {"n": 0}
+            evaluate, calls = T.ClassifyRun.evaluate, {"n": 0}
 
             def evaluate_then_sigint(self, split):
                 calls["n"] += 1
@@ -206,7 +206,7 @@ def test_ctrl_c_at_the_very_end_finishes_the_run(tmp_path, monkeypatch, sentimen
                     signal.raise_signal(signal.SIGINT)
                 return evaluate(self, split)
 
-            m.setattr(T.Run, "evaluate", evaluate_then_sigint)
+            m.setattr(T.ClassifyRun, "evaluate", evaluate_then_sigint)
         loud = [a for a in train_args(tiny_bert, sentiment_csv, cut, "--engine", "trainer")
                 if a != "--quiet"]
         assert run(*loud) == 0

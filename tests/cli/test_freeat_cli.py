@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import advnlp.cli.run as R
+import advnlp.cli.tasks.classification.run as R
 from advnlp.cli.tasks.classification import classify as T
 from cli_helpers import ctrl_c_after, read_json, run
 
@@ -22,7 +22,7 @@ def _weights(run_dir):
 def _record_steps(monkeypatch):
     """Every training step's adversary state before it, and every batch the run encodes."""
     steps, encoded = [], []
-    step, encode = T.train_step, R.Run.batch
+    step, encode = T.train_step, R.ClassifyRun.batch
 
     def recording_step(clf, adv, *args, **kwargs):
         if adv is None:  # the none run beside it
@@ -37,7 +37,7 @@ def _record_steps(monkeypatch):
         return encode(self, idx)
 
     monkeypatch.setattr(T, "train_step", recording_step)
-    monkeypatch.setattr(R.Run, "batch", recording_batch)
+    monkeypatch.setattr(R.ClassifyRun, "batch", recording_batch)
     return steps, encoded
 
 

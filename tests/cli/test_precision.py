@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import advnlp.cli.run as T
+import advnlp.cli.tasks.classification.run as CR
 from cli_helpers import ctrl_c_after, read_json, run
 
 
@@ -22,7 +23,7 @@ def args(model, data, out, *extra):
 def training_dtypes(monkeypatch):
     """The dtype of an encoder Linear's output in every training-mode forward pass."""
     seen = []
-    build = T.build
+    build = CR.build
 
     def build_and_watch(*a, **kw):
         clf = build(*a, **kw)
@@ -30,7 +31,7 @@ def training_dtypes(monkeypatch):
         layer.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
         return clf
 
-    monkeypatch.setattr(T, "build", build_and_watch)
+    monkeypatch.setattr(CR, "build", build_and_watch)
     return seen
 
 

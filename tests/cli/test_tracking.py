@@ -74,3 +74,61 @@ def test_a_missing_tensorboard_is_one_line(sentiment_csv, tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert "pip install 'advnlp[track]'" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def _mlflow_metrics(store, run_name):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"file:{store}")
+    exp = client.get_experiment_by_name("advnlp")
+    (found,) = [r for r in client.search_runs([exp.experiment_id])
+                if r.info.run_name == run_name]
+    return client, found, {k: [(m.step, m.value) for m in client.get_metric_history(
+        found.info.run_id, k)] for k in found.data.metrics}
+
+
+def test_mlflow_reads_back_what_tensorboard_gets(sentiment_csv, tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "r"
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", out, "--method", "fgm",
+               "--report-to", "mlflow") == 0
+    metrics = read_json(out, "metrics.json")
+    _, found, got = _mlflow_metrics(out / "mlruns", "r")
+    assert found.data.tags["method"] == "fgm" and found.data.tags["seed"] == "42"
+    losses = [x for e in metrics["epochs"] for x in e["step_losses"]]
+    assert [v for _, v in sorted(got["train/loss"])] == pytest.approx(losses, rel=1e-6)
+    assert len(got["train/adversarial_loss"]) == len(losses)
+    assert got["test/accuracy"][0][1] == pytest.approx(metrics["final"]["test"]["accuracy"])
+
+
+def test_mlflow_holds_a_compares_runs_in_one_store_tagged_by_method_and_seed(
+        sentiment_csv, tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "cmp"
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", out, "--methods",
+               "none,fgm", "--seeds", "2", "--attack-samples", "4", "--cost-rounds", "0",
+               "--report-to", "mlflow") == 0
+    result = read_json(out, "compare.json")
+    for r in result["runs"]:
+        _, found, got = _mlflow_metrics(out / "mlruns", f"{r['method']}/seed-{r['seed']}")
+        assert found.data.tags["method"] == r["method"]
+        assert found.data.tags["seed"] == str(r["seed"])
+        assert got["compare/robust_accuracy_at_0.5"][0][1] == pytest.approx(r["robust_accuracy@0.5"])
+    assert not (out / "none" / "seed-42" / "mlruns").exists()
+
+
+def test_mlflow_missing_is_one_line(sentiment_csv, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_mlflow(name, *a, **k):
+        if name == "mlflow" or name.startswith("mlflow."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    assert run("train", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "r",
+               "--report-to", "mlflow") == 2
+    err = capsys.readouterr().err
+    assert "pip install 'advnlp[mlflow]'" in err and not (tmp_path / "r").exists()

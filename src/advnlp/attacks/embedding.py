@@ -137,7 +137,8 @@ def perturbed_outputs(model: nn.Module, model_fn: Callable[[object], object],
                       loss_fn: Callable[[object], torch.Tensor], inputs,
                       epsilons: Union[float, Sequence[float]], *, norm: str = "l2",
                       steps: int = 10, alpha: Optional[float] = None, random_start: bool = False,
-                      seed: int = 0, embedding: Union[None, str, nn.Module] = None) -> dict:
+                      seed: int = 0, embedding: Union[None, str, nn.Module] = None,
+                      mask: Optional[torch.Tensor] = None, relative: bool = False) -> dict:
     """The model's outputs under an embedding-space FGSM/PGD attack on any loss.
 
     :func:`embedding_attack` scores per-example accuracy; tasks scored otherwise (entity F1
@@ -147,12 +148,19 @@ def perturbed_outputs(model: nn.Module, model_fn: Callable[[object], object],
     ``loss_fn(model_fn(inputs))``, which should *sum* over examples so that no example's
     gradient shrinks with the batch.
 
+    ``mask`` (batch, length) limits the perturbation to some real positions (a prompt, not
+    its completion), as ``mask=`` does in training. ``relative=True`` measures ε in units of
+    each example's own clean embedding over those positions (its L2 norm; RMS coordinate for
+    L∞), as the training methods' ``relative=True``.
+
     Returns ``{0.0: clean output, ε: output at the attack's last point for ε, ...}``, each
     computed without a graph. Unlike :func:`embedding_attack`, nothing is the worst over the
     points tried: the score of the last point is the caller's.
     """
     eps_list, steps, alpha = _check_settings(epsilons, norm, steps, alpha)
     hook = P.EmbeddingHook(P.embedding_modules(model, P.find_embedding(model, embedding)[1]))
+    hook.positions = mask
+    hook.relative = (norm, "example") if relative else None
     gen = torch.Generator().manual_seed(seed)
     was_training = P.unwrap(model).training
     model.eval()

@@ -31,7 +31,15 @@ from .engines import engine
 from .errors import InputError, Interrupted
 from .files import write_json
 from .lock import locked
-from .plan import TYPO_SEED, attack_epsilons, attack_key, discrete_attacks, robust_key, success_key
+from .plan import (
+    TYPO_SEED,
+    VALIDATION_SCORES,
+    attack_epsilons,
+    attack_key,
+    discrete_attacks,
+    robust_key,
+    success_key,
+)
 from .report import compare_plot
 from .robustness import ATTACKS
 from .run import STOP_SIGNALS, Run
@@ -101,8 +109,10 @@ def plan_task(plan: dict):
 
 def metric_keys(plan: dict) -> list:
     """The per-run numbers a compare reports with mean, spread and a paired difference."""
-    score = plan_task(plan).score
-    keys = [*plan_task(plan).clean_keys, *(robust_key(e, score) for e in attack_epsilons(plan))]
+    task = plan_task(plan)
+    keys = [*task.clean_keys, *(robust_key(e, task.score) for e in attack_epsilons(plan)),
+            *(f"{k}@{e:g}" for k in task.extra_keys for e in attack_epsilons(plan))]
+    score = task.score
     if plan.get("typo_rate"):
         keys.append("typo_accuracy")
     validation = [f"validation_{k}" for k in keys]
@@ -143,7 +153,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
             log: Callable[[str], None] = lambda s: None, attack: Optional[Sequence[str]] = None,
             attack_limit: int = 50, seeds: int = 1, typo_rate: Optional[float] = None,
-            cost_rounds: int = 5) -> dict:
+            cost_rounds: int = 5, validation_scores: str = "full") -> dict:
     """Train every method on the same data, model and budget, ``seeds`` times each
     (seeds ``cfg.seed .. cfg.seed + seeds - 1``, seed s of every method paired with seed s
     of the others); one row per method, and with several seeds the paired difference of
@@ -157,7 +167,9 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     of the whole split (:func:`advnlp.attacks.random_typos`, one copy for every run), and
     with ``attack`` (``"char"``, ``"word"`` or a list of them) under each discrete attack
     on the first ``attack_limit``.
-    The validation split's scores are in every row too: choose settings by those.
+    The validation split's scores are in every row too: choose settings by those
+    (``validation_scores="clean"``: only its clean metrics, which training computed anyway;
+    the attacks are not run on it).
 
     Cost: every row has its wall-clock seconds per step while it trained and, unless
     ``cost_rounds`` is 0, its step cost against ``none`` measured after training by
@@ -167,6 +179,9 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     attacks = _checked_attacks(task_of(cfg), cfg, attack, attack_limit, typo_rate)
     epsilons = _checked_radii(attack_epsilon)
     _check_entries(methods, seeds, cost_rounds)
+    if validation_scores not in VALIDATION_SCORES:
+        raise InputError(f"--validation-scores takes {' or '.join(VALIDATION_SCORES)}, got "
+                         f"{validation_scores!r}")
     out_dir = cfg.output_dir or default_run_dir("compare")
     if seeds > 1:
         require_scipy()  # before hours of training, not after
@@ -174,7 +189,8 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             "methods": list(methods), "seeds": seeds, "attack_epsilon": epsilons,
             "attack_steps": attack_steps, "attack_samples": attack_samples,
             "attack": attacks or None,
-            "attack_limit": attack_limit, "typo_rate": typo_rate, "cost_rounds": cost_rounds}
+            "attack_limit": attack_limit, "typo_rate": typo_rate, "cost_rounds": cost_rounds,
+            "validation_scores": validation_scores}
     runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
     first = next(iter(runs.values()))  # the model and the data, resolved and fingerprinted
     plan["config"]["model"], plan["config"]["data"] = first.model, dataclasses.asdict(first.data)
@@ -478,7 +494,8 @@ def _tabulate(plan: dict, runs: list, step_cost: Optional[dict] = None) -> dict:
             base = {r["seed"]: r for r in by_method["none"]}
             out["versus_none"] = {
                 m: {k: paired_difference([r[k] for r in by_method[m]],
-                                         [base[r["seed"]][k] for r in by_method[m]])
+                                         [base[r["seed"]][k] for r in by_method[m]],
+                                         lower_is_better=plan_task(plan).lower_is_better(k))
                     for k in keys}
                 for m in methods if m != "none"}
     return out

@@ -42,7 +42,7 @@ from .data import DataSpec
 from .distributed import device_of
 from .errors import InputError
 from .models import SCRATCH
-from .tasks import DEFAULT_TASK, task_named
+from .tasks import DEFAULT_TASK, TASKS, task_named
 from .tasks.classification.classify import check_single_segment, loss_fn
 from .tracking import check_reporter
 
@@ -149,6 +149,11 @@ class TrainConfig:
     label_all_subtokens: bool = False  # a tagger: every sub-token gets the tag
     typo_defence: bool = False  # a TypoNormalizer before the tokenizer, saved with the model
     report_to: str = "none"  # tensorboard: the run's scalars in <run>/tensorboard/
+    perturb: str = "prompt"  # a causal LM: the positions the methods perturb (prompt / all)
+    lora_r: Optional[int] = None  # a causal LM: LoRA's rank (None: full fine-tuning)
+    lora_alpha: Optional[float] = None  # LoRA's alpha (None: 2 * rank)
+    lora_targets: Tuple[str, ...] = ("all-linear",)  # the modules LoRA adapts
+    merge_lora: bool = False  # also write model-merged/: the base with the adapters folded in
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":
@@ -388,7 +393,13 @@ def check_environment(cfg: TrainConfig) -> None:
 
 
 def _check_task(cfg: TrainConfig) -> None:
-    task_named(cfg.task).check(cfg)
+    task = task_named(cfg.task)
+    for other in TASKS.values():  # another task's own options, given, would be ignored
+        for name, default in other.options.items():
+            if other is not task and getattr(cfg, name) != default:
+                raise InputError(f"--{name.replace('_', '-')} is for --task {other.name}; "
+                                 "drop it")
+    task.check(cfg)
 
 
 def _warn(message: str) -> None:

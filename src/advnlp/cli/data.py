@@ -473,3 +473,8 @@ def token_prefix(text: str, n: int) -> str:
             break
         end = m.end()
     return text if end == 0 else text[:end]
+
+
+def batches(n: int, size: int) -> List[range]:
+    """Positions ``0 .. n-1`` in consecutive spans of ``size`` (the last one shorter)."""
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]

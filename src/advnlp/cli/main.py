@@ -71,7 +71,7 @@ def _compare(args, progress: bool, log) -> None:
     attacks = None if args.attack is None else comma_list(args.attack)
     out = compare(config_from_args(args), methods, args.attack_epsilon, args.attack_steps,
                   args.attack_samples, args.overwrite, progress, log, attacks, args.attack_limit,
-                  args.seeds, args.typo_rate, args.cost_rounds)
+                  args.seeds, args.typo_rate, args.cost_rounds, args.validation_scores)
     print(compare_table(out))
     print(f"written: {out['path']}")
 

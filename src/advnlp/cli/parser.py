@@ -13,6 +13,7 @@ from .config import METHODS, TrainConfig
 from .data import DataSpec
 from .errors import InputError, comma_list
 from .tasks import DEFAULT_TASK, TASKS
+from .tracking import REPORTERS
 
 CHANGED_DATA = ("use the run's data files even if they changed since it started (size or "
                 "sha256 differ); without it such a run is refused")
@@ -52,6 +53,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     _method_options(p)
     _discrete_options(p)
     _data_options(p)
+    for task in TASKS.values():  # each task's own options (e.g. a causal LM's LoRA)
+        task.add_options(p)
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -68,10 +71,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-dir", help="default runs/<timestamp>-<method>")
     g.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    g.add_argument("--report-to", default="none", choices=("none", "tensorboard"),
+    g.add_argument("--report-to", default="none", choices=REPORTERS,
                    help="tensorboard: write the run's losses (clean and adversarial), learning "
                         "rate, validation and test metrics (and compare's scores) to "
-                        "<run>/tensorboard/ as it trains; locally, nothing is sent (default none)")
+                        "<run>/tensorboard/ as it trains; mlflow: the same into a local MLflow "
+                        "store (mlruns/ beside the run or the compare's runs, or "
+                        "$MLFLOW_TRACKING_URI); nothing is sent anywhere (default none)")
     g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (default); bf16 or fp16: autocast mixed precision "
                         "(fp16 with dynamic loss scaling)")
@@ -214,6 +219,10 @@ def _compare_command(c: argparse.ArgumentParser, config: Optional[dict]) -> None
                    help="also tabulate accuracy under these discrete attacks (comma-separated)")
     c.add_argument("--attack-limit", type=int, default=50,
                    help="test examples for each --attack (default 50)")
+    c.add_argument("--validation-scores", default="full", choices=("full", "clean"),
+                   help="full (default): score the validation split under every attack too "
+                        "(validation_* in compare.json: what to choose settings by); clean: "
+                        "only its clean metrics (faster, when no setting is being chosen)")
     c.add_argument("--cost-rounds", type=int, default=5, metavar="N",
                    help="after training, time every method's step against none's, interleaved "
                         "on one batch, N rounds: the table's step-cost column (0: none; the "
@@ -309,7 +318,8 @@ def config_from_args(args) -> TrainConfig:
         engine=args.engine,
         precision=args.precision, task=args.task, crf=args.crf,
         typo_defence=args.typo_defence, report_to=args.report_to,
-        label_all_subtokens=args.label_all_subtokens, data=data)
+        label_all_subtokens=args.label_all_subtokens, data=data,
+        **{name: getattr(args, name) for task in TASKS.values() for name in task.options})
 
 
 def _without(config: Optional[dict], key: str) -> dict:

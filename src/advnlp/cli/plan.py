@@ -7,6 +7,15 @@ from typing import Sequence
 from advnlp.attacks import random_typos
 
 TYPO_SEED = 0  # one typo'd copy of a test split for every method and seed of a compare
+# full: every score on the validation split too (what to choose settings by); clean: only the
+# clean metrics training computed there anyway
+VALIDATION_SCORES = ("full", "clean")
+
+
+def attacks_validation(plan: dict) -> bool:
+    """Whether a compare scores the validation split under its attacks too (plans written
+    before the option: yes)."""
+    return plan.get("validation_scores", "full") == "full"
 
 
 def robust_key(epsilon: float, score: str = "accuracy") -> str:

@@ -29,9 +29,13 @@ def column(key: str, out: dict) -> str:
         return f"acc on typo'd test (p={out['typos']['rate']:g})"
     if key.startswith("attacked_accuracy@"):
         return f"acc under {key.split('@', 1)[1]} attack"
+    if "@" in key and not key.startswith("validation_"):  # robust_completion_loss@0.5, ...
+        stem, eps = key.split("@", 1)
+        return f"{stem.replace('_', ' ')} (eps={eps})"
     return {"accuracy": "accuracy", "macro_f1": "macro-F1", "validation_accuracy": "val accuracy",
             "validation_macro_f1": "val macro-F1", "entity_f1": "entity F1",
-            "strict_entity_f1": "strict entity F1"}.get(key, key)
+            "strict_entity_f1": "strict entity F1",
+            "completion_loss": "completion loss"}.get(key, key)
 
 
 def _shown(out: dict) -> list:
@@ -100,7 +104,8 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
     left.set_xlabel(f"embedding attack radius (L2, {out['attack']['steps']}-step PGD; 0 = clean)")
     what = score.replace("_f1", " F1").replace("_", " ")
     left.set_ylabel(f"test {what}" + (f", mean ± std over {len(seeds)} seeds" if seeds else ""))
-    left.set_ylim(0, 1)
+    if not out.get("lower_is_better"):  # a share; a loss has no upper bound
+        left.set_ylim(0, 1)
     left.legend(loc="lower left", fontsize=8)
     others = [m for m in versus if versus[m][score]["interval"] is not None]
     for i, m in enumerate(others):
@@ -121,7 +126,8 @@ def compare_plot(out_dir: str, out: dict, log: Callable[[str], None]) -> None:
     plt.close(fig)
 
 
-def plot(run_dir: str, history: list, log: Callable[[str], None], key: str = "accuracy") -> None:
+def plot(run_dir: str, history: list, log: Callable[[str], None], key: str = "accuracy",
+         bounded: bool = True) -> None:
     """plot.png: training loss per step and validation ``key`` (accuracy; entity_f1 for a
     tagger) per epoch (needs matplotlib)."""
     try:
@@ -141,7 +147,8 @@ def plot(run_dir: str, history: list, log: Callable[[str], None], key: str = "ac
     acc = ax.twinx()
     acc.plot(ends, [h["validation"][key] for h in history], "s-", color="tab:orange")
     acc.set_ylabel(f"validation {key.replace('_', ' ')} (end of epoch)")
-    acc.set_ylim(0, 1)
+    if bounded:  # a share in [0, 1]; a loss is not
+        acc.set_ylim(0, 1)
     fig.tight_layout()
     with atomic_path(os.path.join(run_dir, "plot.png")) as tmp:
         fig.savefig(tmp, dpi=100)

@@ -15,9 +15,9 @@ import torch
 
 from advnlp.attacks import advnlp_classifier, char_attack, embedding_attack, word_attack
 
+from .data import batches
 from .errors import InputError
 from .models import Classifier
-from .tasks.classification.classify import batches
 
 
 def embedding_robustness(clf: Classifier, texts: Sequence[tuple], targets: torch.Tensor,

@@ -18,26 +18,21 @@ import copy
 import os
 import shutil
 import signal
-import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from advnlp import ATTA
+from advnlp import ATTA, EmbeddingAdversary
 
 from .config import PRECISIONS, TrainConfig, build_adversary, build_online
-from .data import Example, Labels, Splits, load_splits
-from .distributed import DistInfo, derive_seed, device_of, seed_everything
+from .data import Example, batches
+from .distributed import DistInfo, derive_seed, device_of
 from .errors import InputError
 from .files import atomic_dir, write_json
-from .models import build, build_defence, check_tokenizer
 from .report import plot
-from .robustness import discrete_attack
 from .rundir import CHECKPOINT, CHECKPOINTS
-from .tasks.classification import classify
-from .tasks.classification.classify import batches, loss_fn, metrics, predict
 from .tracking import Tracker, numeric, tracker
 
 # What stops a run after its current step with a checkpoint: Ctrl-C, and what schedulers,
@@ -111,38 +106,42 @@ class Run:
     # -- the task: what a subclass for another task replaces -------------------------------
     headline = "accuracy"  # the validation metric each epoch's log line shows
 
+    def positions(self, batch: dict) -> Optional[torch.Tensor]:
+        """The (batch, length) positions of ``batch`` that the embedding methods may perturb
+        (a causal LM's prompt); None: every real token (padding is the method's to skip)."""
+        return None
+
+    def adversary_mask(self):
+        """:meth:`positions` as the Trainer's ``adversary_mask`` (None: the default), for a
+        method that perturbs positions (AWP perturbs weights)."""
+        if type(self).positions is Run.positions or not isinstance(self.adv, EmbeddingAdversary):
+            return None
+        return self.positions
+    bounded_headline = True  # a share in [0, 1] (accuracy, F1), not a loss
+
     def _setup_task(self, cfg: TrainConfig, log) -> None:
-        """Data, labels, targets, the model (``clf``, not yet on the device) and the loss."""
-        self.splits: Splits = load_splits(cfg.data, cfg.seed)
-        multi = cfg.data.multi_label
-        self.labels = Labels.from_examples(self.splits.train, multi)
-        self.targets = {
-            name: self.labels.encode([lab for _, lab in getattr(self.splits, name)], f"{name} data")
-            for name in ("train", "validation", "test")
-        }
-        seed_everything(cfg.seed)  # before the random initialisation of the model (head)
-        self.clf = build(cfg.model, len(self.labels.names),
-                         [t for t, _ in self.splits.train], cfg.max_length)
-        cfg.max_length = self.clf.max_length  # the default resolved: config.json records it
-        check_tokenizer(self.clf, [t for t, _ in self.splits.train], log)
-        if cfg.typo_defence:  # rebuilt alike on --resume: the data files are unchanged
-            self.clf.normalizer = build_defence(self.clf, [t for t, _ in self.splits.train])
-        if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
-            config = self.clf.model.config
-            config.id2label = dict(enumerate(self.labels.names))
-            config.label2id = {n: i for i, n in config.id2label.items()}
-            config.problem_type = ("multi_label_classification" if multi
-                                   else "single_label_classification")
-        self.criterion = loss_fn(multi)
+        """Set ``splits`` (train / validation / test examples), ``labels`` (labels.json),
+        ``targets`` and ``clf`` (the model protocol: ``model``, ``save(dir)``, ...; not yet
+        on the device); a task's run class fills these in."""
+        raise NotImplementedError
 
     def task_step(self, idx: List[int], batch: Optional[dict]) -> torch.Tensor:
-        """One step's gradients on the training examples ``idx`` (``batch``: their encoding,
-        None under --online-attack); the loss."""
-        y = self.targets["train"][idx].to(self.device)
-        extra = ({"texts": self.texts(idx)} if batch is None
-                 else classify.example_ids(self.adv, idx))
-        return classify.train_step(self.train_clf, self.adv, self.criterion, batch, y,
-                                   self.autocast, self.backward_fn, **extra)
+        """One step's gradients on the training examples ``idx`` (``batch``: their
+        encoding, from :meth:`batch`); the loss."""
+        raise NotImplementedError
+
+    def batch(self, idx: List[int]) -> dict:
+        """The training examples ``idx`` as the model's inputs, on the run's device."""
+        raise NotImplementedError
+
+    def labelled_batch(self, idx: List[int]) -> dict:
+        """The training examples ``idx`` with their ``labels``, on the CPU: what
+        ``--engine trainer``'s collator gives the model, whose own loss is the closure."""
+        raise NotImplementedError
+
+    def evaluate(self, split: str) -> Dict[str, float]:
+        """The task's metrics on ``split`` (validation / test), ``headline`` among them."""
+        raise NotImplementedError
 
     def reseed_rank(self, resumed: bool = False) -> None:
         """Own dropout noise for this rank (after a DDP broadcast, or on resume: the
@@ -191,9 +190,13 @@ class Run:
         total, warmup = self._total_steps(), self.warmup
         return min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
 
-    def set_extra(self, extra: List[Example]) -> None:
-        self.extra = list(extra)
-        self.targets["train"] = self.labels.encode([lab for _, lab in self.train_set], "train data")
+    def set_extra(self, extra: list) -> None:
+        """The augmented examples of a checkpoint (--augment-with-attack); a task without
+        augmentation has none."""
+        if extra:
+            raise InputError("this checkpoint holds augmented examples, which runs of this "
+                             "task never have: not a checkpoint of this run")
+        self.extra = []
 
     def epoch_order(self) -> torch.Tensor:
         # A function of (seed, pass) alone, so a resumed run sees the same batches. A pass
@@ -226,20 +229,6 @@ class Run:
         need = self.shard_size() - len(mine)
         return mine + [i for i in order if i % self.world != self.rank][:need]
 
-    def batch(self, idx: List[int]) -> dict:
-        """The encoded training examples ``idx``, on the run's device."""
-        train = self.train_set  # a property that joins two lists: once per batch, not per example
-        enc = self.clf.encode([train[i][0] for i in idx])
-        return {k: v.to(self.device) for k, v in enc.items()}
-
-    def labelled_batch(self, idx: List[int]) -> dict:
-        """The training examples ``idx`` encoded with their ``labels``, on the CPU: what
-        ``--engine trainer``'s collator gives the model, whose own loss is the closure."""
-        train = self.train_set
-        batch = dict(self.clf.encode([train[i][0] for i in idx]))
-        batch["labels"] = self.targets["train"][idx]  # float multi-hot for multi-label
-        return batch
-
     def augment(self) -> dict:
         """--augment-with-attack: rank 0 attacks, every rank gets the same new examples."""
         if self.dist is None:
@@ -251,25 +240,9 @@ class Run:
         return out[0]
 
     def _augment_here(self) -> dict:
-        """Attack a seeded sample of the original training set with the current model; keep
-        the successful adversarial texts, with their original labels."""
-        train = self.splits.train
-        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "augment-sample", self.epoch))
-        pick = sorted(torch.randperm(len(train), generator=g)[: self.cfg.augment_samples].tolist())
-        start = time.perf_counter()
-        res = discrete_attack(self.cfg.augment_with_attack, self.clf, self.labels,
-                              [train[i][0][0] for i in pick], self.targets["train"][pick],
-                              self.device, seed=derive_seed(self.cfg.seed, "augment-attack", self.epoch),
-                              batch_size=self.cfg.batch_size * 2)
-        new = [((r.perturbed,), train[i][1]) for i, r in zip(pick, res.records)
-               if r.status == "success"]
-        self.set_extra(self.extra + new)
-        info = {"attack": self.cfg.augment_with_attack, "attacked": len(pick), "added": len(new),
-                "success_rate": res.summary()["success_rate"],
-                "train_examples": len(self.train_set), "seconds": time.perf_counter() - start}
-        self.log(f"  augmentation: {info['added']} adversarial examples added "
-                 f"({info['attacked']} attacked), {info['train_examples']} training examples now")
-        return info
+        """--augment-with-attack's round on rank 0 (the task's; its checks refuse the flag
+        for a task that has none)."""
+        raise NotImplementedError
 
     # -- progress, shared by both engines -----------------------------------------------
     def progress_state(self) -> dict:
@@ -281,11 +254,6 @@ class Run:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.partial = state["history"], state["partial"]
         self.set_extra([(tuple(t), lab) for t, lab in state.get("extra", [])])
-
-    def texts(self, idx: List[int]) -> List[tuple]:
-        """The training texts ``idx`` (what ``--online-attack`` edits)."""
-        train = self.train_set
-        return [train[i][0] for i in idx]
 
     def online_step(self) -> None:
         """Before a step: --online-attack's draws depend on (seed, rank, epoch, step) alone,
@@ -324,8 +292,12 @@ class Run:
         if not self.is_main or self.cfg.report_to == "none":
             return
         if self._tracker is None:
-            self._tracker = tracker(self.cfg.report_to, self.run_dir)
+            self._tracker = tracker(self.cfg.report_to, self.run_dir, self.tracking_tags())
         self._tracker.scalars(values, self.finished_steps() + self.step if step is None else step)
+
+    def tracking_tags(self) -> Dict[str, str]:
+        """What --report-to mlflow tags the run with, so that runs can be filtered and overlaid."""
+        return {"method": self.cfg.method, "seed": str(self.cfg.seed), "task": self.cfg.task}
 
     def close_tracker(self) -> None:
         if self._tracker is not None:
@@ -347,11 +319,6 @@ class Run:
         if sigint or sigterm:  # SIGTERM first: every rank then exits with the same code
             self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
         return (None if loss is None else value), bool(sigint or sigterm)
-
-    def evaluate(self, split: str) -> Dict[str, float]:
-        texts = [t for t, _ in getattr(self.splits, split)]
-        logits = predict(self.clf, texts, self.cfg.batch_size * 2, self.device)
-        return metrics(logits, self.targets[split], self.cfg.data.multi_label)
 
     def close_epoch(self) -> dict:
         """The finished epoch's history entry, with validation (on rank 0; the others
@@ -455,7 +422,7 @@ class Run:
         if os.path.exists(checkpoint):
             os.remove(checkpoint)
         shutil.rmtree(os.path.join(self.run_dir, CHECKPOINTS), ignore_errors=True)
-        plot(self.run_dir, self.history, self.log, self.headline)
+        plot(self.run_dir, self.history, self.log, self.headline, self.bounded_headline)
         self.report(numeric("test", result["final"]["test"]), self.finished_steps())
         self.close_tracker()
         self.barrier()

@@ -30,10 +30,11 @@ def summary(values: Sequence[float]) -> Dict[str, float]:
 
 
 def paired_difference(method: Sequence[float], baseline: Sequence[float],
-                      level: float = LEVEL) -> Dict[str, object]:
+                      level: float = LEVEL, lower_is_better: bool = False) -> Dict[str, object]:
     """Mean of ``method[s] - baseline[s]`` over seeds, its t-interval and the verdict:
-    ``helped`` when the whole interval is above 0, ``hurt`` when below, else ``no
-    detectable effect``. ``interval`` and ``verdict`` are None for a single seed."""
+    ``helped`` when the whole interval is above 0 (below 0 for a score where lower is
+    better, a loss), ``hurt`` when on the other side, else ``no detectable effect``.
+    ``interval`` and ``verdict`` are None for a single seed."""
     diffs = [a - b for a, b in zip(method, baseline)]
     s = summary(diffs)
     out: Dict[str, object] = {"mean_difference": s["mean"], "std": s["std"], "seeds": s["n"],
@@ -50,7 +51,9 @@ def paired_difference(method: Sequence[float], baseline: Sequence[float],
     low, high = require_scipy().t.interval(level, df=s["n"] - 1, loc=s["mean"],
                                            scale=s["std"] / math.sqrt(s["n"]))
     out["interval"] = [float(low), float(high)]
-    out["verdict"] = verdict(low, high)
+    out["verdict"] = verdict(-high, -low) if lower_is_better else verdict(low, high)
+    if lower_is_better:
+        out["better"] = "lower"
     return out
 
 

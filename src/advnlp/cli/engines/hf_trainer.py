@@ -278,7 +278,7 @@ def fit(run: Run) -> None:
     )
     hf = _RunTrainer(run, model=run.clf.model, args=args, train_dataset=_Examples(run),
                      data_collator=_Collate(run), optimizers=(run.optimizer, run.scheduler),
-                     adversary=run.adv)
+                     adversary=run.adv, adversary_mask=run.adversary_mask())
     if hf.args.n_gpu > 1:  # check_environment refuses this first; DataParallel otherwise
         raise InputError(f"{hf.args.n_gpu} GPUs in one process: launch with torchrun")
     callback = _RunCallback(run, hf)

@@ -33,13 +33,26 @@ class Task:
     loader: str  # the function that loads a finished run of this task (named in errors)
     score: str = "accuracy"  # what a compare's rows and curves score
     clean_keys: Tuple[str, ...] = ("accuracy", "macro_f1")  # a compare row's clean numbers
-    table: Dict[str, str] = field(default_factory=dict)  # marks in compare.json
+    table: Dict[str, object] = field(default_factory=dict)  # marks in compare.json
     check: Callable = lambda cfg: None  # checks a configuration (TrainConfig.resolved)
     logits_loss: Callable = lambda cfg: {}  # SMART / VAT's loss_fn and output_type, if any
     attacks: Tuple[str, ...] = ("char", "word")  # compare --attack's discrete attacks
     attacks_note: str = ""  # why --attack takes no more
     check_attack: Callable = lambda attack, cfg: None  # a discrete attack fits cfg's data
     typo_rate: Optional[str] = None  # why compare refuses --typo-rate, if it does
+    # The keys (and their robust_*@ε, validation_* forms) where lower is better: a loss
+    lower_better: Tuple[str, ...] = ()
+    extra_keys: Tuple[str, ...] = ()  # more per-radius row keys: "<key>@<ε>"
+    # The task's own options: TrainConfig field -> default, refused for the other tasks;
+    # add_options puts their flags on the train / compare parser.
+    options: Dict[str, object] = field(default_factory=dict)
+    add_options: Callable = lambda parser: None
+
+    def lower_is_better(self, key: str) -> bool:
+        """Whether a row key (``validation_completion_loss``, ``broken_share@0.5``) improves
+        by going down, so that a verdict reads a decrease as "helped"."""
+        stem = key[len("validation_"):] if key.startswith("validation_") else key
+        return stem.split("@")[0] in self.lower_better
 
     @property
     def parts(self) -> ModuleType:
@@ -47,10 +60,11 @@ class Task:
 
 
 def _registry() -> Dict[str, Task]:
+    from .causal_lm import TASK as causal_lm
     from .classification import TASK as classification
     from .tagging import TASK as tagging
 
-    return {t.name: t for t in (classification, tagging)}
+    return {t.name: t for t in (classification, tagging, causal_lm)}
 
 
 TASKS: Dict[str, Task] = _registry()

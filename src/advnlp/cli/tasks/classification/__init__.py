@@ -1,7 +1,8 @@
 """Sequence classification: a label (softmax) or a label set (sigmoid) per text.
 
 :mod:`.classify` is its loss, metrics, prediction and training step, :mod:`.commands` its
-``eval``, ``attack`` and compare scores; its run is :class:`advnlp.cli.run.Run`.
+``eval``, ``attack`` and compare scores, :mod:`.run` its run (:class:`.run.ClassifyRun`, a
+peer of the other tasks' runs on the task-free :class:`advnlp.cli.run.Run`).
 """
 from __future__ import annotations
 

@@ -7,13 +7,14 @@ closure every advnlp method is called with.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 from torch import nn
 
 from advnlp import ATTA, backward_step
 
+from ...data import batches
 from ...errors import InputError
 from ...models import Classifier
 
@@ -51,10 +52,6 @@ def metrics(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> D
     if multi_label:
         out["micro_f1"] = _f1(tp.sum(), fp.sum(), fn.sum()).item()
     return out
-
-
-def batches(n: int, size: int) -> List[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 @torch.no_grad()

@@ -14,18 +14,19 @@ from ...files import atomic_path, write_json
 from ...plan import (
     attack_epsilons,
     attack_key,
+    attacks_validation,
     discrete_attacks,
     robust_key,
     success_key,
     typo_copy,
 )
 from ...robustness import discrete_attack, embedding_robustness
-from ...run import Run
 from ...rundir import load_run, read_config
 from .classify import check_single_segment, metrics, predict
+from .run import ClassifyRun
 
 
-def row(run: Run, result: dict, plan: dict, log) -> dict:
+def row(run: ClassifyRun, result: dict, plan: dict, log) -> dict:
     """The compare row of ``run``, just trained."""
     return _scores(run.cfg, run.clf, run.labels, run.splits, run.targets, run.device, result,
                    plan, log)
@@ -68,7 +69,8 @@ def _scores(cfg: TrainConfig, clf, labels, splits, targets: dict, device, result
     row = {**result["final"]["test"],
            **_split_scores(clf, cfg, test, targets["test"], device, plan)}
     validation = {**result["final"]["validation"],
-                  **_split_scores(clf, cfg, splits.validation, targets["validation"], device, plan)}
+                  **(_split_scores(clf, cfg, splits.validation, targets["validation"], device,
+                                   plan) if attacks_validation(plan) else {})}
     row.update({f"validation_{k}": v for k, v in validation.items() if k != "micro_f1"})
     row.update(seconds_per_step=result["seconds_per_step"], run_dir=cfg.output_dir,
                test_examples=len(test))
@@ -186,3 +188,7 @@ def attack_report(attack: str, out: dict) -> List[str]:
                      f"| {out['avg_changed_fraction']:.3f} "
                      f"| {out['avg_queries']:.1f} | {out['seconds_per_example']:.3f} |")
     return lines
+
+
+# The name the registry asks every task's module for.
+Run = ClassifyRun

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 from ...distributed import device_of
 from ...errors import InputError
 from ...files import write_json, write_jsonl
-from ...plan import attack_epsilons, attack_key, discrete_attacks
+from ...plan import attack_epsilons, attack_key, attacks_validation, discrete_attacks
 from ...rundir import read_config, read_labels, trained_model_dir
 from . import tag as TG
 from .tag_attacks import tag_char_attack, tag_embedding_robustness
@@ -185,7 +185,8 @@ def _tag_scores(cfg, tagger, labels, splits, device, result: dict, plan: dict,
         return out
 
     row = scored(splits.test, result["final"]["test"])
-    validation = scored(splits.validation, result["final"]["validation"])
+    validation = (scored(splits.validation, result["final"]["validation"])
+                  if attacks_validation(plan) else flat_scores(result["final"]["validation"]))
     row.update({f"validation_{k}": v for k, v in validation.items()})
     row.update(seconds_per_step=result["seconds_per_step"], run_dir=cfg.output_dir,
                test_examples=len(splits.test))

@@ -109,12 +109,6 @@ class TagRun(Run):
         self.criterion = None
         self._predictions: Dict[str, List[List[str]]] = {}
 
-    def set_extra(self, extra) -> None:  # no --augment-with-attack for taggers
-        if extra:
-            raise InputError("a tagger's checkpoint holds augmented examples, which taggers "
-                             "never have: not a checkpoint of this run")
-        self.extra = []
-
     def labelled_batch(self, idx: List[int]) -> dict:
         """The sentences ``idx`` encoded, with their tags aligned to the sub-tokens."""
         train = self.train_set
