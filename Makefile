@@ -49,7 +49,7 @@ docs: $(DOCS_STAMP)
 # The embedded default in its low-resource setting (pretrained MiniLM, 200 BBC News
 # articles, 64 tokens): no adversary vs FGM at its measured default, 3 paired seeds, scored
 # clean, under the embedding attack and on a typo'd test copy; ends with the verdict table.
-DEMO_ARGS ?= --methods none,fgm --seeds 3 --max-train-samples 200 --epochs 3 --max-length 64 --typo-rate 0.3
+DEMO_ARGS ?= --methods none,fgm --seeds 3 --max-train-samples 200 --epochs 3 --max-length 64 --jobs 2 --validation-scores clean --eval-strategy end --cost-rounds 2
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/advnlp compare $(DEMO_ARGS) --output-dir runs/demo --overwrite --quiet
 

@@ -233,7 +233,8 @@ def test_compare_gives_verdicts_where_a_lower_loss_is_better(llama, pairs, tmp_p
 
 
 @pytest.mark.parametrize("case", ["encoder", "no-template", "empty", "too-long", "targets",
-                                  "textcnn", "classifier-flag", "lora-flag-elsewhere"])
+                                  "textcnn", "classifier-flag", "lora-flag-elsewhere",
+                                  "trl-elsewhere"])
 def test_bad_input_is_one_line_and_exit_2(case, llama, tmp_path, capsys):
     from cli_helpers import save_bert_without_dropout
 
@@ -266,10 +267,13 @@ def test_bad_input_is_one_line_and_exit_2(case, llama, tmp_path, capsys):
     elif case == "classifier-flag":
         args += ["--multi-label"]
         want = "does not take --multi-label"
-    else:
+    elif case == "lora-flag-elsewhere":
         args = ["train", "--model", "textcnn", "--train", pairs, "--lora-r", "4",
                 "--output-dir", tmp_path / "r2"]
         want = "--lora-r is for --task causal-lm"
+    else:
+        args = ["train", "--train", pairs, "--engine", "trl", "--output-dir", tmp_path / "r2"]
+        want = "--engine trl is for --task causal-lm"
     before = _folder_digest(llama)
     assert run(*args) == 2
     err = capsys.readouterr().err
@@ -289,18 +293,95 @@ def test_every_method_trains_a_causal_lm(method, qwen2, pairs, tmp_path, capsys)
     assert math.isfinite(m["final"]["test"]["completion_loss"])
 
 
+@pytest.mark.parametrize("engine", ["trainer", "trl"])
 @pytest.mark.parametrize("method", ["none", "fgm"])
-def test_the_trainer_engine_gives_the_loops_weights(method, llama, pairs, tmp_path, capsys):
+def test_the_trainer_engines_give_the_loops_weights(engine, method, llama, pairs, tmp_path,
+                                                    capsys):
+    """--engine trainer (AdversarialTrainer) and --engine trl (AdversarialSFTTrainer, whose
+    own compute_loss is the closure) train the plain loop's weights on the same batches."""
     from safetensors.torch import load_file
 
     args = ["train", "--task", "causal-lm", "--model", llama, "--train", pairs, "--epochs", "1",
             "--batch-size", "8", "--max-length", "32", "--lr", "5e-3", "--quiet",
             "--method", method]
     assert run(*args, "--output-dir", tmp_path / "loop") == 0
-    assert run(*args, "--engine", "trainer", "--output-dir", tmp_path / "trainer") == 0
+    assert run(*args, "--engine", engine, "--output-dir", tmp_path / "trainer") == 0
     a = load_file(str(tmp_path / "loop" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "trainer" / "model" / "model.safetensors"))
     moved = load_file(str(os.path.join(llama, "model.safetensors")))
     assert not torch.equal(a["model.norm.weight"], moved["model.norm.weight"])  # it trained
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+
+
+def test_two_ranks_train_the_weights_of_one_process_with_double_batch(llama, tmp_path):
+    """torchrun: each rank's loss is its completion tokens' mean and DDP averages the ranks'.
+    Every completion here has the same number of tokens, so that is the global batch's mean,
+    and 2 ranks with batch 4 train the weights of one process with batch 8."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    # 55 examples: 6 test, 5 validation, 44 to train on: 5 global batches of 8 and one of 4
+    # (2 per rank), so no rank pads its shard with a repeated example
+    pairs = write_jsonl(tmp_path / "p.jsonl", rows(55))
+    common = ["--task", "causal-lm", "--model", llama, "--train", pairs, "--method", "fgm",
+              "--epochs", "1", "--lr", "5e-3", "--max-length", "32", "--device", "cpu", "--quiet"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "advnlp.cli", "train", *common,
+                           "--batch-size", "4", "--output-dir", str(tmp_path / "ddp")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run("train", *common, "--batch-size", "8", "--output-dir", tmp_path / "one") == 0
+    assert read_json(tmp_path / "one", "metrics.json")["train_examples"] == 44
+    got = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    want = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+    assert read_json(tmp_path / "ddp", "metrics.json")["final"]["test"]["completion_loss"] == \
+        pytest.approx(read_json(tmp_path / "one", "metrics.json")["final"]["test"]["completion_loss"],
+                      rel=1e-4)
+
+
+def test_bf16_autocast_trains_and_scores(qwen2, pairs, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    assert run("train", *ARGS, "--model", qwen2, "--train", pairs, "--precision", "bf16",
+               "--method", "fgm", "--output-dir", out) == 0
+    m = read_json(out, "metrics.json")
+    assert all(math.isfinite(x) for e in m["epochs"] for x in e["step_losses"])
+    assert read_json(out, "config.json")["precision"] == "bf16"
+
+
+def test_config_of_a_run_retrains_it_to_the_same_weights(llama, pairs, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert run("train", *ARGS, "--model", llama, "--train", pairs, "--lora-r", "2",
+               "--lora-targets", "q_proj,v_proj", "--perturb", "all", "--output-dir", first) == 0
+    assert run("train", "--config", str(first / "config.json"), "--output-dir", again) == 0
+    a = load_file(str(first / "model" / "adapter_model.safetensors"))
+    b = load_file(str(again / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = read_json(again, "config.json")
+    assert cfg["lora_targets"] == ["q_proj", "v_proj"] and cfg["perturb"] == "all"
+
+
+def test_examples_whose_prompt_fills_max_length_are_dropped_with_a_warning(llama, tmp_path,
+                                                                          capsys):
+    data = rows(40)
+    for r in data[:5]:  # 20 words of prompt: nothing of the completion fits in 16 tokens
+        r["prompt"] = " ".join(["what colour is the apple ?"] * 4)
+    path = write_jsonl(tmp_path / "long.jsonl", data)
+    out = tmp_path / "r"
+    args = ["train", *[a if a != "32" else "16" for a in ARGS], "--model", llama,
+            "--train", path, "--method", "none", "--output-dir", out]
+    assert run(*args) == 0
+    err = capsys.readouterr().err
+    assert "dropped: the prompt fills --max-length 16 tokens" in err
+    m = read_json(out, "metrics.json")
+    # the 5 long ones are gone from whichever split they fell in
+    assert m["train_examples"] + m["validation_examples"] + m["test_examples"] == 35

@@ -177,3 +177,18 @@ def test_validation_scores_clean_skips_the_validation_attacks_only(sentiment_csv
         assert "validation_robust_accuracy@0.5" not in c and "validation_typo_accuracy" not in c
     assert read_json(tmp_path / "clean", "compare-config.json")["validation_scores"] == "clean"
     assert run(*args, "--validation-scores", "some", "--output-dir", tmp_path / "x") == 2
+
+
+def test_eval_strategy_end_validates_after_the_last_epoch_only(sentiment_csv, tmp_path, capsys):
+    args = ["train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "3",
+            "--method", "fgm"]
+    assert run(*args, "--output-dir", tmp_path / "every") == 0
+    assert run(*args, "--eval-strategy", "end", "--output-dir", tmp_path / "end") == 0
+    every, end = read_json(tmp_path / "every", "metrics.json"), read_json(tmp_path / "end",
+                                                                          "metrics.json")
+    assert [e["validation"] == {} for e in end["epochs"]] == [True, True, False]
+    assert end["epochs"][-1]["validation"] == every["epochs"][-1]["validation"]
+    assert end["final"] == every["final"]  # validating changes nothing it trains on
+    assert [e["step_losses"] for e in end["epochs"]] == [e["step_losses"] for e in every["epochs"]]
+    assert (tmp_path / "end" / "plot.png").is_file()
+    assert run(*args, "--eval-strategy", "never", "--output-dir", tmp_path / "x") == 2

@@ -16,7 +16,7 @@ import os
 import signal
 from typing import Callable, Dict, Optional, Sequence
 
-from . import cost
+from . import cost, parallel
 from .config import (
     AUGMENT_ATTACKS,
     METHODS,
@@ -38,6 +38,7 @@ from .plan import (
     attack_key,
     discrete_attacks,
     robust_key,
+    run_title,
     success_key,
 )
 from .report import compare_plot
@@ -153,7 +154,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             attack_samples: int, overwrite: bool = False, progress: bool = False,
             log: Callable[[str], None] = lambda s: None, attack: Optional[Sequence[str]] = None,
             attack_limit: int = 50, seeds: int = 1, typo_rate: Optional[float] = None,
-            cost_rounds: int = 5, validation_scores: str = "full") -> dict:
+            cost_rounds: int = 5, validation_scores: str = "full", jobs: int = 1) -> dict:
     """Train every method on the same data, model and budget, ``seeds`` times each
     (seeds ``cfg.seed .. cfg.seed + seeds - 1``, seed s of every method paired with seed s
     of the others); one row per method, and with several seeds the paired difference of
@@ -169,7 +170,8 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     on the first ``attack_limit``.
     The validation split's scores are in every row too: choose settings by those
     (``validation_scores="clean"``: only its clean metrics, which training computed anyway;
-    the attacks are not run on it).
+    the attacks are not run on it). ``jobs`` > 1 trains and scores that many runs at once,
+    each in its own process with its share of the CPU threads (:mod:`advnlp.cli.parallel`).
 
     Cost: every row has its wall-clock seconds per step while it trained and, unless
     ``cost_rounds`` is 0, its step cost against ``none`` measured after training by
@@ -179,6 +181,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
     attacks = _checked_attacks(task_of(cfg), cfg, attack, attack_limit, typo_rate)
     epsilons = _checked_radii(attack_epsilon)
     _check_entries(methods, seeds, cost_rounds)
+    parallel.check_jobs(jobs)
     if validation_scores not in VALIDATION_SCORES:
         raise InputError(f"--validation-scores takes {' or '.join(VALIDATION_SCORES)}, got "
                          f"{validation_scores!r}")
@@ -190,7 +193,7 @@ def compare(cfg: TrainConfig, methods, attack_epsilon, attack_steps: int,
             "attack_steps": attack_steps, "attack_samples": attack_samples,
             "attack": attacks or None,
             "attack_limit": attack_limit, "typo_rate": typo_rate, "cost_rounds": cost_rounds,
-            "validation_scores": validation_scores}
+            "validation_scores": validation_scores, "jobs": jobs}
     runs = _planned_runs(plan)  # every run's arguments checked before the first run and the folder
     first = next(iter(runs.values()))  # the model and the data, resolved and fingerprinted
     plan["config"]["model"], plan["config"]["data"] = first.model, dataclasses.asdict(first.data)
@@ -283,9 +286,12 @@ def _compare_folders(out_dir: str, runs: dict) -> list:
 
 
 def resume_compare(out_dir: str, progress: bool = False,
-                   log: Callable[[str], None] = lambda s: None) -> dict:
+                   log: Callable[[str], None] = lambda s: None, jobs: Optional[int] = None) -> dict:
     """Finish an interrupted compare: finished runs are kept, an interrupted one resumes from
-    its checkpoint, the others are trained; the table covers every run."""
+    its checkpoint, the others are trained; the table covers every run. ``jobs``: how many
+    runs train at once from now on (None: as the compare started)."""
+    if jobs is not None:
+        parallel.check_jobs(jobs)
     if not os.path.isdir(out_dir):
         raise InputError(f"{out_dir} is not a folder; give the --output-dir of the compare "
                          "to resume")
@@ -294,6 +300,8 @@ def resume_compare(out_dir: str, progress: bool = False,
             with open(os.path.join(out_dir, PLAN), encoding="utf-8") as f:
                 plan = json.load(f)
             plan["config"]["output_dir"] = out_dir  # the folder may have moved since
+            if jobs is not None:  # the machine's to choose, not the comparison's
+                plan["jobs"] = jobs
             TrainConfig.from_json(plan["config"]).data.check_unchanged()  # one table, one dataset
             runs = _planned_runs(plan)
         except FileNotFoundError:
@@ -358,36 +366,45 @@ def _signals_interrupt():
 
 
 def _run_all(plan: dict, runs: dict, progress: bool, log, resuming: bool) -> dict:
-    rows = []
-    for (m, seed), run_cfg in runs.items():
-        log(f"== {m}" + (f", seed {seed}" if plan["seeds"] > 1 else ""))
-        row_path = os.path.join(run_cfg.output_dir, ROW)
-        if resuming and os.path.isfile(row_path):
-            rows.append(_upgraded(_read_row(row_path), plan))
-            log("  finished before: kept")
-            continue
-        folder = run_cfg.output_dir
-        if resuming and os.path.isdir(os.path.join(folder, "model")):  # trained, not yet scored
-            row = {"method": m, "seed": seed,
-                   **plan_task(plan).parts.row_of_saved(folder, plan, log)}
-        else:
-            if resuming and has_checkpoint(folder):
-                trained = _resumed_run(folder, progress, log)
-            else:
-                if resuming and os.path.isdir(folder):  # stopped before its first checkpoint:
-                    clear_run(folder)  # train it again (the user's files there stay)
-                trained = _start(run_cfg, progress, log)
-            result = fit(trained)
-            row = {"method": m, "seed": seed,
-                   **plan_task(plan).parts.row(trained, result, plan, log)}
-        _report_row(run_cfg, row, plan)
-        write_json(row_path, row)
-        rows.append(row)
+    if plan.get("jobs", 1) > 1:
+        rows = parallel.rows(plan, runs, resuming, log, one_row)
+    else:
+        rows = []
+        for (m, seed), run_cfg in runs.items():
+            log(run_title(plan, m, seed))
+            rows.append(one_row(plan, m, seed, run_cfg, progress, log, resuming))
     out = _tabulate(plan, rows, _step_cost(plan, runs, log))
     path = os.path.join(plan["config"]["output_dir"], "compare.json")
     write_json(path, out)
     compare_plot(os.path.dirname(path), out, log)
     return {**out, "path": path}
+
+
+def one_row(plan: dict, m: str, seed: int, run_cfg: TrainConfig, progress: bool, log,
+            resuming: bool) -> dict:
+    """One run of a compare trained (or resumed, or kept) and scored; its row, also written
+    to its folder."""
+    row_path = os.path.join(run_cfg.output_dir, ROW)
+    if resuming and os.path.isfile(row_path):
+        log("  finished before: kept")
+        return _upgraded(_read_row(row_path), plan)
+    folder = run_cfg.output_dir
+    if resuming and os.path.isdir(os.path.join(folder, "model")):  # trained, not yet scored
+        row = {"method": m, "seed": seed,
+               **plan_task(plan).parts.row_of_saved(folder, plan, log)}
+    else:
+        if resuming and has_checkpoint(folder):
+            trained = _resumed_run(folder, progress, log)
+        else:
+            if resuming and os.path.isdir(folder):  # stopped before its first checkpoint:
+                clear_run(folder)  # train it again (the user's files there stay)
+            trained = _start(run_cfg, progress, log)
+        result = fit(trained)
+        row = {"method": m, "seed": seed,
+               **plan_task(plan).parts.row(trained, result, plan, log)}
+    _report_row(run_cfg, row, plan)
+    write_json(row_path, row)
+    return row
 
 
 def _report_row(cfg: TrainConfig, row: dict, plan: dict) -> None:

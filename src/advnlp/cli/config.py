@@ -113,7 +113,8 @@ MANY_STEPS = 100
 # example of 64 tokens has an L2 norm of about 10) drowns the text: the run trains on noise.
 HUGE_RELATIVE, HUGE_ABSOLUTE = 1.0, 1000.0
 DEFAULT_TRAIN_SAMPLES = 640  # 128 per topic: the embedded default trains in ~2 CPU minutes
-ENGINES = ("loop", "trainer")
+ENGINES = ("loop", "trainer", "trl")  # trl: a task's own (Task.engines)
+EVAL_STRATEGIES = ("epoch", "end")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -149,6 +150,7 @@ class TrainConfig:
     label_all_subtokens: bool = False  # a tagger: every sub-token gets the tag
     typo_defence: bool = False  # a TypoNormalizer before the tokenizer, saved with the model
     report_to: str = "none"  # tensorboard: the run's scalars in <run>/tensorboard/
+    eval_strategy: str = "epoch"  # epoch: validation after every epoch; end: the last only
     perturb: str = "prompt"  # a causal LM: the positions the methods perturb (prompt / all)
     lora_r: Optional[int] = None  # a causal LM: LoRA's rank (None: full fine-tuning)
     lora_alpha: Optional[float] = None  # LoRA's alpha (None: 2 * rank)
@@ -182,6 +184,9 @@ class TrainConfig:
         if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < 1:
             raise InputError("--max-train-samples must be >= 1")
         _check_engine(cfg, scratch)
+        if cfg.eval_strategy not in EVAL_STRATEGIES:
+            raise InputError(f"--eval-strategy takes {' or '.join(EVAL_STRATEGIES)}, got "
+                             f"{cfg.eval_strategy!r}")
         check_reporter(cfg.report_to)
         check_method(cfg)
         check_environment(cfg)
@@ -322,7 +327,7 @@ def _check_discrete(cfg: TrainConfig) -> None:
                              ", which the edited pass does not feed")
         if cfg.engine != "loop":
             raise InputError("--online-attack edits the texts of each batch, which only "
-                             "--engine loop hands to the step; drop --engine trainer")
+                             f"--engine loop hands to the step; drop --engine {cfg.engine}")
     if cfg.online_search not in ONLINE_SEARCHES:
         raise InputError(f"--online-search takes {' or '.join(ONLINE_SEARCHES)}, got "
                          f"{cfg.online_search!r}")
@@ -339,20 +344,20 @@ def _check_engine(cfg: TrainConfig, scratch: bool) -> None:
         raise InputError(f"--precision takes {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.engine not in ENGINES:
         raise InputError(f"--engine takes {' or '.join(ENGINES)}, got {cfg.engine!r}")
-    if cfg.engine == "trainer":
+    if cfg.engine != "loop":
         if scratch:
-            raise InputError(f"--engine trainer trains Hugging Face models; --model {cfg.model} "
-                             "trains with the default --engine loop")
+            raise InputError(f"--engine {cfg.engine} trains Hugging Face models; --model "
+                             f"{cfg.model} trains with the default --engine loop")
         if cfg.augment_with_attack is not None:
             raise InputError("--augment-with-attack grows the training set between epochs, "
                              "which only --engine loop does; drop one of the two")
         if cfg.method == "freeat":
             raise InputError("--method freeat replays each batch --steps times, which only "
-                             "--engine loop does; drop --engine trainer")
+                             f"--engine loop does; drop --engine {cfg.engine}")
         if cfg.method == "atta":
             raise InputError("--method atta stores a perturbation per training example, and "
                              "only --engine loop tells the step which examples a batch "
-                             "holds; drop --engine trainer")
+                             f"holds; drop --engine {cfg.engine}")
     if cfg.method == "freeat" and cfg.augment_with_attack is not None:
         raise InputError("--method freeat splits each pass over the data into --steps epochs, "
                          "and --augment-with-attack would change the data mid-pass; drop "
@@ -365,28 +370,30 @@ def check_environment(cfg: TrainConfig) -> None:
         kind = device_of(cfg.device).type
         if kind == "cuda" and cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise InputError("--precision bf16: this GPU has no bfloat16; use --precision fp16")
-        if kind == "cpu" and cfg.precision == "fp16" and cfg.engine == "trainer":
+        if kind == "cpu" and cfg.precision == "fp16" and cfg.engine != "loop":
             # accelerate turns fp16 off on CPU without a word: the run would be fp32.
-            raise InputError("--precision fp16 with --engine trainer needs a GPU (on CPU "
+            raise InputError(f"--precision fp16 with --engine {cfg.engine} needs a GPU (on CPU "
                              "the Trainer silently trains in fp32); use --precision bf16, "
                              "or --engine loop")
-    if cfg.engine != "trainer":
+    if cfg.engine == "loop":
         return
     try:
         importlib.import_module("advnlp.integrations.transformers")
+        if cfg.engine == "trl":
+            importlib.import_module("advnlp.integrations.trl")
         from transformers.utils import is_accelerate_available
     except ImportError as e:
-        raise InputError(f"--engine trainer: {e}") from None
+        raise InputError(f"--engine {cfg.engine}: {e}") from None
     if not is_accelerate_available():
-        raise InputError("--engine trainer needs accelerate, as transformers' Trainer "
+        raise InputError(f"--engine {cfg.engine} needs accelerate, as transformers' Trainer "
                          "does: pip install 'advnlp[hf]'")
     if cfg.device.startswith("cuda:"):
-        raise InputError(f"--engine trainer picks the GPU itself: instead of --device "
+        raise InputError(f"--engine {cfg.engine} picks the GPU itself: instead of --device "
                          f"{cfg.device}, run with CUDA_VISIBLE_DEVICES={cfg.device[5:]} "
                          "and --device cuda")
     if (device_of(cfg.device).type == "cuda" and torch.cuda.device_count() > 1
             and "LOCAL_RANK" not in os.environ):  # torchrun sets it, even for one process
-        raise InputError(f"{torch.cuda.device_count()} GPUs are visible: --engine trainer "
+        raise InputError(f"{torch.cuda.device_count()} GPUs are visible: --engine {cfg.engine} "
                          "uses one per process (the Trainer would fall back to "
                          "DataParallel); launch with torchrun --nproc_per_node N, or "
                          "pick one with CUDA_VISIBLE_DEVICES=0")
@@ -394,6 +401,10 @@ def check_environment(cfg: TrainConfig) -> None:
 
 def _check_task(cfg: TrainConfig) -> None:
     task = task_named(cfg.task)
+    if cfg.engine in ENGINES and cfg.engine not in task.engines:
+        which = [t.name for t in TASKS.values() if cfg.engine in t.engines]
+        raise InputError(f"--engine {cfg.engine} is for --task {' or '.join(which)}; --task "
+                         f"{task.name} trains with --engine {' or '.join(task.engines)}")
     for other in TASKS.values():  # another task's own options, given, would be ignored
         for name, default in other.options.items():
             if other is not task and getattr(cfg, name) != default:

@@ -478,3 +478,15 @@ def token_prefix(text: str, n: int) -> str:
 def batches(n: int, size: int) -> List[range]:
     """Positions ``0 .. n-1`` in consecutive spans of ``size`` (the last one shorter)."""
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def held_out(items: list, share: float, seed: int, what: str, unit: str = "example") -> tuple:
+    """``(kept, held)``: a seeded ``share`` of ``items`` (at least one) held out as the
+    ``what`` split, both in the file's order; a clear error when nothing would be left."""
+    k = max(1, round(len(items) * share))
+    if len(items) - k < 1:
+        raise InputError(f"{len(items)} training {unit}(s): too few to split off a {what} "
+                         f"split; give --{what} FILE")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in sorted(order[k:])], [items[i] for i in sorted(order[:k])]

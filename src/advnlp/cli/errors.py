@@ -24,3 +24,6 @@ class Interrupted(Exception):
         self.run_dir, self.signal, self.command = run_dir, signal.Signals(signum), command
         # The shell's convention for "ended by signal N", kept although we exit normally.
         self.exit_code = 128 + self.signal
+
+    def __reduce__(self):  # from a compare --jobs worker to the compare, signal and all
+        return (Interrupted, (self.run_dir, int(self.signal), self.command))

@@ -56,11 +56,13 @@ def _train(args, progress: bool, log) -> None:
 def _compare(args, progress: bool, log) -> None:
     if args.resume:
         defaults = vars(build_parser().parse_args(["compare"]))
-        extra = [k for k, v in vars(args).items() if k not in ("resume", "quiet") and v != defaults[k]]
+        extra = [k for k, v in vars(args).items()
+                 if k not in ("resume", "quiet", "jobs") and v != defaults[k]]
         if extra:
             raise InputError(f"compare --resume takes the comparison's own settings; drop "
                              f"--{extra[0].replace('_', '-')}")
-        out = resume_compare(args.resume, progress, log)
+        out = resume_compare(args.resume, progress, log,
+                             None if args.jobs == defaults["jobs"] else args.jobs)
         print(compare_table(out))
         print(f"written: {out['path']}")
         return
@@ -71,7 +73,8 @@ def _compare(args, progress: bool, log) -> None:
     attacks = None if args.attack is None else comma_list(args.attack)
     out = compare(config_from_args(args), methods, args.attack_epsilon, args.attack_steps,
                   args.attack_samples, args.overwrite, progress, log, attacks, args.attack_limit,
-                  args.seeds, args.typo_rate, args.cost_rounds, args.validation_scores)
+                  args.seeds, args.typo_rate, args.cost_rounds, args.validation_scores,
+                  args.jobs)
     print(compare_table(out))
     print(f"written: {out['path']}")
 

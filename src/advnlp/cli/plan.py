@@ -18,6 +18,11 @@ def attacks_validation(plan: dict) -> bool:
     return plan.get("validation_scores", "full") == "full"
 
 
+def run_title(plan: dict, method: str, seed: int) -> str:
+    """The log line a compare's run starts with."""
+    return f"== {method}" + (f", seed {seed}" if plan["seeds"] > 1 else "")
+
+
 def robust_key(epsilon: float, score: str = "accuracy") -> str:
     """The row key of the score (accuracy; entity_f1) under the embedding attack at ``epsilon``."""
     return f"robust_{score}@{epsilon:g}"

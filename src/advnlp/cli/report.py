@@ -145,7 +145,8 @@ def plot(run_dir: str, history: list, log: Callable[[str], None], key: str = "ac
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (clean)")
     acc = ax.twinx()
-    acc.plot(ends, [h["validation"][key] for h in history], "s-", color="tab:orange")
+    shown = [(end, h["validation"][key]) for end, h in zip(ends, history) if h["validation"]]
+    acc.plot([e for e, _ in shown], [v for _, v in shown], "s-", color="tab:orange")
     acc.set_ylabel(f"validation {key.replace('_', ' ')} (end of epoch)")
     if bounded:  # a share in [0, 1]; a loss is not
         acc.set_ylim(0, 1)

@@ -331,7 +331,7 @@ class Run:
             "steps": steps,
             "train_examples": len(self.train_set),
             "train_seconds": self.partial["seconds"],
-            "validation": self.evaluate("validation") if self.is_main else {},
+            "validation": self.evaluate("validation") if self.is_main and self._validates() else {},
         }
         if self.cfg.online_attack is not None:
             counts = torch.tensor([self.partial.get("edited_examples", 0),
@@ -345,10 +345,16 @@ class Run:
         self.report({"train/epoch_loss": entry["train_loss"],
                      **numeric("validation", entry["validation"])}, self.finished_steps())
         if self.is_main:
-            self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
-                     f"validation {self.headline.replace('_', ' ')} "
-                     f"{entry['validation'][self.headline]:.4f}")
+            shown = entry["validation"]
+            self.log(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}"
+                     + (f", validation {self.headline.replace('_', ' ')} "
+                        f"{shown[self.headline]:.4f}" if shown else ""))
         return entry
+
+    def _validates(self) -> bool:
+        """Whether this epoch ends with a validation: every epoch, or the last one only
+        (--eval-strategy end), whose numbers are the run's final validation either way."""
+        return self.cfg.eval_strategy == "epoch" or self.epoch + 1 >= self.cfg.epochs
 
     def next_epoch(self) -> None:
         self.epoch, self.step = self.epoch + 1, 0

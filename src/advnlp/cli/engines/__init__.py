@@ -1,5 +1,6 @@
-"""The loops that step a :class:`~advnlp.cli.run.Run`: advnlp's own (``loop``) and Hugging
-Face's Trainer (``trainer``). Each engine module offers the same three functions:
+"""The loops that step a :class:`~advnlp.cli.run.Run`: advnlp's own (``loop``), Hugging
+Face's Trainer (``trainer``) and TRL's SFTTrainer (``trl``, causal LMs). Each engine module
+offers the same three functions:
 
 * ``fit(run)`` - train from where the run is to its last epoch; raises
   ``Interrupted`` after saving a checkpoint when Ctrl-C or SIGTERM stopped it before the end;
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-ENGINES = {"loop": "advnlp.cli.engines.loop", "trainer": "advnlp.cli.engines.hf_trainer"}
+ENGINES = {"loop": "advnlp.cli.engines.loop", "trainer": "advnlp.cli.engines.hf_trainer",
+           "trl": "advnlp.cli.engines.trl_sft"}
 
 
 def engine(name: str):

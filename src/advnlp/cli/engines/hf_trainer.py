@@ -135,9 +135,10 @@ class _Collate:
         return self.run.labelled_batch(idx)
 
 
-class _RunTrainer(AdversarialTrainer):
-    """AdversarialTrainer fed the run's batches, keeping each step's loss for the run,
-    and writing checkpoints atomically with the run's state beside the Trainer's."""
+class RunSteps:
+    """A Trainer (AdversarialTrainer; TRL's in ``--engine trl``) fed the run's batches,
+    keeping each step's loss for the run, and writing checkpoints atomically with the run's
+    state beside the Trainer's."""
 
     def __init__(self, run: Run, **kwargs):
         self.run = run
@@ -208,10 +209,14 @@ class _RunTrainer(AdversarialTrainer):
         self.accelerator.wait_for_everyone()
 
 
+class _RunTrainer(RunSteps, AdversarialTrainer):
+    pass
+
+
 class _RunCallback(TrainerCallback):
     """Step timing, progress bar, Ctrl-C, and the run's epoch bookkeeping."""
 
-    def __init__(self, run: Run, trainer: "_RunTrainer"):
+    def __init__(self, run: Run, trainer: RunSteps):
         self.run, self.trainer = run, trainer
         self.bar = None
         self.started = 0.0
@@ -260,10 +265,18 @@ class _RunCallback(TrainerCallback):
 def fit(run: Run) -> None:
     """Train ``run`` to its last epoch with the HF Trainer;
     raises ``Interrupted`` after saving a checkpoint on Ctrl-C before the last epoch ended."""
+    fit_with(run, _RunTrainer, TrainingArguments)
+
+
+def fit_with(run: Run, trainer_class, args_class, args_extra: Optional[dict] = None,
+             examples=None, **trainer_extra) -> None:
+    """:func:`fit` with another Trainer (a :class:`RunSteps`), its arguments' class, and
+    ``examples``, the dataset the Trainer is given (default: the run's example indices; the
+    batches always come from the run, through :meth:`RunSteps.get_train_dataloader`)."""
     if run.epoch >= run.cfg.epochs:
         return
     cpu = run.device.type == "cpu"
-    args = TrainingArguments(
+    args = args_class(
         output_dir=os.path.join(run.run_dir, CHECKPOINTS),
         per_device_train_batch_size=run.cfg.batch_size,
         num_train_epochs=run.cfg.epochs,
@@ -274,11 +287,12 @@ def fit(run: Run) -> None:
         # The run's callback decides when to save and evaluate; nothing is reported out.
         save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=not cpu,
-        ddp_find_unused_parameters=False,
+        ddp_find_unused_parameters=False, **(args_extra or {}),
     )
-    hf = _RunTrainer(run, model=run.clf.model, args=args, train_dataset=_Examples(run),
-                     data_collator=_Collate(run), optimizers=(run.optimizer, run.scheduler),
-                     adversary=run.adv, adversary_mask=run.adversary_mask())
+    hf = trainer_class(run, model=run.clf.model, args=args,
+                       train_dataset=_Examples(run) if examples is None else examples,
+                       data_collator=_Collate(run), optimizers=(run.optimizer, run.scheduler),
+                       adversary=run.adv, adversary_mask=run.adversary_mask(), **trainer_extra)
     if hf.args.n_gpu > 1:  # check_environment refuses this first; DataParallel otherwise
         raise InputError(f"{hf.args.n_gpu} GPUs in one process: launch with torchrun")
     callback = _RunCallback(run, hf)

@@ -47,6 +47,7 @@ class Task:
     # add_options puts their flags on the train / compare parser.
     options: Dict[str, object] = field(default_factory=dict)
     add_options: Callable = lambda parser: None
+    engines: Tuple[str, ...] = ("loop", "trainer")  # the --engine values it trains with
 
     def lower_is_better(self, key: str) -> bool:
         """Whether a row key (``validation_completion_loss``, ``broken_share@0.5``) improves

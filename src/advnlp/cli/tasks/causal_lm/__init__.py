@@ -88,4 +88,4 @@ TASK = Task(
     extra_keys=("broken_share",),
     options={"perturb": "prompt", "lora_r": None, "lora_alpha": None,
              "lora_targets": ("all-linear",), "merge_lora": False},
-    add_options=_options)
+    add_options=_options, engines=("loop", "trainer", "trl"))

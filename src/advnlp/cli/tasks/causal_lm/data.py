@@ -16,7 +16,6 @@ counted in a warning; if that leaves no training example, the run is refused.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -144,18 +143,6 @@ def encode_all(tokenizer, rows: Sequence[dict], max_length: int, what: str, log)
     return kept
 
 
-def split_off(rows: list, share: float, seed: int, what: str) -> Tuple[list, list]:
-    """``rows`` less a seeded ``share`` of them (at least one), and that share."""
-    k = max(1, round(len(rows) * share))
-    if len(rows) - k < 1:
-        raise InputError(f"{len(rows)} training example(s): too few to split off a {what} "
-                         f"split; give --{what} FILE")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    held, kept = set(order[:k]), sorted(order[k:])
-    return [rows[i] for i in kept], [rows[i] for i in sorted(held)]
-
-
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict:
     """A right-padded batch: ``input_ids``, ``attention_mask``, and ``labels`` (the ids on
     the completion, -100 on the prompt and padding)."""
@@ -172,4 +159,4 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> dict:
 
 
 __all__ = ["Conversation", "Encoded", "IGNORE", "collate", "encode", "encode_all",
-           "read_conversations", "render", "split_off"]
+           "read_conversations", "render"]

@@ -21,6 +21,7 @@ import torch
 
 from advnlp import EmbeddingAdversary, backward_step
 
+from ...data import held_out
 from ...distributed import seed_everything
 from ...errors import InputError
 from ...files import atomic_dir, write_json, write_jsonl
@@ -53,9 +54,9 @@ def lm_splits(cfg, tokenizer, log) -> SimpleNamespace:
         if path is not None:
             held[name] = D.read_conversations(path)
         else:
-            rows, held[name] = D.split_off(rows, 0.1, cfg.seed + (name == "test"), name)
+            rows, held[name] = held_out(rows, 0.1, cfg.seed + (name == "test"), name)
     if spec.max_train_samples is not None and spec.max_train_samples < len(rows):
-        rows, _ = D.split_off(rows, 1 - spec.max_train_samples / len(rows), cfg.seed, "train")
+        rows, _ = held_out(rows, 1 - spec.max_train_samples / len(rows), cfg.seed, "train")
     return SimpleNamespace(**{name: D.encode_all(tokenizer, r, cfg.max_length, name, log)
                               for name, r in (("train", rows), ("validation", held["validation"]),
                                               ("test", held["test"]))})

@@ -24,8 +24,8 @@ import torch
 
 from advnlp import backward_step
 
+from ...data import held_out
 from ...distributed import seed_everything
-from ...errors import InputError
 from ...files import write_json, write_jsonl
 from ...run import Run
 from ..classification.classify import example_ids
@@ -41,18 +41,6 @@ class TagLabels:
 
     def to_json(self) -> dict:
         return {"task": "token-classification", "names": self.names, "scheme": self.scheme}
-
-
-def _split_off(sentences: list, share: float, seed: int, what: str):
-    k = max(1, round(len(sentences) * share))
-    if len(sentences) - k < 1:
-        raise InputError(f"{len(sentences)} training sentence(s): too few to split off a {what} "
-                         f"split; give --{what} FILE")
-    order = list(range(len(sentences)))
-    random.Random(seed).shuffle(order)
-    held = sorted(order[:k])
-    kept = sorted(order[k:])
-    return [sentences[i] for i in kept], [sentences[i] for i in held]
 
 
 def tag_splits(spec, seed: int, log) -> tuple:
@@ -77,7 +65,8 @@ def tag_splits(spec, seed: int, log) -> tuple:
             check_known_tags(train, other, name)
             splits[name] = list(other.sentences)
         else:
-            sentences, splits[name] = _split_off(sentences, 0.1, seed + (name == "test"), name)
+            sentences, splits[name] = held_out(sentences, 0.1, seed + (name == "test"), name,
+                                               "sentence")
     if spec.max_train_samples is not None and spec.max_train_samples < len(sentences):
         order = list(range(len(sentences)))
         random.Random(seed).shuffle(order)

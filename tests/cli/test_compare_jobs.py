@@ -1,0 +1,58 @@
+"""compare --jobs N: runs trained and scored N at a time in worker processes give the table of
+--jobs 1; a SIGTERM stops every worker at a checkpoint and compare --resume finishes it."""
+import os
+import signal
+import subprocess
+import sys
+
+from cli_helpers import read_json, run
+
+ARGS = ["--methods", "none,fgm", "--seeds", "2", "--model", "textcnn", "--epochs", "2",
+        "--attack-samples", "8", "--attack-steps", "2", "--cost-rounds", "0"]
+TIMING = ("seconds_per_step", "relative_cost", "run_dir")
+
+
+def _rows(folder):
+    out = read_json(folder, "compare.json")
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in out["runs"]], out
+
+
+def test_jobs_2_gives_the_table_of_jobs_1(sentiment_csv, tmp_path, capsys):
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "one",
+               "--quiet") == 0
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "two",
+               "--jobs", "2") == 0
+    one, a = _rows(tmp_path / "one")
+    two, b = _rows(tmp_path / "two")
+    assert one == two  # every score, every seed, in the plan's order
+    assert a["versus_none"] == b["versus_none"]
+    err = capsys.readouterr().err
+    assert "4 runs, 2 at a time" in err and "== fgm, seed 43" in err
+    assert read_json(tmp_path / "two", "compare-config.json")["jobs"] == 2
+
+
+def test_sigterm_stops_the_workers_and_resume_finishes(sentiment_csv, tmp_path, capsys):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", whole, "--quiet") == 0
+    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", "compare", *ARGS, "--train",
+                             sentiment_csv, "--output-dir", str(cut), "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        first = proc.stderr.readline()
+        assert "4 runs, 2 at a time" in first, first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "compare --resume" in err and "Traceback" not in err, err
+    assert not (cut / "compare.json").exists()
+    assert run("compare", "--resume", cut, "--jobs", "2") == 0
+    assert _rows(cut)[0] == _rows(whole)[0]
+
+
+def test_bad_jobs_are_refused(sentiment_csv, tmp_path, capsys):
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "x",
+               "--jobs", "0") == 2
+    assert "--jobs" in capsys.readouterr().err and not (tmp_path / "x").exists()
