@@ -234,6 +234,7 @@ def test_compare_gives_verdicts_where_a_lower_loss_is_better(llama, pairs, tmp_p
 
 @pytest.mark.parametrize("case", ["encoder", "no-template", "empty", "too-long", "targets",
                                   "textcnn", "classifier-flag", "lora-flag-elsewhere",
+                                  "no-folder", "no-config",
                                   "trl-elsewhere"])
 def test_bad_input_is_one_line_and_exit_2(case, llama, tmp_path, capsys):
     from cli_helpers import save_bert_without_dropout
@@ -267,6 +268,12 @@ def test_bad_input_is_one_line_and_exit_2(case, llama, tmp_path, capsys):
     elif case == "classifier-flag":
         args += ["--multi-label"]
         want = "does not take --multi-label"
+    elif case in ("no-folder", "no-config"):
+        folder = tmp_path / "empty"
+        if case == "no-config":
+            folder.mkdir()
+        args[args.index(llama)] = str(folder)
+        want = "no such directory" if case == "no-folder" else "no config.json"
     elif case == "lora-flag-elsewhere":
         args = ["train", "--model", "textcnn", "--train", pairs, "--lora-r", "4",
                 "--output-dir", tmp_path / "r2"]
@@ -275,6 +282,7 @@ def test_bad_input_is_one_line_and_exit_2(case, llama, tmp_path, capsys):
         args = ["train", "--train", pairs, "--engine", "trl", "--output-dir", tmp_path / "r2"]
         want = "--engine trl is for --task causal-lm"
     before = _folder_digest(llama)
+    capsys.readouterr()  # what saving the test's own folders printed
     assert run(*args) == 2
     err = capsys.readouterr().err
     assert want in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

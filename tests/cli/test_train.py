@@ -260,6 +260,24 @@ def test_train_config_retrains_a_run_to_the_same_weights(sentiment_csv, tmp_path
     assert read_json(tmp_path / "other", "config.json")["seed"] == 8
 
 
+def test_compare_config_takes_a_runs_settings_and_reproduces_it(sentiment_csv, tmp_path,
+                                                               capsys):
+    """compare --config RUN/config.json: the run's settings for every method; its own method
+    trained again gives the run's weights bit for bit."""
+    first, cmp = tmp_path / "first", tmp_path / "cmp"
+    assert run("train", "--model", "textcnn", "--train", sentiment_csv, "--epochs", "2",
+               "--method", "fgm", "--seed", "7", "--batch-size", "8", "--quiet",
+               "--output-dir", str(first)) == 0
+    assert run("compare", "--config", str(first / "config.json"), "--methods", "none,fgm",
+               "--attack-samples", "4", "--cost-rounds", "0", "--output-dir", str(cmp),
+               "--quiet") == 0
+    plan = read_json(cmp, "compare-config.json")["config"]
+    assert (plan["seed"], plan["epochs"], plan["batch_size"]) == (7, 2, 8)
+    a = load_file(str(first / "model" / "model.safetensors"))
+    b = load_file(str(cmp / "fgm" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_config_that_is_no_config_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"epochs": "many"}')

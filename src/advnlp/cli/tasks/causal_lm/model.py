@@ -34,11 +34,15 @@ def _architectures(path: str) -> List[str]:
     return [a for a in arch if isinstance(a, str)]
 
 
+def check_folder(path: str) -> None:
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+        what = "no config.json" if os.path.isdir(path) else "no such directory"
+        raise InputError(f"--model {path}: not a model directory ({what}); --task causal-lm "
+                         "needs a local causal LM folder (nothing is downloaded)")
+
+
 def check_causal(path: str, transformers) -> None:
     """Refuse a folder that is not a causal LM, before its weights are read."""
-    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
-        raise InputError(f"--model {path}: not a model directory (no config.json); --task "
-                         "causal-lm needs a local causal LM folder (nothing is downloaded)")
     arch = _architectures(path)
     if arch:
         # BertLMHeadModel is BERT as a decoder; a plain BERT folder says BertModel
@@ -84,6 +88,7 @@ class CausalLM:
 
 
 def load_base(path: str):
+    check_folder(path)
     transformers = open_hf_folder(path)
     check_causal(path, transformers)
     with hf_loading(path):
@@ -92,6 +97,7 @@ def load_base(path: str):
 
 
 def load_tokenizer(path: str):
+    check_folder(path)
     transformers = open_hf_folder(path)
     with hf_loading(path):
         return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
