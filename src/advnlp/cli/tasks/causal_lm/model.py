@@ -34,8 +34,9 @@ def _architectures(path: str) -> List[str]:
     return [a for a in arch if isinstance(a, str)]
 
 
-def check_folder(path: str) -> None:
-    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+def check_folder(path: str, config: bool = True) -> None:
+    """A model folder (``config``: with its config.json; a run's adapters have none)."""
+    if not os.path.isdir(path) or (config and not os.path.isfile(os.path.join(path, "config.json"))):
         what = "no config.json" if os.path.isdir(path) else "no such directory"
         raise InputError(f"--model {path}: not a model directory ({what}); --task causal-lm "
                          "needs a local causal LM folder (nothing is downloaded)")
@@ -97,7 +98,7 @@ def load_base(path: str):
 
 
 def load_tokenizer(path: str):
-    check_folder(path)
+    check_folder(path, config=False)
     transformers = open_hf_folder(path)
     with hf_loading(path):
         return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -145,6 +146,7 @@ def _quiet():
 
 def build_lm(cfg, log) -> CausalLM:
     """The model of a new run: the base, with fresh adapters when ``cfg.lora_r``."""
+    check_folder(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     model = load_base(cfg.model)
     if cfg.lora_r:
