@@ -56,3 +56,12 @@ def test_bad_jobs_are_refused(sentiment_csv, tmp_path, capsys):
     assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", tmp_path / "x",
                "--jobs", "0") == 2
     assert "--jobs" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_runs_start_longest_first_plain_none_last():
+    from advnlp.cli.parallel import start_order
+
+    runs = {("none", 42): 0, ("none", 43): 0, ("typo-defence", 42): 0, ("fgm", 42): 0,
+            ("fgm", 43): 0}
+    assert start_order(runs) == [("typo-defence", 42), ("fgm", 42), ("fgm", 43), ("none", 42),
+                                 ("none", 43)]

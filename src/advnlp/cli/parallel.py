@@ -71,6 +71,13 @@ def _one_run(one_row: Callable, plan: dict, method: str, seed: int, cfg_json: di
     return row, lines
 
 
+def start_order(runs) -> list:
+    """The runs' keys ``(entry, seed)`` in the order they start: the plan's, plain ``none``'s
+    last. The longest first, so that no worker is left with a long run while the others
+    idle: no entry costs less than plain none."""
+    return sorted(runs, key=lambda key: key[0] == "none")
+
+
 def rows(plan: dict, runs: Dict[Tuple[str, int], object], resuming: bool,
          log: Callable[[str], None], one_row: Callable) -> List[dict]:
     """Every run's row, trained ``plan["jobs"]`` at a time by ``one_row`` (the sequential
@@ -81,11 +88,8 @@ def rows(plan: dict, runs: Dict[Tuple[str, int], object], resuming: bool,
     pool = concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
         initargs=(threads,))
-    # The longest first, so that no worker is left with a long run while the others idle:
-    # no method costs less than none, so none's runs go last.
-    order = sorted(runs, key=lambda key: runs[key].method == "none")
     futures = {pool.submit(_one_run, one_row, plan, m, s, runs[m, s].to_json(), resuming): (m, s)
-               for m, s in order}
+               for m, s in start_order(runs)}
     done: Dict[Tuple[str, int], dict] = {}
     try:
         for future in concurrent.futures.as_completed(futures):
@@ -117,4 +121,4 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor, error: BaseException) ->
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-__all__ = ["check_jobs", "rows"]
+__all__ = ["check_jobs", "rows", "start_order"]
