@@ -47,14 +47,30 @@ METHODS = [
 ]
 
 
+def llama_size(quick: bool) -> dict:
+    """The benchmarked Llama's shape (``quick``: a smaller one, a smoke test)."""
+    return (dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=2, vocab_size=2048) if quick else
+            dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=8192))
+
+
+def parse_args(doc: str):
+    """The options the causal-LM step-cost benchmarks share."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return ap.parse_args()
+
+
 def build(quick: bool, device):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    size = (dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=2, vocab_size=2048) if quick else
-            dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=8192))
+    size = llama_size(quick)
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=512, **size)
     model = LlamaForCausalLM(config)
@@ -75,13 +91,7 @@ def make_batch(config, batch: int, seq: int, device):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     device = torch.device(args.device)
     model, config = build(args.quick, device)
     b = make_batch(config, args.batch, args.seq, device)

@@ -18,7 +18,6 @@ Writes ``benchmarks/results/step_cost-llm-cli-<device>.json`` and prints a markd
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -37,6 +36,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 import advnlp  # noqa: E402
 from advnlp import FGM, PGD  # noqa: E402
 from advnlp.cli.cost import timed_rounds  # noqa: E402
+from step_cost_llm import llama_size, parse_args  # noqa: E402
 
 METHODS = {"none": None, "fgm": lambda m: FGM(m, epsilon=0.03, relative=True),
            "pgd": lambda m: PGD(m, epsilon=0.03, alpha=0.009, steps=3, relative=True)}
@@ -48,10 +48,7 @@ def save_model(folder: str, quick: bool, seq: int) -> int:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    size = (dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=2, vocab_size=2048) if quick else
-            dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=8192))
+    size = llama_size(quick)
     words = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(size["vocab_size"] - 4)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -116,13 +113,7 @@ def hand_step(run, method, device):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     device = torch.device(args.device)
     from advnlp.cli.engines.loop import train_step
 

@@ -393,3 +393,10 @@ def test_examples_whose_prompt_fills_max_length_are_dropped_with_a_warning(llama
     m = read_json(out, "metrics.json")
     # the 5 long ones are gone from whichever split they fell in
     assert m["train_examples"] + m["validation_examples"] + m["test_examples"] == 35
+
+
+def test_compare_refuses_a_discrete_attack_before_training(llama, pairs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run("compare", *ARGS, "--model", llama, "--train", pairs, "--methods", "none,fgm",
+               "--attack", "char", "--output-dir", out) == 2
+    assert "--attack takes" in capsys.readouterr().err and not out.exists()

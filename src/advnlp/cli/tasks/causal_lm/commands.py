@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 from ...distributed import device_of
 from ...errors import InputError
 from ...files import write_json
-from ...plan import attack_epsilons, attacks_validation, discrete_attacks
+from ...plan import attack_epsilons, attacks_validation
 from ...rundir import read_config, read_labels, trained_model_dir
 from . import data as D
 from .model import load_trained
@@ -99,9 +99,6 @@ def _split_scores(lm, cfg, examples: list, plan: dict, device) -> dict:
 def _lm_scores(cfg, lm, splits, device, result: dict, plan: dict, log) -> dict:
     """A causal LM's row: clean completion loss and perplexity, the robust loss and the
     broken share at each radius, validation's the same (``validation_*``), the cost."""
-    if discrete_attacks(plan):
-        raise InputError("a causal-LM compare takes no --attack (char and word edit a "
-                         "classifier's texts)")
     row = {**result["final"]["test"], **_split_scores(lm, cfg, splits.test, plan, device)}
     validation = {**result["final"]["validation"],
                   **(_split_scores(lm, cfg, splits.validation, plan, device)

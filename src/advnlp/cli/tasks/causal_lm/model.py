@@ -66,9 +66,9 @@ class CausalLM:
     is_hf = True
     normalizer = None  # no typo defence for a causal LM
 
-    def __init__(self, model, tokenizer, max_length: int, base: str, lora: bool):
+    def __init__(self, model, tokenizer, max_length: int, base: str):
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
-        self.base, self.lora = base, lora
+        self.base = base  # the folder a merged copy starts from
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
@@ -152,7 +152,7 @@ def build_lm(cfg, log) -> CausalLM:
     if cfg.lora_r:
         model = with_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     model.config.use_cache = False  # training: no key/value cache
-    return CausalLM(model, tokenizer, cfg.max_length, cfg.model, bool(cfg.lora_r))
+    return CausalLM(model, tokenizer, cfg.max_length, cfg.model)
 
 
 def load_trained(cfg, directory: str) -> CausalLM:
@@ -162,7 +162,7 @@ def load_trained(cfg, directory: str) -> CausalLM:
         model = attach_adapters(load_base(cfg.model), directory)
     else:
         model = load_base(directory)
-    return CausalLM(model, tokenizer, cfg.max_length, cfg.model, bool(cfg.lora_r))
+    return CausalLM(model, tokenizer, cfg.max_length, cfg.model)
 
 
 def position_limit(model) -> Optional[int]:

@@ -39,8 +39,6 @@ DEFAULT_LENGTH = 256  # tokens per example (prompt and completion) without --max
 class LMLabels:
     """labels.json of a causal-LM run: it has no labels, only its task."""
 
-    names: List[str] = []
-
     def to_json(self) -> dict:
         return {"task": "causal-lm"}
 
