@@ -55,9 +55,12 @@ def llama_size(quick: bool) -> dict:
                  num_key_value_heads=4, vocab_size=8192))
 
 
-def parse_args(doc: str):
+def parse_args(doc: str, engine_rounds: bool = False):
     """The options the causal-LM step-cost benchmarks share."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if engine_rounds:
+        ap.add_argument("--engine-rounds", type=int, default=3,
+                        help="rounds of whole loop / trainer / trl runs per method (0: none)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)

@@ -11,6 +11,12 @@ clip, step, schedule, zero_grad) are timed interleaved on the same examples, the
 step rotating every round. Reported: the CLI's overhead (median of t(cli) / t(hand) per
 round) and each method's cost against the plain step of the same loop.
 
+Then the engines: for each method, whole one-epoch runs of ``advnlp train --task causal-lm``
+with ``--engine loop``, ``--engine trainer`` (Hugging Face's ``Trainer``) and ``--engine trl``
+(TRL's ``SFTTrainer`` at ``SFTConfig``'s defaults, gradient checkpointing included), in rotated
+order over ``--engine-rounds`` rounds; each run's own seconds per optimizer step (what its
+metrics.json records), and the median over rounds of each engine's over the loop's.
+
     python benchmarks/step_cost_llm_cli.py            # ~2 min on a quiet 2-core CPU
     python benchmarks/step_cost_llm_cli.py --quick    # a smaller model, a smoke test
 
@@ -40,6 +46,7 @@ from step_cost_llm import llama_size, parse_args  # noqa: E402
 
 METHODS = {"none": None, "fgm": lambda m: FGM(m, epsilon=0.03, relative=True),
            "pgd": lambda m: PGD(m, epsilon=0.03, alpha=0.009, steps=3, relative=True)}
+ENGINE_BATCHES = 40  # batches of the engines' runs' data (32 training steps after the splits)
 CLI_SIZES = {"none": {}, "fgm": {}, "pgd": {"steps": 3}}  # the CLI's measured defaults otherwise
 
 
@@ -112,8 +119,41 @@ def hand_step(run, method, device):
     return step
 
 
+def engine_run(folder, data, method, batch, seq, device, engine, out) -> float:
+    """Seconds per optimizer step of one one-epoch causal-LM run on ``engine``."""
+    from advnlp.cli.commands import train
+    from advnlp.cli.config import TrainConfig
+    from advnlp.cli.data import DataSpec
+
+    cfg = TrainConfig(model=folder, method=method, task="causal-lm", batch_size=batch,
+                      max_length=seq, lr=1e-5, lora_r=8, lora_targets=("q_proj", "v_proj"),
+                      device=str(device), output_dir=out, engine=engine, epochs=1,
+                      eval_strategy="end", data=DataSpec(train=data), **CLI_SIZES[method])
+    return train(cfg.resolved(), overwrite=True)["seconds_per_step"]
+
+
+ENGINES = ("loop", "trainer", "trl")
+
+
+def engines(folder, data, args, device, tmp) -> list:
+    """Per method: each engine's seconds per step over the loop's, whole runs in rotated
+    order per round."""
+    rows = []
+    for method in METHODS:
+        got = {e: [] for e in ENGINES}
+        for r in range(args.engine_rounds):
+            for engine in ENGINES[r % 3:] + ENGINES[:r % 3]:
+                got[engine].append(engine_run(folder, data, method, args.batch, args.seq, device,
+                                              engine, os.path.join(tmp, f"{method}-{engine}-{r}")))
+        row = {"method": method, **{f"{e}_seconds_per_step": got[e] for e in ENGINES}}
+        for e in ENGINES[1:]:
+            row[f"{e}_over_loop"] = statistics.median(t / lo for t, lo in zip(got[e], got["loop"]))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, engine_rounds=True)
     device = torch.device(args.device)
     from advnlp.cli.engines.loop import train_step
 
@@ -129,6 +169,9 @@ def main() -> None:
             steps[f"hand:{method}"] = (lambda s=hand_step(run, method, device): s(idx))
             # the loop engine encodes the batch, then steps: both timed, as the hand loop's
             steps[f"cli:{method}"] = (lambda r=run: train_step(r, idx, r.batch(idx)))
+        runs_data = os.path.join(tmp, "runs.jsonl")
+        write_data(runs_data, ENGINE_BATCHES * args.batch, args.seq, vocab)
+        engine_rows = engines(folder, runs_data, args, device, tmp) if args.engine_rounds else []
         names = list(steps)
         for name in names:  # warm-up
             steps[name]()
@@ -149,7 +192,12 @@ def main() -> None:
                     "on q_proj, v_proj", "batch": args.batch, "seq": args.seq,
            "rounds": args.rounds, "perturb": "prompt (the CLI's default), the first half",
            "ratio": "median over rounds of the ratio of two steps' times in the same round",
-           "rows": rows, "seconds": times}
+           "rows": rows, "seconds": times,
+           "engines": {"what": f"whole one-epoch runs ({ENGINE_BATCHES * args.batch} examples "
+                               "minus the held-out 20%), the engines in rotated order per round; each run's "
+                               "own seconds per optimizer step; <engine>_over_loop: the median "
+                               "ratio; trl runs at SFTConfig's defaults (gradient checkpointing on)",
+                       "rounds": args.engine_rounds, "rows": engine_rows}}
     kind = "cuda" if device.type == "cuda" else "cpu"
     path = os.path.join(HERE, "results", f"step_cost-llm-cli-{kind}{'-quick' if args.quick else ''}.json")
     with open(path, "w") as f:
@@ -161,6 +209,11 @@ def main() -> None:
     for r in rows:
         print(f"| {r['method']} | {r['cli_over_hand']:.3f} | {r['cli_vs_plain']:.2f}x "
               f"| {r['hand_vs_plain']:.2f}x | {r['cli_median_seconds']:.3f} |")
+    if engine_rows:
+        print("\n| method | --engine trainer / loop | --engine trl / loop (s/step, whole runs) |"
+              "\n|---|---:|---:|")
+        for r in engine_rows:
+            print(f"| {r['method']} | {r['trainer_over_loop']:.3f} | {r['trl_over_loop']:.3f} |")
     print(f"\nwritten: {os.path.relpath(path)}")
 
 

@@ -9,7 +9,6 @@ import time
 
 import advnlp.cli.engines.hf_trainer as E
 import advnlp.cli.engines.loop as L
-from advnlp.cli.tasks.classification import classify as T
 from advnlp.cli import main
 
 
@@ -29,7 +28,7 @@ def _after(step, at):
 if os.environ.get("ADVNLP_TEST_SIGINT"):
     rank, at = map(int, os.environ["ADVNLP_TEST_SIGINT"].split(","))
     if int(os.environ["RANK"]) == rank:
-        T.train_step = _after(T.train_step, at)
+        L.train_step = _after(L.train_step, at)  # the loop's step, whatever the task
         E._RunTrainer.training_step = _after(E._RunTrainer.training_step, at)
 
 

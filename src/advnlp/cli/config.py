@@ -156,6 +156,7 @@ class TrainConfig:
     lora_alpha: Optional[float] = None  # LoRA's alpha (None: 2 * rank)
     lora_targets: Tuple[str, ...] = ("all-linear",)  # the modules LoRA adapts
     merge_lora: bool = False  # also write model-merged/: the base with the adapters folded in
+    fsdp: bool = False  # a causal LM under torchrun: the model sharded over the ranks (FSDP2)
     data: DataSpec = field(default_factory=DataSpec)
 
     def resolved(self) -> "TrainConfig":

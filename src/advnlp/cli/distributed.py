@@ -78,6 +78,55 @@ def setup_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
+def shard(model: torch.nn.Module) -> int:
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``): every block the model names as not to
+    be split (Hugging Face's ``_no_split_modules``: a decoder layer) is one unit, the rest (the
+    embeddings, the final norm, the head) the root's; the parameters stay where they are in
+    the module tree, so names and state-dict keys are the unsharded model's. Returns the
+    number of blocks."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise InputError(f"--fsdp: {type(model).__name__} names no block to shard "
+                         "(_no_split_modules); train it without --fsdp (torchrun alone is DDP)")
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return len(blocks)
+
+
+def _state_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_state(model: torch.nn.Module, optimizer=None) -> tuple:
+    """A sharded model's (and optimizer's) whole state on rank 0's CPU, keyed as the unsharded
+    model's (``({}, {})`` on the other ranks). Every rank calls it: it all-gathers."""
+    from torch.distributed.checkpoint import state_dict as sd
+
+    options = _state_options(cpu_offload=True)
+    weights = sd.get_model_state_dict(model, options=options)
+    optim = None if optimizer is None else sd.get_optimizer_state_dict(model, optimizer,
+                                                                       options=options)
+    return weights, optim
+
+
+def load_full_state(model: torch.nn.Module, weights: dict, optimizer=None, optim=None) -> None:
+    """The inverse of :func:`full_state` on every rank (each holding the whole state): each
+    keeps its own shards."""
+    from torch.distributed.checkpoint import state_dict as sd
+
+    sd.set_model_state_dict(model, weights, options=_state_options())
+    if optimizer is not None:
+        sd.set_optimizer_state_dict(model, optimizer, optim, options=_state_options())
+
+
 def on_rank0(info: Optional[DistInfo], fn: Callable[[], None]) -> None:
     """Run ``fn`` on rank 0 only; an InputError there stops every rank (no hang)."""
     if info is None:

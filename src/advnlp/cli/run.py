@@ -28,7 +28,7 @@ from advnlp import ATTA, EmbeddingAdversary
 
 from .config import PRECISIONS, TrainConfig, build_adversary, build_online
 from .data import Example, batches
-from .distributed import DistInfo, derive_seed, device_of
+from .distributed import DistInfo, derive_seed, device_of, full_state, load_full_state, shard
 from .errors import InputError
 from .files import atomic_dir, write_json
 from .report import plot
@@ -63,7 +63,13 @@ class Run:
         # What the training step calls: the model itself, or its DDP wrapper (the adversary
         # is built on the wrapper so that every pass but the last skips the all-reduce).
         self.train_clf = self.clf
-        if dist_info is not None and cfg.engine == "loop":  # the Trainer wraps it itself
+        # --fsdp: the model sharded in place (FSDP2), each rank holding its shards; every
+        # forward pass is then collective, so every rank evaluates (rank 0 alone writes).
+        self.sharded = dist_info is not None and cfg.fsdp
+        if self.sharded:
+            shard(self.clf.model)
+            self.reseed_rank()  # the same initial weights everywhere, own dropout noise per rank
+        elif dist_info is not None and cfg.engine == "loop":  # the Trainer wraps it itself
             ddp = nn.parallel.DistributedDataParallel(
                 self.clf.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.train_clf = copy.copy(self.clf)
@@ -331,7 +337,7 @@ class Run:
             "steps": steps,
             "train_examples": len(self.train_set),
             "train_seconds": self.partial["seconds"],
-            "validation": self.evaluate("validation") if self.is_main and self._validates() else {},
+            "validation": self.evaluate("validation") if self.evaluates() and self._validates() else {},
         }
         if self.cfg.online_attack is not None:
             counts = torch.tensor([self.partial.get("edited_examples", 0),
@@ -350,6 +356,26 @@ class Run:
                      + (f", validation {self.headline.replace('_', ' ')} "
                         f"{shown[self.headline]:.4f}" if shown else ""))
         return entry
+
+    def evaluates(self) -> bool:
+        """Whether this rank evaluates: rank 0, or every rank of a sharded model (whose
+        forward passes gather the shards from all of them)."""
+        return self.is_main or self.sharded
+
+    def model_state(self) -> Tuple[dict, dict]:
+        """The weights and the optimizer state, whole, on rank 0 (every rank calls it: a
+        sharded model all-gathers them; the other ranks get empty ones)."""
+        if self.sharded:
+            return full_state(self.clf.model, self.optimizer)
+        return self.clf.model.state_dict(), self.optimizer.state_dict()
+
+    def load_model_state(self, weights: dict, optim: dict) -> None:
+        """:meth:`model_state`'s inverse, on every rank (each keeps its shards)."""
+        if self.sharded:
+            load_full_state(self.clf.model, weights, self.optimizer, optim)
+        else:
+            self.clf.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(optim)
 
     def _validates(self) -> bool:
         """Whether this epoch ends with a validation: every epoch, or the last one only
@@ -398,15 +424,17 @@ class Run:
     # -- the end ------------------------------------------------------------------------
     def finish(self) -> Optional[dict]:
         """Test metrics, model/, metrics.json and plot.png (rank 0); returns the metrics."""
+        test = self.evaluate("test") if self.evaluates() else None
+        weights = full_state(self.clf.model)[0] if self.sharded else None
         if not self.is_main:
             if self.adv is not None:
                 self.adv.remove()
-            self.barrier()  # wait for rank 0's test evaluation and files
+            self.barrier()  # wait for rank 0's files
             return None
         steps = sum(h["steps"] for h in self.history)
         result = {
             "epochs": self.history,
-            "final": {"validation": self.history[-1]["validation"], "test": self.evaluate("test")},
+            "final": {"validation": self.history[-1]["validation"], "test": test},
             "seconds_per_step": sum(h["train_seconds"] for h in self.history) / max(steps, 1),
             "train_examples": len(self.splits.train),
             "augmented_examples": len(self.extra),
@@ -419,7 +447,10 @@ class Run:
                 **{k: sum(h["online_attack"][k] for h in self.history)
                    for k in ("edited_examples", "unedited_examples")}}
         with atomic_dir(os.path.join(self.run_dir, "model")) as staged:
-            self.clf.save(staged)
+            if weights is None:
+                self.clf.save(staged)
+            else:  # a sharded model's, gathered
+                self.clf.save(staged, weights)
         write_json(os.path.join(self.run_dir, "metrics.json"), result)
         if self.adv is not None:
             self.adv.remove()  # the model leaves training without advnlp's hook

@@ -162,11 +162,12 @@ def _load_replay_state(run: Run, states) -> None:
 def save_checkpoint(run: Run) -> None:
     replay = _replay_state(run)  # every rank takes part in the gathers
     examples = _example_state(run)
+    weights, optim = run.model_state()  # a sharded model's gathered on rank 0
     if not run.is_main:  # rank 0 holds the same weights and optimizer state
         return
     state = {
-        "model": run.clf.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optim,
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         **run.progress_state(),
@@ -200,8 +201,7 @@ def resume(run: Run) -> None:
 
 
 def _load_state(run: Run, state: dict) -> None:
-    run.clf.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    run.load_model_state(state["model"], state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])

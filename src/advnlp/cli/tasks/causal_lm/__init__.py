@@ -7,6 +7,7 @@ clean and under PGD on the prompt, :mod:`.commands` its ``eval``, ``attack`` and
 """
 from __future__ import annotations
 
+from ...distributed import distributed_requested
 from ...errors import InputError, comma_list
 from .. import Task
 
@@ -34,6 +35,22 @@ def _check(cfg) -> None:
     if cfg.perturb not in PERTURB:
         raise InputError(f"--perturb takes {' or '.join(PERTURB)}, got {cfg.perturb!r}")
     _check_lora(cfg)
+    _check_fsdp(cfg)
+
+
+def _check_fsdp(cfg) -> None:
+    if not cfg.fsdp:
+        return
+    if not distributed_requested(False):
+        raise InputError("--fsdp shards the model over torchrun's processes; launch with "
+                         "torchrun --nproc_per_node N -m advnlp.cli train ... --fsdp (one "
+                         "process holds the whole model: drop --fsdp)")
+    if cfg.engine != "loop":
+        raise InputError(f"--fsdp shards the model in advnlp's own loop; drop --engine "
+                         f"{cfg.engine} (or --fsdp: the Trainer engines run DDP under torchrun)")
+    if cfg.precision == "fp16":
+        raise InputError("--fsdp does not take --precision fp16 (its loss scaler does not "
+                         "handle sharded gradients); use --precision bf16")
 
 
 def _check_lora(cfg) -> None:
@@ -71,6 +88,9 @@ def _options(p) -> None:
                                          "or all-linear (default)")
     g.add_argument("--merge-lora", action="store_true",
                    help="also write model-merged/: the base model with the adapters folded in")
+    g.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model over the processes (FSDP2, one unit "
+                        "per decoder layer) instead of a copy per process (DDP)")
 
 
 TASK = Task(
@@ -87,5 +107,5 @@ TASK = Task(
     lower_better=("completion_loss", "perplexity", "robust_completion_loss", "broken_share"),
     extra_keys=("broken_share",),
     options={"perturb": "prompt", "lora_r": None, "lora_alpha": None,
-             "lora_targets": ("all-linear",), "merge_lora": False},
+             "lora_targets": ("all-linear",), "merge_lora": False, "fsdp": False},
     add_options=_options, engines=("loop", "trainer", "trl"))

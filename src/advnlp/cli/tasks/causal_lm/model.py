@@ -75,9 +75,17 @@ class CausalLM:
     def batch(self, examples: Sequence[Encoded]) -> dict:
         return collate(examples, self.pad_id)
 
-    def save(self, directory: str) -> None:
-        """Adapters (LoRA) or the whole model, as safetensors, and the tokenizer."""
-        self.model.save_pretrained(directory, safe_serialization=True)
+    def save(self, directory: str, state_dict: Optional[dict] = None) -> None:
+        """Adapters (LoRA) or the whole model, as safetensors, and the tokenizer;
+        ``state_dict``: the weights to write (a sharded model's, gathered) instead of the
+        model's own."""
+        if state_dict is not None:
+            # A gathered state holds tied weights (a head tied to the embedding) as separate
+            # copies under each name: keep the first name only, as the model's own save does.
+            first = {n for n, _ in self.model.named_parameters()}
+            every = {n for n, _ in self.model.named_parameters(remove_duplicate=False)}
+            state_dict = {k: v for k, v in state_dict.items() if k in first or k not in every}
+        self.model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
 
     def save_merged(self, directory: str, adapters: str) -> None:

@@ -107,11 +107,12 @@ class LMRun(Run):
                                  self.device)
 
     def finish(self) -> Optional[dict]:
+        samples = (generations(self.clf, self.splits.test[:SAMPLE_PROMPTS], self.device,
+                               synced=self.sharded) if self.evaluates() else None)
         result = super().finish()
         if result is None:
             return None
-        test = self.splits.test[:SAMPLE_PROMPTS]
-        write_jsonl(os.path.join(self.run_dir, SAMPLES), generations(self.clf, test, self.device))
+        write_jsonl(os.path.join(self.run_dir, SAMPLES), samples)
         if self.cfg.merge_lora and self.cfg.lora_r:
             with atomic_dir(os.path.join(self.run_dir, MERGED)) as staged:
                 self.clf.save_merged(staged, os.path.join(self.run_dir, "model"))

@@ -110,22 +110,28 @@ def broken_key(epsilon: float) -> str:
     return f"broken_share@{epsilon:g}"
 
 
-def generations(lm, examples: Sequence[Encoded], device, new_tokens: int = 32) -> List[dict]:
-    """Greedy continuations of the prompts of ``examples`` (what a person reads)."""
+def generations(lm, examples: Sequence[Encoded], device, new_tokens: int = 32,
+                synced: bool = False) -> List[dict]:
+    """Greedy continuations of the prompts of ``examples`` (what a person reads); ``synced``:
+    a sharded model, every rank generating (each step's forward gathers the shards)."""
     tok, out = lm.tokenizer, []
     was = lm.model.training
     lm.model.eval()
+    if synced:  # PEFT's generate enters below the sharded root, whose hooks would not gather it
+        lm.model.unshard()
     try:
         for e in examples:
             ids = torch.tensor([e.ids[:e.prompt_length]], device=device)
             with torch.no_grad():
                 gen = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                         max_new_tokens=new_tokens, do_sample=False,
-                                        pad_token_id=lm.pad_id)
+                                        pad_token_id=lm.pad_id, synced_gpus=synced)
             out.append({"prompt": tok.decode(e.ids[:e.prompt_length]),
                         "reference": tok.decode(e.ids[e.prompt_length:]),
                         "generated": tok.decode(gen[0, ids.shape[1]:].tolist())})
     finally:
+        if synced:
+            lm.model.reshard()
         lm.model.train(was)
     return out
 
