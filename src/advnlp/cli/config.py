@@ -42,9 +42,10 @@ from .data import DataSpec
 from .distributed import device_of
 from .errors import InputError
 from .models import SCRATCH
+from .options import field_default, option
 from .tasks import DEFAULT_TASK, TASKS, task_named
 from .tasks.classification.classify import check_single_segment, loss_fn
-from .tracking import check_reporter
+from .tracking import REPORTERS, check_reporter
 
 # name -> (class, {CLI parameter: constructor argument}). Adding a method = adding a line.
 REL = {"relative_epsilon": "relative"}  # the methods that take --relative-epsilon
@@ -120,37 +121,100 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class TrainConfig:
-    model: Optional[str] = None  # None: the embedded pretrained MiniLM
-    method: str = "fgm"
-    epsilon: Optional[float] = None
-    alpha: Optional[float] = None
-    steps: Optional[int] = None
-    adv_weight: Optional[float] = None
+    """One run's settings: what ``advnlp train`` takes (each field with an :class:`Option` is
+    a flag of that name: :mod:`.options`) and writes to the run's config.json."""
+    model: Optional[str] = option(  # None: the embedded pretrained MiniLM
+        None, help="a local Hugging Face model directory, or textcnn / bilstm (trained from "
+                   "scratch). Default: the bundled pretrained MiniLM")
+    method: str = option("fgm", section=None, help=f"{' | '.join(METHODS)} (default fgm)")
+    epsilon: Optional[float] = option(
+        None, section="method", type=float,
+        help="perturbation radius (fgm, fgsm, pgd, yopo, freelb, freeat, vat, atta, ...)")
+    alpha: Optional[float] = option(
+        None, section="method", type=float,
+        help="step size (pgd, yopo, smart, freeat; atta: the step added to an example's "
+             "perturbation per visit, default = --epsilon)")
+    steps: Optional[int] = option(None, section="method", type=int,
+                                  help="ascent steps (pgd, yopo, freelb, smart); for freeat m, "
+                                       "the replays of each batch")
+    adv_weight: Optional[float] = option(None, section="method", type=float,
+                                         help="weight of the adversarial loss (default 1)")
     # epsilon and step sizes as fractions of each example's embedding; None: the method's
     # measured default (MEASURED) when no size is given, else absolute
-    relative_epsilon: Optional[bool] = None
-    epochs: Optional[int] = None  # None: 1 for a pretrained model, 5 from scratch
-    batch_size: int = 16
-    lr: Optional[float] = None  # None: 1e-4 for a pretrained model, 2e-3 from scratch
-    max_length: Optional[int] = None  # None: 128, or the model's limit if it reads fewer
-    seed: int = 42
-    device: str = "auto"
-    output_dir: Optional[str] = None
-    augment_with_attack: Optional[str] = None  # char / word: adversarial data augmentation
-    augment_every: int = 1  # epochs between augmentation rounds
-    augment_samples: int = 64  # training examples attacked per round
-    online_attack: Optional[str] = None  # char / word: DiscreteAT edits inside every step
-    online_fraction: float = 0.5  # the share of each batch DiscreteAT edits
-    online_search: str = "random"  # random: one random edit per word; greedy: the worst found
+    relative_epsilon: Optional[bool] = option(None, section="method", toggle=(
+        ("--relative-epsilon", True,
+         "--epsilon and the step sizes are fractions of each example's own embedding (L2 norm "
+         "over its real tokens; RMS coordinate for fgsm): 0.05 means 5%% on every model (fgm, "
+         "fgsm, pgd, freelb, vat, atta). The default for fgm, pgd and atta when no "
+         "--epsilon/--alpha is given (FGM's and PGD's measured sizes, docs/methods.md)"),
+        ("--absolute-epsilon", False,
+         "--epsilon and the step sizes in the model's own embedding units (the library's "
+         "default; the CLI's whenever --epsilon or --alpha is given)")))
+    epochs: Optional[int] = option(None, type=int,  # None: 1 pretrained, 5 from scratch
+                                   help="default 1 (pretrained) or 5 (from scratch)")
+    batch_size: int = option(16)
+    lr: Optional[float] = option(None, type=float,  # None: 1e-4 pretrained, 2e-3 from scratch
+                                 help="default 1e-4 (pretrained) or 2e-3 (from scratch)")
+    max_length: Optional[int] = option(  # None: 128, or the model's limit if it reads fewer
+        None, type=int, help="tokens per example (default 128, or fewer if the model reads fewer)")
+    seed: int = option(42)
+    device: str = option("auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    output_dir: Optional[str] = option(None, help="default runs/<timestamp>-<method>")
+    augment_with_attack: Optional[str] = option(  # char / word: adversarial data augmentation
+        None, section="discrete", metavar="char|word",
+        help="after each epoch but the last, attack a sample of the training set and train on "
+             "the successful adversarial texts too")
+    augment_every: int = option(1, section="discrete", help="epochs between rounds (default 1)")
+    augment_samples: int = option(64, section="discrete",
+                                  help="training examples attacked per round (default 64)")
+    online_attack: Optional[str] = option(  # char / word: DiscreteAT edits inside every step
+        None, section="discrete", metavar="char|word",
+        help="online discrete adversarial training (advnlp.DiscreteAT): in every step, edit the "
+             "highest-gradient words of a share of the batch (typos, or word deletions/"
+             "duplications/substitutions) and train on the edited texts too; combines with "
+             "--method none, fgm, fgsm, pgd, freelb")
+    online_fraction: float = option(0.5, section="discrete",
+                                    help="share of each batch --online-attack edits (default "
+                                         "0.5: ~1.5x a plain step)")
+    online_search: str = option(  # random: one random edit per word; greedy: the worst found
+        "random", section="discrete", choices=ONLINE_SEARCHES,
+        help="how --online-attack picks each word's edit: random (default; one random edit per "
+             "word, ~1.5x a plain step) or greedy (every candidate edit scored against the "
+             "current model, per example, the worst kept: ~2.8x)")
     world_size: int = 1  # processes (torchrun); batch_size is per process
-    engine: str = "loop"  # loop: train.py's own loop; trainer: Hugging Face's Trainer
-    precision: str = "fp32"  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
-    task: str = DEFAULT_TASK  # a name in tasks.TASKS
-    crf: bool = False  # a tagger, bilstm: a CRF layer over the tags
-    label_all_subtokens: bool = False  # a tagger: every sub-token gets the tag
-    typo_defence: bool = False  # a TypoNormalizer before the tokenizer, saved with the model
-    report_to: str = "none"  # tensorboard: the run's scalars in <run>/tensorboard/
-    eval_strategy: str = "epoch"  # epoch: validation after every epoch; end: the last only
+    engine: str = option(  # loop: train.py's own loop; trainer: Hugging Face's Trainer
+        "loop", choices=ENGINES,
+        help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
+             "(AdversarialTrainer), Hugging Face models only; trl: TRL's SFTTrainer "
+             "(AdversarialSFTTrainer), for causal LMs")
+    precision: str = option(  # bf16 / fp16: autocast forward passes (fp16 with loss scaling)
+        "fp32", choices=tuple(PRECISIONS),
+        help="fp32 (default); bf16 or fp16: autocast mixed precision (fp16 with dynamic loss "
+             "scaling)")
+    task: str = option(DEFAULT_TASK, choices=tuple(TASKS),  # a name in tasks.TASKS
+                       help="; ".join(t.help for t in TASKS.values()))
+    crf: bool = option(False, help="a tagger with --model bilstm: a CRF layer over the tags")
+    label_all_subtokens: bool = option(
+        False, help="a tagger: train on every sub-token of a word (I- on the later ones), not "
+                    "only the first")
+    typo_defence: bool = option(  # a TypoNormalizer before the tokenizer, saved with the model
+        False, section="discrete",
+        help="map every one-edit typo of a known word (the training text's words and the "
+             "tokenizer's whole words) back to that word before the tokenizer "
+             "(advnlp.defences.TypoNormalizer); saved with the model and applied by eval, "
+             "attack and compare. Not for CJK text")
+    report_to: str = option(
+        "none", choices=REPORTERS,
+        help="tensorboard: write the run's losses (clean and adversarial), learning rate, "
+             "validation and test metrics (and compare's scores) to <run>/tensorboard/ as it "
+             "trains; mlflow: the same into a local MLflow store (mlruns/ beside the run or the "
+             "compare's runs, or $MLFLOW_TRACKING_URI); nothing is sent anywhere (default none)")
+    eval_strategy: str = option(
+        "epoch", choices=EVAL_STRATEGIES,
+        help="epoch (default): score the validation split after every epoch; end: after the "
+             "last one only (the run's final validation either way; the earlier epochs' lines "
+             "and plot points go)")
+    # A task's own options (Task.options describes them, in the task's folder):
     perturb: str = "prompt"  # a causal LM: the positions the methods perturb (prompt / all)
     lora_r: Optional[int] = None  # a causal LM: LoRA's rank (None: full fine-tuning)
     lora_alpha: Optional[float] = None  # LoRA's alpha (None: 2 * rank)
@@ -162,6 +226,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill in the defaults that depend on other options; check the values."""
         cfg = dataclasses.replace(self, data=dataclasses.replace(self.data))
+        cfg.data.check()
         if cfg.method not in METHODS:
             raise InputError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
         if cfg.model is None:
@@ -407,8 +472,8 @@ def _check_task(cfg: TrainConfig) -> None:
         raise InputError(f"--engine {cfg.engine} is for --task {' or '.join(which)}; --task "
                          f"{task.name} trains with --engine {' or '.join(task.engines)}")
     for other in TASKS.values():  # another task's own options, given, would be ignored
-        for name, default in other.options.items():
-            if other is not task and getattr(cfg, name) != default:
+        for name in other.options:
+            if other is not task and getattr(cfg, name) != field_default(TrainConfig, name):
                 raise InputError(f"--{name.replace('_', '-')} is for --task {other.name}; "
                                  "drop it")
     task.check(cfg)

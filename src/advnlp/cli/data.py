@@ -24,7 +24,8 @@ import torch
 
 from advnlp.text import UNIT, units
 
-from .errors import InputError
+from .errors import InputError, comma_list
+from .options import option
 
 Label = Union[str, List[str]]
 Example = Tuple[Tuple[str, ...], Label]
@@ -35,21 +36,43 @@ SPLIT_SEED = 0
 BBC = "bbcnews"
 
 
+def text_columns(value: str) -> Tuple[str, ...]:
+    """``--text-column(s)``: one column name, or two (comma-separated) for sentence pairs
+    (:meth:`DataSpec.check` counts them)."""
+    return tuple(comma_list(value))
+
+
 @dataclass
 class DataSpec:
     """Where the data comes from; stored in config.json so a run can be reloaded."""
 
-    train: Optional[str] = None  # None: the embedded BBC News corpus
-    validation: Optional[str] = None
-    test: Optional[str] = None
-    text_columns: Tuple[str, ...] = ("text",)
-    label_column: str = "label"
-    multi_label: bool = False
-    label_delimiter: str = ","
-    max_train_samples: Optional[int] = None
+    train: Optional[str] = option(None, section="data",  # None: the embedded BBC News corpus
+                                  help="training file: .csv, .tsv or .jsonl")
+    validation: Optional[str] = option(
+        None, section="data", help="validation file (default: split off the training file)")
+    test: Optional[str] = option(None, section="data",
+                                 help="test file (default: split off the training file)")
+    text_columns: Tuple[str, ...] = option(
+        ("text",), section="data", type=text_columns, flags=("--text-column", "--text-columns"),
+        help="the text column (default text), or two for sentence pairs, e.g. "
+             "premise,hypothesis")
+    label_column: str = option("label", section="data")
+    multi_label: bool = option(False, section="data",
+                               help="labels are a JSON list or a delimiter-separated string")
+    label_delimiter: str = option(",", section="data")
+    max_train_samples: Optional[int] = option(
+        None, section="data", type=int,
+        help="a class-balanced subset of the training set (default 640 for BBC News)")
     # {absolute path: {"size": bytes, "sha256": hex}} of the files above, taken when the run
     # started: --resume, eval and attack refuse files that changed since (check_unchanged).
     fingerprints: Optional[Dict[str, Dict[str, object]]] = None
+
+    def check(self) -> None:
+        """Refuse a spec no data can be read by."""
+        if len(self.text_columns) not in (1, 2):
+            raise InputError("--text-columns takes one or two column names")
+        if (self.validation or self.test) and not self.train:
+            raise InputError("--validation / --test need --train")
 
     def paths(self) -> List[str]:
         return [p for p in (self.train, self.validation, self.test) if p is not None]

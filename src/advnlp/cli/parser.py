@@ -9,12 +9,12 @@ from typing import List, Optional
 
 from advnlp import __version__
 
-from .config import ENGINES, EVAL_STRATEGIES, METHODS, TrainConfig
+from .config import TrainConfig
 from .data import DataSpec
 from .errors import InputError, comma_list
+from .options import add_option, add_options, described, field_default, option_values
 from .plan import VALIDATION_SCORES
-from .tasks import DEFAULT_TASK, TASKS
-from .tracking import REPORTERS
+from .tasks import TASKS
 
 CHANGED_DATA = ("use the run's data files even if they changed since it started (size or "
                 "sha256 differ); without it such a run is refused")
@@ -49,118 +49,30 @@ def _config_option(p) -> None:
                         "defaults, the options given here override them")
 
 
+# The help sections of train's and compare's options; each config field names its own
+# (options.Option.section), each task's options have one of their own.
+SECTIONS = {"model": "model and training",
+            "method": "adversarial method parameters (each method takes some)",
+            "discrete": "adversarial data augmentation (discrete attacks)",
+            "data": "data (default: the bundled BBC News corpus, 5 topics)"}
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
-    _model_options(p)
-    _method_options(p)
-    _discrete_options(p)
-    _data_options(p)
+    """train's and compare's options: the fields of TrainConfig and DataSpec, by section."""
+    for key, title in SECTIONS.items():
+        group = p.add_argument_group(title)
+        add_options(group, TrainConfig, key)
+        add_options(group, DataSpec, key)
+        if key == "model":  # what the command does with the run folder, not the run's settings
+            group.add_argument("--overwrite", action="store_true",
+                               help="replace a previous run in --output-dir")
+            group.add_argument("--quiet", action="store_true",
+                               help="no progress bars or per-epoch lines")
     for task in TASKS.values():  # each task's own options (e.g. a causal LM's LoRA)
-        task.add_options(p)
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and training")
-    g.add_argument("--model", help="a local Hugging Face model directory, or textcnn / bilstm "
-                   "(trained from scratch). Default: the bundled pretrained MiniLM")
-    g.add_argument("--epochs", type=int, help="default 1 (pretrained) or 5 (from scratch)")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--lr", type=float, help="default 1e-4 (pretrained) or 2e-3 (from scratch)")
-    g.add_argument("--max-length", type=int, default=None,
-                   help="tokens per example (default 128, or fewer if the model reads fewer)")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    g.add_argument("--output-dir", help="default runs/<timestamp>-<method>")
-    g.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    g.add_argument("--report-to", default="none", choices=REPORTERS,
-                   help="tensorboard: write the run's losses (clean and adversarial), learning "
-                        "rate, validation and test metrics (and compare's scores) to "
-                        "<run>/tensorboard/ as it trains; mlflow: the same into a local MLflow "
-                        "store (mlruns/ beside the run or the compare's runs, or "
-                        "$MLFLOW_TRACKING_URI); nothing is sent anywhere (default none)")
-    g.add_argument("--eval-strategy", default="epoch", choices=EVAL_STRATEGIES,
-                   help="epoch (default): score the validation split after every epoch; end: "
-                        "after the last one only (the run's final validation either way; the "
-                        "earlier epochs' lines and plot points go)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="fp32 (default); bf16 or fp16: autocast mixed precision "
-                        "(fp16 with dynamic loss scaling)")
-    g.add_argument("--task", default=DEFAULT_TASK, choices=tuple(TASKS),
-                   help="; ".join(t.help for t in TASKS.values()))
-    g.add_argument("--crf", action="store_true",
-                   help="a tagger with --model bilstm: a CRF layer over the tags")
-    g.add_argument("--label-all-subtokens", action="store_true",
-                   help="a tagger: train on every sub-token of a word (I- on the "
-                        "later ones), not only the first")
-    g.add_argument("--engine", default="loop", choices=ENGINES,
-                   help="loop (default): advnlp's own loop; trainer: Hugging Face's Trainer "
-                        "(AdversarialTrainer), Hugging Face models only; trl: TRL's SFTTrainer "
-                        "(AdversarialSFTTrainer), for causal LMs")
-
-
-def _method_options(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument_group("adversarial method parameters (each method takes some)")
-    a.add_argument("--epsilon", type=float,
-                   help="perturbation radius (fgm, fgsm, pgd, yopo, freelb, freeat, vat, atta, ...)")
-    a.add_argument("--alpha", type=float,
-                   help="step size (pgd, yopo, smart, freeat; atta: the step added to an "
-                        "example's perturbation per visit, default = --epsilon)")
-    a.add_argument("--steps", type=int, help="ascent steps (pgd, yopo, freelb, smart); for freeat "
-                   "m, the replays of each batch")
-    a.add_argument("--adv-weight", type=float, help="weight of the adversarial loss (default 1)")
-    units = a.add_mutually_exclusive_group()
-    units.add_argument("--relative-epsilon", dest="relative_epsilon", action="store_const",
-                       const=True, default=None,
-                       help="--epsilon and the step sizes are fractions of each example's own "
-                            "embedding (L2 norm over its real tokens; RMS coordinate for fgsm): "
-                            "0.05 means 5%% on every model (fgm, fgsm, pgd, freelb, vat, atta). "
-                            "The default for fgm, pgd and atta when no --epsilon/--alpha is "
-                            "given (FGM's and PGD's measured sizes, docs/methods.md)")
-    units.add_argument("--absolute-epsilon", dest="relative_epsilon", action="store_const",
-                       const=False,
-                       help="--epsilon and the step sizes in the model's own embedding units (the "
-                            "library's default; the CLI's whenever --epsilon or --alpha is given)")
-
-
-def _discrete_options(p: argparse.ArgumentParser) -> None:
-    x = p.add_argument_group("adversarial data augmentation (discrete attacks)")
-    x.add_argument("--augment-with-attack", metavar="char|word",
-                   help="after each epoch but the last, attack a sample of the training set and "
-                        "train on the successful adversarial texts too")
-    x.add_argument("--online-attack", metavar="char|word",
-                   help="online discrete adversarial training (advnlp.DiscreteAT): in every step, "
-                        "edit the highest-gradient words of a share of the batch (typos, or word "
-                        "deletions/duplications/substitutions) and train on the edited texts too; "
-                        "combines with --method none, fgm, fgsm, pgd, freelb")
-    x.add_argument("--online-fraction", type=float, default=0.5,
-                   help="share of each batch --online-attack edits (default 0.5: ~1.5x a plain step)")
-    x.add_argument("--online-search", default="random", choices=("random", "greedy"),
-                   help="how --online-attack picks each word's edit: random (default; one random "
-                        "edit per word, ~1.5x a plain step) or greedy (every candidate edit "
-                        "scored against the current model, per example, the worst kept: ~2.8x)")
-    x.add_argument("--augment-every", type=int, default=1, help="epochs between rounds (default 1)")
-    x.add_argument("--augment-samples", type=int, default=64,
-                   help="training examples attacked per round (default 64)")
-    x.add_argument("--typo-defence", action="store_true",
-                   help="map every one-edit typo of a known word (the training text's words and "
-                        "the tokenizer's whole words) back to that word before the tokenizer "
-                        "(advnlp.defences.TypoNormalizer); saved with the model and applied by "
-                        "eval, attack and compare. Not for CJK text")
-
-
-def _data_options(p: argparse.ArgumentParser) -> None:
-    d = p.add_argument_group("data (default: the bundled BBC News corpus, 5 topics)")
-    d.add_argument("--train", help="training file: .csv, .tsv or .jsonl")
-    d.add_argument("--validation", help="validation file (default: split off the training file)")
-    d.add_argument("--test", help="test file (default: split off the training file)")
-    d.add_argument("--text-column", default="text")
-    d.add_argument("--text-columns", help="two columns for sentence pairs, e.g. premise,hypothesis")
-    d.add_argument("--label-column", default="label")
-    d.add_argument("--multi-label", action="store_true",
-                   help="labels are a JSON list or a delimiter-separated string")
-    d.add_argument("--label-delimiter", default=",")
-    d.add_argument("--max-train-samples", type=int,
-                   help="a class-balanced subset of the training set (default 640 for BBC News)")
+        if task.options:
+            group = p.add_argument_group(task.options_title)
+            for name, spec in task.options.items():
+                add_option(group, name, field_default(TrainConfig, name), spec)
 
 
 def _attack_options(p: argparse.ArgumentParser, eps_flag: str, eps_default: str) -> None:
@@ -190,7 +102,7 @@ def build_parser(config: Optional[dict] = None) -> argparse.ArgumentParser:
 
 def _train_command(t: argparse.ArgumentParser, config: Optional[dict]) -> None:
     """``advnlp train``'s options."""
-    t.add_argument("--method", default="fgm", help=f"{' | '.join(METHODS)} (default fgm)")
+    add_option(t, "method", *described(TrainConfig)["method"])
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--allow-changed-data", action="store_true", help=CHANGED_DATA)
     t.add_argument("--distributed", action="store_true",
@@ -309,29 +221,12 @@ def check_enabled(args) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    columns = comma_list(args.text_columns) if args.text_columns \
-        else [args.text_column]
-    if len(columns) not in (1, 2):
-        raise InputError("--text-columns takes one or two column names")
-    if (args.validation or args.test) and not args.train:
-        raise InputError("--validation / --test need --train")
-    data = DataSpec(args.train, args.validation, args.test, tuple(columns), args.label_column,
-                    args.multi_label, args.label_delimiter, args.max_train_samples)
-    return TrainConfig(
-        model=args.model, method=getattr(args, "method", "none"), epsilon=args.epsilon,
-        alpha=args.alpha, steps=args.steps, adv_weight=args.adv_weight,
-        relative_epsilon=args.relative_epsilon, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-        device=args.device, output_dir=args.output_dir,
-        augment_with_attack=args.augment_with_attack, augment_every=args.augment_every,
-        augment_samples=args.augment_samples, online_attack=args.online_attack,
-        online_fraction=args.online_fraction, online_search=args.online_search,
-        engine=args.engine,
-        precision=args.precision, task=args.task, crf=args.crf,
-        eval_strategy=args.eval_strategy,
-        typo_defence=args.typo_defence, report_to=args.report_to,
-        label_all_subtokens=args.label_all_subtokens, data=data,
-        **{name: getattr(args, name) for task in TASKS.values() for name in task.options})
+    """The run's settings from parsed ``train`` / ``compare`` options (compare has no
+    --method: its config's is none, each entry sets its own)."""
+    values = option_values(args, TrainConfig)
+    values.setdefault("method", "none")
+    tasks = {name: getattr(args, name) for task in TASKS.values() for name in task.options}
+    return TrainConfig(**values, **tasks, data=DataSpec(**option_values(args, DataSpec)))
 
 
 def _without(config: Optional[dict], key: str) -> dict:

@@ -9,7 +9,9 @@ Under torchrun every process holds a Run: the model is wrapped in
 DistributedDataParallel (loop engine; the Trainer wraps it itself), the adversary is
 built on the wrapper (so its extra passes run under ``no_sync()``), each rank takes its
 DistributedSampler-style shard of the epoch order, and rank 0 alone evaluates and
-writes the run directory.
+writes the run directory. With ``--fsdp`` the model is sharded in place instead (FSDP2);
+its forward passes are then collective, so every rank evaluates and the weights and
+optimizer state are gathered for checkpoints and ``model/`` (:meth:`Run.model_state`).
 """
 from __future__ import annotations
 

@@ -43,10 +43,10 @@ class Task:
     # The keys (and their robust_*@ε, validation_* forms) where lower is better: a loss
     lower_better: Tuple[str, ...] = ()
     extra_keys: Tuple[str, ...] = ()  # more per-radius row keys: "<key>@<ε>"
-    # The task's own options: TrainConfig field -> default, refused for the other tasks;
-    # add_options puts their flags on the train / compare parser.
+    # The task's own options: TrainConfig field -> its Option (help, type, choices; the
+    # default is the field's), listed under their own help section, refused for the others.
     options: Dict[str, object] = field(default_factory=dict)
-    add_options: Callable = lambda parser: None
+    options_title: str = ""  # that section's title
     engines: Tuple[str, ...] = ("loop", "trainer")  # the --engine values it trains with
 
     def lower_is_better(self, key: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ...distributed import distributed_requested
 from ...errors import InputError, comma_list
+from ...options import Option
 from .. import Task
 
 NAME = "causal-lm"
@@ -73,24 +74,23 @@ def _targets(text: str):
     return tuple(comma_list(text))
 
 
-def _options(p) -> None:
-    g = p.add_argument_group(f"causal LM (--task {NAME})")
-    g.add_argument("--perturb", default="prompt", choices=PERTURB,
-                   help="the positions the embedding methods perturb: prompt (default; the "
-                        "instruction, trained to keep the answer: Xhonneux et al. 2024) or all "
-                        "(every real token)")
-    g.add_argument("--lora-r", type=int, metavar="R",
-                   help="train LoRA adapters of rank R (PEFT) on the frozen model instead of "
-                        "every weight; model/ then holds the adapters")
-    g.add_argument("--lora-alpha", type=float, help="LoRA's alpha (default 2 * --lora-r)")
-    g.add_argument("--lora-targets", type=_targets, default=("all-linear",),
-                   metavar="NAMES", help="the modules LoRA adapts, comma-separated (q_proj,v_proj) "
-                                         "or all-linear (default)")
-    g.add_argument("--merge-lora", action="store_true",
-                   help="also write model-merged/: the base model with the adapters folded in")
-    g.add_argument("--fsdp", action="store_true",
-                   help="under torchrun: shard the model over the processes (FSDP2, one unit "
-                        "per decoder layer) instead of a copy per process (DDP)")
+OPTIONS = {
+    "perturb": Option(choices=PERTURB,
+                      help="the positions the embedding methods perturb: prompt (default; the "
+                           "instruction, trained to keep the answer: Xhonneux et al. 2024) or "
+                           "all (every real token)"),
+    "lora_r": Option(type=int, metavar="R",
+                     help="train LoRA adapters of rank R (PEFT) on the frozen model instead of "
+                          "every weight; model/ then holds the adapters"),
+    "lora_alpha": Option(type=float, help="LoRA's alpha (default 2 * --lora-r)"),
+    "lora_targets": Option(type=_targets, metavar="NAMES",
+                           help="the modules LoRA adapts, comma-separated (q_proj,v_proj) or "
+                                "all-linear (default)"),
+    "merge_lora": Option(help="also write model-merged/: the base model with the adapters "
+                              "folded in"),
+    "fsdp": Option(help="under torchrun: shard the model over the processes (FSDP2, one unit "
+                        "per decoder layer) instead of a copy per process (DDP)"),
+}
 
 
 TASK = Task(
@@ -106,6 +106,4 @@ TASK = Task(
               "under PGD on the prompt's embeddings",
     lower_better=("completion_loss", "perplexity", "robust_completion_loss", "broken_share"),
     extra_keys=("broken_share",),
-    options={"perturb": "prompt", "lora_r": None, "lora_alpha": None,
-             "lora_targets": ("all-linear",), "merge_lora": False, "fsdp": False},
-    add_options=_options, engines=("loop", "trainer", "trl"))
+    options=OPTIONS, options_title=f"causal LM (--task {NAME})", engines=("loop", "trainer", "trl"))
