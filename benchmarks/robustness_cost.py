@@ -19,13 +19,20 @@ The intended run (about 40 min of training and scoring on a quiet 2-core CPU wit
 
 Every method at its command-line default (nothing tuned here); see the compare's own table
 for the paired differences from none with their intervals.
+
+Rows from another compare on the same setting join the picture with ``--add DIR:METHODS``
+(their own seeds, step costs and paired differences from that compare's none; drawn as
+squares, labelled with their seed count), and ``--from-json`` redraws from a results JSON
+this script wrote when the compare folder is gone:
+
+  python benchmarks/robustness_cost.py --from-json \
+      benchmarks/results/robustness-vs-cost-minilm-cpu.json --add runs/plain-cost:atta,freeat
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -62,7 +69,8 @@ def markdown(table: list, robust: str, out: dict) -> str:
         diff = "-" if not d else (f"{100 * d['mean_difference']:+.1f} [{100 * d['interval'][0]:+.1f}, "
                                   f"{100 * d['interval'][1]:+.1f}] {d.get('verdict', '')}"
                                   if d.get("interval") else f"{100 * d['mean_difference']:+.1f}")
-        lines.append(f"| {t['method']} | {t['step_cost']:.2f}x | {pm(t['accuracy'], t['accuracy_std'])} | "
+        name = f"{t['method']} ({t['seeds']} seeds, its own compare)" if "source" in t else t["method"]
+        lines.append(f"| {name} | {t['step_cost']:.2f}x | {pm(t['accuracy'], t['accuracy_std'])} | "
                      f"{pm(t['robust'], t['robust_std'])} | {diff} |")
     return "\n".join(lines)
 
@@ -79,8 +87,11 @@ def plot(table: list, robust: str, out: dict, path: str) -> None:
     for ax, key, label in ((axes[0], "robust", f"robust accuracy (embedding PGD, eps={eps})"),
                            (axes[1], "accuracy", "clean test accuracy")):
         for t in table:
-            ax.errorbar(t["step_cost"], t[key], yerr=t[f"{key}_std"] or 0, fmt="o", capsize=3)
-            ax.annotate(t["method"], (t["step_cost"], t[key]), textcoords="offset points",
+            added = "source" in t
+            ax.errorbar(t["step_cost"], t[key], yerr=t[f"{key}_std"] or 0,
+                        fmt="s" if added else "o", capsize=3)
+            name = f"{t['method']} ({t['seeds']} seeds)" if added else t["method"]
+            ax.annotate(name, (t["step_cost"], t[key]), textcoords="offset points",
                         xytext=(5, 4), fontsize=8)
         base = next((t[key] for t in table if t["method"] == "none"), None)
         if base is not None:
@@ -88,24 +99,41 @@ def plot(table: list, robust: str, out: dict, path: str) -> None:
         ax.set_xlabel("step cost vs none (interleaved, same batch)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Every method at its command-line default: mean ± std over {seeds} seed(s)",
-                 fontsize=10)
+    fig.suptitle(f"Every method at its command-line default: mean ± std over {seeds} seed(s)"
+                 + ("; squares: rows of another compare on the same setting"
+                    if any("source" in t for t in table) else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("compare_dir")
-    ap.add_argument("--name", default="minilm-cpu")
-    ap.add_argument("--png", default=os.path.join(HERE, "..", "docs", "robustness-vs-cost.png"))
-    args = ap.parse_args(argv)
+def added_rows(spec: str) -> list:
+    """``DIR:m1,m2``: those methods' rows of another compare (its own none, seeds, costs)."""
+    folder, _, names = spec.rpartition(":")
+    with open(os.path.join(folder, "compare.json"), encoding="utf-8") as f:
+        other = json.load(f)
+    table, _ = rows(other)
+    wanted = names.split(",")
+    picked = [dict(t, source=os.path.join(folder, "compare.json"), seeds=len(other["seeds"]))
+              for t in table if t["method"] in wanted]
+    missing = set(wanted) - {t["method"] for t in picked}
+    if missing:
+        raise SystemExit(f"{folder}: no row {', '.join(sorted(missing))}")
+    return picked
+
+
+def load(args):
+    """(result JSON, rows, the robust key, the compare's output) from a folder or a JSON."""
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            result = json.load(f)
+        table = [t for t in result["rows"] if "source" not in t]
+        robust = next(k for k in result["versus_none"]["fgm"] if k.startswith("robust_accuracy@"))
+        return result, table, robust, {"seeds": result["seeds"]}
     with open(os.path.join(args.compare_dir, "compare.json"), encoding="utf-8") as f:
         out = json.load(f)
     if "step_cost" not in out:
-        print("compare.json has no step_cost (run compare with --cost-rounds > 0)", file=sys.stderr)
-        return 2
+        raise SystemExit("compare.json has no step_cost (run compare with --cost-rounds > 0)")
     table, robust = rows(out)
     with open(os.path.join(args.compare_dir, "compare-config.json"), encoding="utf-8") as f:
         plan = json.load(f)
@@ -114,8 +142,26 @@ def main(argv=None) -> int:
               "config": {k: plan["config"].get(k) for k in ("max_length", "epochs", "batch_size",
                                                             "seed", "lr")},
               "data": {"max_train_samples": plan["config"]["data"].get("max_train_samples")},
-              "step_cost": out["step_cost"], "rows": table, "seeds": out.get("seeds"),
+              "step_cost": out["step_cost"], "seeds": out.get("seeds"),
               "versus_none": out.get("versus_none"), "runs": out.get("runs")}
+    return result, table, robust, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("compare_dir", nargs="?")
+    ap.add_argument("--from-json", help="redraw from a results JSON this script wrote")
+    ap.add_argument("--add", action="append", default=[], metavar="DIR:METHODS",
+                    help="rows of another compare on the same setting (repeatable)")
+    ap.add_argument("--name", default="minilm-cpu")
+    ap.add_argument("--png", default=os.path.join(HERE, "..", "docs", "robustness-vs-cost.png"))
+    args = ap.parse_args(argv)
+    if bool(args.compare_dir) == bool(args.from_json):
+        ap.error("give a compare folder or --from-json, one of them")
+    result, table, robust, out = load(args)
+    for spec in args.add:
+        table += added_rows(spec)
+    result["rows"] = table
     base = os.path.join(HERE, "results", f"robustness-vs-cost-{args.name}")
     with open(base + ".json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)

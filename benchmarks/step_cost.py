@@ -35,7 +35,7 @@ What is measured
   ``augment_char`` is a plain step plus the offline greedy char attack
   (``--augment-with-attack char``) on the half of the batch the online rows edit: the
   target compares what each pays *beyond* a plain step for the same examples.
-* ``seed-style *`` rows are a *naive baseline written for this benchmark* in the
+* ``seed-style *`` rows are a *naive baseline* (``seed_style.py``, the tests' reference too) in the
   style of the blog post advnlp replaces (clone the embedding weight matrix,
   ``param.data = backup``; PGD clones every gradient and runs K full
   backwards). Unlike the blog's usage example, they do run a new forward pass
@@ -70,6 +70,7 @@ from torch import nn  # noqa: E402
 
 import advnlp  # noqa: E402
 from advnlp.cli.cost import timed_rounds  # noqa: E402
+from seed_style import SeedFGM, SeedPGD  # noqa: E402  (the tests' reference, one copy)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LR = 1e-5
@@ -175,71 +176,6 @@ class PassCounter:
     def diff(self, before):
         f, b, full = (x - y for x, y in zip(self.snapshot(), before))
         return {"forward": f, "backward_full": full, "backward_input_only": b - full}
-
-
-# =============================================================================
-# The naive baseline, written for this benchmark in the seed blog post's style
-# =============================================================================
-class SeedStyleFGM:
-    """NAIVE BASELINE (not advnlp): the blog post's FGM. Clones the whole
-    embedding weight matrix, perturbs it with the global-norm gradient step,
-    restores with ``param.data = backup``."""
-
-    def __init__(self, model, emb_name="word_embeddings"):
-        self.model, self.emb_name, self.backup = model, emb_name, {}
-
-    def attack(self, epsilon=1.0):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and self.emb_name in name:
-                self.backup[name] = param.data.clone()
-                norm = torch.norm(param.grad)
-                if norm != 0 and not torch.isnan(norm):
-                    param.data.add_(epsilon * param.grad / norm)
-
-    def restore(self):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and self.emb_name in name:
-                param.data = self.backup[name]
-        self.backup = {}
-
-
-class SeedStylePGD:
-    """NAIVE BASELINE (not advnlp): the widely copied PGD companion. Clones the
-    embedding matrix, clones *every* parameter gradient (backup_grad) and runs
-    K full backward passes."""
-
-    def __init__(self, model, emb_name="word_embeddings"):
-        self.model, self.emb_name = model, emb_name
-        self.emb_backup, self.grad_backup = {}, {}
-
-    def attack(self, epsilon=1.0, alpha=0.3, is_first_attack=False):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and self.emb_name in name:
-                if is_first_attack:
-                    self.emb_backup[name] = param.data.clone()
-                norm = torch.norm(param.grad)
-                if norm != 0 and not torch.isnan(norm):
-                    param.data.add_(alpha * param.grad / norm)
-                    r = param.data - self.emb_backup[name]
-                    if torch.norm(r) > epsilon:
-                        r = epsilon * r / torch.norm(r)
-                    param.data = self.emb_backup[name] + r
-
-    def restore(self):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and self.emb_name in name:
-                param.data = self.emb_backup[name]
-        self.emb_backup = {}
-
-    def backup_grad(self):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and param.grad is not None:
-                self.grad_backup[name] = param.grad.clone()
-
-    def restore_grad(self):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and name in self.grad_backup:
-                param.grad = self.grad_backup[name]
 
 
 # =============================================================================
@@ -460,7 +396,7 @@ class Runner:
                             query_budget=500, seed=0)
                 self.model.train()
         elif kind == "seed_fgm":
-            fgm = SeedStyleFGM(self.model)
+            fgm = SeedFGM(self.model)
 
             def step():
                 self.closure().loss.backward()
@@ -469,7 +405,7 @@ class Runner:
                 fgm.restore()
                 self._finish()
         elif kind == "seed_pgd":
-            pgd, K = SeedStylePGD(self.model), 3
+            pgd, K = SeedPGD(self.model), 3
 
             def step():
                 self.closure().loss.backward()

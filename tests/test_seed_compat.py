@@ -1,69 +1,14 @@
 """The seed's attack()/restore() loop works after swapping the import, and
-gives what the seed's own classes give (re-typed here as the reference)."""
+gives what the seed's own classes give (re-typed in benchmarks/seed_style.py, the
+reference the step-cost benchmark times too)."""
 import copy
 
 import pytest
 import torch
 
 from advnlp import FGM, PGD
+from seed_style import SeedFGM, SeedPGD
 from tinymodels import PAD, assert_grads_close, assert_state_equal, batch, grads, snapshot, tiny_bert, tiny_gpt2
-
-
-class SeedFGM:
-    """The blog post's FGM, verbatim in behaviour (substring match, global norm)."""
-
-    def __init__(self, model):
-        self.model, self.backup = model, {}
-
-    def attack(self, epsilon=1.0, emb_name="word_embeddings"):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and emb_name in name:
-                self.backup[name] = param.data.clone()
-                norm = torch.norm(param.grad)
-                if norm != 0 and not torch.isnan(norm):
-                    param.data.add_(epsilon * param.grad / norm)
-
-    def restore(self, emb_name="word_embeddings"):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and emb_name in name:
-                param.data = self.backup[name]
-        self.backup = {}
-
-
-class SeedPGD:
-    """The widely copied PGD companion of the seed's FGM."""
-
-    def __init__(self, model):
-        self.model, self.emb_backup, self.grad_backup = model, {}, {}
-
-    def attack(self, epsilon=1.0, alpha=0.3, emb_name="word_embeddings", is_first_attack=False):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and emb_name in name:
-                if is_first_attack:
-                    self.emb_backup[name] = param.data.clone()
-                norm = torch.norm(param.grad)
-                if norm != 0 and not torch.isnan(norm):
-                    param.data.add_(alpha * param.grad / norm)
-                    r = param.data - self.emb_backup[name]
-                    if torch.norm(r) > epsilon:
-                        r = epsilon * r / torch.norm(r)
-                    param.data = self.emb_backup[name] + r
-
-    def restore(self, emb_name="word_embeddings"):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and emb_name in name:
-                param.data = self.emb_backup[name]
-        self.emb_backup = {}
-
-    def backup_grad(self):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                self.grad_backup[name] = param.grad.clone()
-
-    def restore_grad(self):
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                param.grad = self.grad_backup[name]
 
 
 def run_fgm_loop(model, fgm, ids, y):
