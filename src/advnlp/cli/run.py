@@ -62,22 +62,8 @@ class Run:
         self.extra: List[Example] = []
         self._setup_task(cfg, log)
         self.clf.model.to(self.device)
-        # What the training step calls: the model itself, or its DDP wrapper (the adversary
-        # is built on the wrapper so that every pass but the last skips the all-reduce).
-        self.train_clf = self.clf
-        # --fsdp: the model sharded in place (FSDP2), each rank holding its shards; every
-        # forward pass is then collective, so every rank evaluates (rank 0 alone writes).
         self.sharded = dist_info is not None and cfg.fsdp
-        if self.sharded:
-            shard(self.clf.model)
-            self.reseed_rank()  # the same initial weights everywhere, own dropout noise per rank
-        elif dist_info is not None and cfg.engine == "loop":  # the Trainer wraps it itself
-            ddp = nn.parallel.DistributedDataParallel(
-                self.clf.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.train_clf = copy.copy(self.clf)
-            self.train_clf.model = ddp
-            # Same initial weights everywhere (DDP broadcast rank 0's); own dropout noise per rank.
-            self.reseed_rank()
+        self.train_clf = self._distributed_model()
         self.adv = build_online(cfg, self.train_clf, build_adversary(cfg, self.train_clf.model),
                                 derive_seed(cfg.seed, "online-attack", self.rank, 0))
         self._online_before = (0, 0)
@@ -110,6 +96,25 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.backward_fn = (None if self.scaler is None else
                             lambda loss: self.scaler.scale(loss).backward())
+
+    def _distributed_model(self):
+        """What the training step calls: the model itself, or its DDP wrapper (the adversary
+        is built on the wrapper so that every pass but the last skips the all-reduce). With
+        --fsdp the model is sharded in place (FSDP2), each rank holding its shards; every
+        forward pass is then collective, so every rank evaluates (rank 0 alone writes)."""
+        if self.sharded:
+            shard(self.clf.model)
+            self.reseed_rank()  # the same initial weights everywhere, own dropout noise per rank
+            return self.clf
+        if self.dist is None or self.cfg.engine != "loop":  # the Trainer wraps it itself
+            return self.clf
+        ddp = nn.parallel.DistributedDataParallel(
+            self.clf.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        wrapped = copy.copy(self.clf)
+        wrapped.model = ddp
+        # Same initial weights everywhere (DDP broadcast rank 0's); own dropout noise per rank.
+        self.reseed_rank()
+        return wrapped
 
     # -- the task: what a subclass for another task replaces -------------------------------
     headline = "accuracy"  # the validation metric each epoch's log line shows
