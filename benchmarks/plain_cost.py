@@ -52,12 +52,28 @@ def main(argv=None):
     ap.add_argument("--methods", default="none,fgm,atta")
     ap.add_argument("--epsilon", type=float, default=0.5)
     ap.add_argument("--name", default="minilm-cpu")
+    ap.add_argument("--memory", help="a benchmarks/step_cost.py JSON: each method's peak "
+                                     "memory of a training step beside its step cost")
+    ap.add_argument("--note", action="append", default=[], metavar="METHOD=TEXT",
+                    help="a note on a method's row (e.g. how its setting was chosen)")
     args = ap.parse_args(argv)
     with open(os.path.join(args.compare_dir, "compare.json"), encoding="utf-8") as f:
         result = json.load(f)
     out = {"source": os.path.join(args.compare_dir, "compare.json"), "seeds": result["seeds"],
            "interval": result["interval"], "step_cost": result.get("step_cost", {}).get("how"),
            "methods": entries(result, [m.strip() for m in args.methods.split(",")], args.epsilon)}
+    if args.memory:
+        with open(args.memory, encoding="utf-8") as f:
+            measured = json.load(f)["results"][0]["methods"]
+        out["peak_memory"] = {"source": args.memory, "what": "peak bytes of one training step "
+                              "(benchmarks/step_cost.py, its own batch), and over none's"}
+        for m, e in out["methods"].items():
+            if m in measured:
+                e["peak_bytes"] = measured[m]["peak_bytes"]
+                e["extra_peak_bytes_vs_none"] = measured[m]["extra_peak_bytes"]
+    for note in args.note:
+        m, _, text = note.partition("=")
+        out["methods"][m]["note"] = text
     dest = os.path.join(HERE, "results", f"plain-cost-{args.name}.json")
     with open(dest, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
