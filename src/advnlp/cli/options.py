@@ -52,7 +52,7 @@ def described(cls) -> Dict[str, Tuple[object, Option]]:
 
 
 def default_of(f: dataclasses.Field):
-    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not MISSING else f.default_factory()
 
 
 def field_default(cls, name: str):
