@@ -36,7 +36,7 @@ SPLIT_SEED = 0
 BBC = "bbcnews"
 
 
-def text_columns(value: str) -> Tuple[str, ...]:
+def _column_names(value: str) -> Tuple[str, ...]:
     """``--text-column(s)``: one column name, or two (comma-separated) for sentence pairs
     (:meth:`DataSpec.check` counts them)."""
     return tuple(comma_list(value))
@@ -53,7 +53,7 @@ class DataSpec:
     test: Optional[str] = option(None, section="data",
                                  help="test file (default: split off the training file)")
     text_columns: Tuple[str, ...] = option(
-        ("text",), section="data", type=text_columns, flags=("--text-column", "--text-columns"),
+        ("text",), section="data", type=_column_names, flags=("--text-column", "--text-columns"),
         help="the text column (default text), or two for sentence pairs, e.g. "
              "premise,hypothesis")
     label_column: str = option("label", section="data")

@@ -78,12 +78,11 @@ def setup_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def shard(model: torch.nn.Module) -> int:
+def shard(model: torch.nn.Module) -> None:
     """FSDP2 (``torch.distributed.fsdp.fully_shard``): every block the model names as not to
     be split (Hugging Face's ``_no_split_modules``: a decoder layer) is one unit, the rest (the
     embeddings, the final norm, the head) the root's; the parameters stay where they are in
-    the module tree, so names and state-dict keys are the unsharded model's. Returns the
-    number of blocks."""
+    the module tree, so names and state-dict keys are the unsharded model's."""
     from torch.distributed.fsdp import fully_shard
 
     names = set()
@@ -96,7 +95,6 @@ def shard(model: torch.nn.Module) -> int:
     for block in blocks:
         fully_shard(block)
     fully_shard(model)
-    return len(blocks)
 
 
 def _state_options(**kwargs):

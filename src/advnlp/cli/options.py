@@ -65,9 +65,8 @@ def add_option(container, name: str, default, spec: Option) -> None:
     if spec.toggle:
         both = container.add_mutually_exclusive_group()
         for flag, value, text in spec.toggle:
-            both.add_argument(flag, dest=name, action="store_const", const=value,
-                              **({"default": default} if value is spec.toggle[0][1] else {}),
-                              help=text)
+            both.add_argument(flag, dest=name, action="store_const", const=value, help=text)
+        container.set_defaults(**{name: default})
         return
     flags = spec.flags or ("--" + name.replace("_", "-"),)
     kwargs = {"dest": name, "help": spec.help}
