@@ -7,8 +7,9 @@ Two settings of the embedded default (BBC News, 5 topics):
   3 epochs, 64 tokens): the setting ``make demo`` runs;
 * ``textcnn``: a TextCNN trained from scratch (640 examples, 5 epochs, 128 tokens).
 
-FreeAT and SMART (``--methods freeat,smart``) are swept over their own knobs instead
-(``KNOB_GRIDS``: FreeAT's ball, replays and step; SMART's weight and step), by the same rule.
+FreeAT, SMART and ATTA (``--methods freeat,smart,atta``) are swept over their own knobs
+instead (``KNOB_GRIDS``: FreeAT's ball, replays and step; SMART's weight and step; ATTA's
+ball and step), by the same rule.
 
 Every setting trains ``none`` once per seed and every (method, size) once per seed, the
 seeds paired (same split, data order, initialisation). The rule that picks a method's
@@ -65,6 +66,11 @@ KNOB_GRIDS = {
                for e in (0.03, 0.1) for m, k in ((2, 6), (4, 6), (2, 2))],
     "smart": [("absolute", w, {"adv_weight": w, "alpha": a}, f"λ {w:g} step {a:g}")
               for w in (1.0, 3.0) for a in (1e-3, 1.0)],
+    # ATTA (issue 26): its first epoch is plain, so a 3-epoch run is adversarial for two; the
+    # grid tries its default (FGM's 0.03) and larger balls, reached in one visit (step ε) or
+    # two (step ε/2).
+    "atta": [("relative", e, {"epsilon": e, "alpha": a}, f"ε {e:g}x step {a:g}")
+             for e, a in ((0.03, 0.03), (0.05, 0.05), (0.1, 0.1), (0.1, 0.05))],
 }
 ALL_METHODS = METHODS + tuple(KNOB_GRIDS)
 JOBS = 1  # compare --jobs: runs trained at once (main's --jobs)
