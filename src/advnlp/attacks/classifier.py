@@ -47,17 +47,29 @@ class EmbeddingNeighbours:
         """Up to ``k`` other words with cosine >= ``threshold``, most similar first."""
         key = (word.lower() if self.lowercase else word, k, threshold)
         if key not in self._cache:
-            j = self.index.get(key[0])
-            out: List[str] = []
-            if j is not None:
-                sims = self.unit @ self.unit[j]
-                sims[j] = -2.0
-                top = torch.topk(sims, min(k, len(self.words) - 1))
-                own = key[0]
-                out = [self.words[int(i)] for s, i in zip(top.values, top.indices)
-                       if float(s) >= threshold and self.words[int(i)].lower() != own.lower()]
-            self._cache[key] = out
+            self._cache[key] = [w for w, _ in self.scored([word], k, threshold)[0]]
         return self._cache[key]
+
+    def scored(self, words: Sequence[str], k: int = 8, threshold: float = 0.6,
+               chunk: int = 1024) -> List[List[Tuple[str, float]]]:
+        """Per word, what ``self(word, k, threshold)`` returns with each cosine similarity;
+        batched (``chunk`` words per matrix product), so a whole vocabulary's neighbours
+        cost seconds. A word the vocabulary lacks has none."""
+        V.integer("k", k)
+        out: List[List[Tuple[str, float]]] = [[] for _ in words]
+        rows = [(n, self.index[w.lower() if self.lowercase else w]) for n, w in enumerate(words)
+                if (w.lower() if self.lowercase else w) in self.index]
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            js = torch.tensor([j for _, j in part], dtype=torch.long)
+            sims = self.unit[js] @ self.unit.T
+            sims[torch.arange(len(part)), js] = -2.0
+            top = torch.topk(sims, min(k, len(self.words) - 1), dim=1)
+            for (n, j), values, ids in zip(part, top.values.tolist(), top.indices.tolist()):
+                own = self.words[j].lower()
+                out[n] = [(self.words[i], s) for s, i in zip(values, ids)
+                          if s >= threshold and self.words[i].lower() != own]
+        return out
 
     @classmethod
     def from_vocab(cls, tokens: Sequence[str], embedding: nn.Module,

@@ -125,15 +125,16 @@ def compare_entry(name: str):
     """``(method, config overrides)`` of one ``--methods`` entry: a method (``fgm``), a
     discrete-attack training alone (``online-char``: none + ``--online-attack char``;
     ``greedy-char``: the same with ``--online-search greedy``; ``augment-word``: none +
-    ``--augment-with-attack word``), ``typo-defence`` (none +
-    ``--typo-defence``), or a method and these joined by ``+`` (``fgm+online-char``,
-    ``online-char+typo-defence``)."""
+    ``--augment-with-attack word``), ``typo-defence`` (none + ``--typo-defence``),
+    ``synonym-defence`` (none + ``--synonym-defence``), or a method and these joined by
+    ``+`` (``fgm+online-char``, ``online-char+typo-defence``)."""
     parts = name.split("+")
     method = parts[0] if parts[0] in METHODS else "none"
     overrides: Dict[str, object] = {}
     for extra in parts[1:] if parts[0] in METHODS else parts:
-        if extra == "typo-defence" and "typo_defence" not in overrides:
-            overrides["typo_defence"] = True
+        defence = {"typo-defence": "typo_defence", "synonym-defence": "synonym_defence"}.get(extra)
+        if defence is not None and defence not in overrides:
+            overrides[defence] = True
             continue
         kind, _, attack = extra.partition("-")
         key = {"online": "online_attack", "greedy": "online_attack",
@@ -142,8 +143,8 @@ def compare_entry(name: str):
             raise InputError(
                 f"unknown method {name!r}; choose from {', '.join(METHODS)}, or online-char, "
                 "online-word, greedy-char, greedy-word, augment-char, augment-word, "
-                "typo-defence, alone or after a method and '+' (e.g. fgm+online-char, "
-                "greedy-char+typo-defence)")
+                "typo-defence, synonym-defence, alone or after a method and '+' (e.g. "
+                "fgm+online-char, greedy-char+typo-defence)")
         overrides[key] = attack
         if kind == "greedy":  # online, each edit the worst a search finds (--online-search)
             overrides["online_search"] = "greedy"
@@ -442,7 +443,7 @@ def _step_cost(plan: dict, runs: dict, log) -> Optional[dict]:
         configs["none"] = dataclasses.replace(
             first, method="none", epsilon=None, alpha=None, steps=None, adv_weight=None,
             relative_epsilon=False, online_attack=None, augment_with_attack=None,
-            online_search="random", typo_defence=False)
+            online_search="random", typo_defence=False, synonym_defence=False)
     fresh = {m: new_run(c) for m, c in configs.items()}
     try:
         return cost.measure(fresh, plan["cost_rounds"], log)

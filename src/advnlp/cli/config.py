@@ -203,6 +203,12 @@ class TrainConfig:
              "tokenizer's whole words) back to that word before the tokenizer "
              "(advnlp.defences.TypoNormalizer); saved with the model and applied by eval, "
              "attack and compare. Not for CJK text")
+    synonym_defence: bool = option(  # the typo defence with synonym clusters (implies it)
+        False, section="discrete",
+        help="--typo-defence whose clusters also join each word with its nearest neighbours "
+             "in the pretrained model's input embeddings (the word attack's substitutes), so "
+             "a swap inside a cluster changes nothing the model reads; implies "
+             "--typo-defence. A pretrained model only (not textcnn/bilstm)")
     report_to: str = option(
         "none", choices=REPORTERS,
         help="tensorboard: write the run's losses (clean and adversarial), learning rate, "
@@ -402,6 +408,12 @@ def _check_discrete(cfg: TrainConfig) -> None:
                          f"{cfg.online_fraction!r}")
     if cfg.augment_every < 1 or cfg.augment_samples < 1:
         raise InputError("--augment-every and --augment-samples must be >= 1")
+    if cfg.synonym_defence:
+        if cfg.model in SCRATCH:
+            raise InputError(f"--synonym-defence clusters a pretrained model's embedding "
+                             f"neighbours; --model {cfg.model} starts from random embeddings: "
+                             "use --typo-defence alone, or a Hugging Face model")
+        cfg.typo_defence = True  # its clusters are the typo defence's: one file, one map
 
 
 def _check_engine(cfg: TrainConfig, scratch: bool) -> None:

@@ -380,16 +380,21 @@ def load(directory: str, kind: str, num_labels: int, max_length: int) -> Classif
     return Classifier(kind, model, vocab, max_length, meta, saved_defence(directory, vocab))
 
 
-def build_defence(clf: Classifier, texts: Sequence[Tuple[str, ...]]):
+def build_defence(clf: Classifier, texts: Sequence[Tuple[str, ...]], synonyms: bool = False):
     """``--typo-defence``: the typo normalizer of the training ``texts`` and the tokenizer's
-    whole words, for ``clf``'s tokenizer."""
+    whole words, for ``clf``'s tokenizer; ``--synonym-defence``: with synonym clusters of
+    the model's input embeddings as they are now (pretrained, before training)."""
+    from advnlp.attacks import EmbeddingNeighbours
     from advnlp.defences import TypoNormalizer, tokenizer_words
 
+    flag = "--synonym-defence" if synonyms else "--typo-defence"
+    neighbours = (EmbeddingNeighbours.from_hf(clf.tokenizer, clf.model.get_input_embeddings())
+                  if synonyms else None)
     try:
         return TypoNormalizer.build(texts, vocabulary=tokenizer_words(clf.tokenizer),
-                                    tokenizer=clf.tokenizer)
+                                    tokenizer=clf.tokenizer, synonyms=neighbours)
     except (TypeError, ValueError) as e:
-        raise InputError(f"--typo-defence: {e}") from None
+        raise InputError(f"{flag}: {e}") from None
 
 
 def saved_defence(directory: str, tokenizer):

@@ -119,7 +119,8 @@ def _compare_command(c: argparse.ArgumentParser, config: Optional[dict]) -> None
                    help="comma-separated (default none,fgm,pgd): methods, online-char / online-word "
                         "(none + --online-attack), greedy-char / greedy-word (the same with "
                         "--online-search greedy), augment-char / augment-word (none + "
-                        "--augment-with-attack), typo-defence (none + --typo-defence), or a "
+                        "--augment-with-attack), typo-defence (none + --typo-defence), "
+                        "synonym-defence (none + --synonym-defence), or a "
                         "method joined to these by + (fgm+online-char, greedy-char+typo-defence)")
     c.add_argument("--seeds", type=int, default=1,
                    help="train every method this many times, seeds --seed, --seed+1, ... paired "

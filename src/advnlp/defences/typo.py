@@ -67,8 +67,17 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence
 from ..attacks import _text as T
 from ..attacks.char import word_typos
 from ..attacks.classifier import TextClassifier, as_classifier, whole_words
+from ._clusters import Clusters
+from .synonym import (
+    SYNONYM_CLUSTER_SIZE,
+    SYNONYM_K,
+    SYNONYM_THRESHOLD,
+    check_synonym_settings,
+    synonym_links,
+)
 
-FORMAT, VERSION, FILENAME = "advnlp.typo-defence", 1, "typo_defence.json"
+FORMAT, VERSION, FILENAME = "advnlp.typo-defence", 2, "typo_defence.json"
+READABLE_VERSIONS = (1, 2)  # 2 added the synonym settings
 # A batch stream this long with this little known text means the defence was built on
 # other data: it would pass almost everything through, so it says so once.
 _WARN_AFTER_WORDS, _WARN_BELOW_KNOWN = 200, 0.1
@@ -148,34 +157,21 @@ def _shared_typos(editable: Sequence[str], known: Callable[[str], bool]) -> Coun
 
 
 def _representatives(counts: Dict[str, int], editable: Sequence[str], known: Callable[[str], bool],
-                     max_cluster_size: Optional[int]) -> Dict[str, str]:
-    """word -> its cluster's representative, for the words that are not their own."""
-    if max_cluster_size == 1:
+                     max_cluster_size: Optional[int], synonyms: Sequence[Tuple[str, str]] = (),
+                     synonym_cluster_size: Optional[int] = None) -> Dict[str, str]:
+    """word -> its cluster's representative, for the words that are not their own: the
+    typo links merged first (capped by ``max_cluster_size``), then the synonym links
+    (:mod:`advnlp.defences.synonym`, capped by ``synonym_cluster_size``)."""
+    if max_cluster_size == 1 and not synonyms:
         return {}
-    parent = {w: w for w in editable}
-    size = dict.fromkeys(editable, 1)
-
-    def root(a: str) -> str:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    links = _shared_typos(editable, known)
-    for (a, b), _ in sorted(links.items(), key=lambda kv: (-kv[1], min(counts[w] for w in kv[0]),
-                                                           kv[0])):
-        ra, rb = root(a), root(b)
-        if ra != rb and (max_cluster_size is None or size[ra] + size[rb] <= max_cluster_size):
-            parent[ra] = rb
-            size[rb] += size.pop(ra)
-    members = defaultdict(list)
-    for w in editable:
-        members[root(w)].append(w)
-    reps = {}
-    for ws in members.values():
-        best = min(ws, key=lambda w: (-counts[w], w))
-        reps.update((w, best) for w in ws if w != best)
-    return reps
+    clusters = Clusters(editable)
+    if max_cluster_size != 1:
+        links = _shared_typos(editable, known)
+        clusters.merge((pair for pair, _ in sorted(
+            links.items(), key=lambda kv: (-kv[1], min(counts[w] for w in kv[0]), kv[0]))),
+            max_cluster_size)
+    clusters.merge(synonyms, synonym_cluster_size)
+    return clusters.representatives(counts)
 
 
 def _check_settings(min_count, min_length, max_cluster_size) -> None:
@@ -194,8 +190,12 @@ class TypoNormalizer:
 
     def __init__(self, counts: Dict[str, int], representatives: Optional[Dict[str, str]] = None, *,
                  min_count: int = 1, min_length: int = 3, max_cluster_size: Optional[int] = 1,
-                 stopwords: Iterable[str] = T.STOPWORDS, tokenizer_sha256: Optional[str] = None):
+                 stopwords: Iterable[str] = T.STOPWORDS, tokenizer_sha256: Optional[str] = None,
+                 synonyms: Optional[dict] = None):
         _check_settings(min_count, min_length, max_cluster_size)
+        if synonyms is not None:  # how the synonym clusters were built (a record, for the file)
+            check_synonym_settings(**synonyms)
+        self.synonyms = dict(synonyms) if synonyms is not None else None
         self.counts = {str(w): int(c) for w, c in counts.items()}
         self.stopwords = frozenset(w.lower() for w in stopwords)
         self.min_count, self.min_length = min_count, min_length
@@ -217,7 +217,9 @@ class TypoNormalizer:
     @classmethod
     def build(cls, texts: Iterable, *, min_count: int = 1, min_length: int = 3,
               max_cluster_size: Optional[int] = 1, vocabulary: Optional[Iterable[str]] = None,
-              tokenizer=None, stopwords: Iterable[str] = T.STOPWORDS) -> "TypoNormalizer":
+              tokenizer=None, stopwords: Iterable[str] = T.STOPWORDS, synonyms=None,
+              synonym_k: int = SYNONYM_K, synonym_threshold: float = SYNONYM_THRESHOLD,
+              synonym_cluster_size: Optional[int] = SYNONYM_CLUSTER_SIZE) -> "TypoNormalizer":
         """From training texts (str or tuples of str).
 
         Args:
@@ -230,8 +232,19 @@ class TypoNormalizer:
             tokenizer: the model's tokenizer; its fingerprint is saved so that
                 :meth:`load` refuses the defence for another tokenizer.
             stopwords: known words the attack never edits.
+            synonyms: an :class:`advnlp.attacks.EmbeddingNeighbours` of the model's
+                input embeddings (before training): each editable word of its vocabulary
+                is joined with its ``synonym_k`` nearest neighbours of cosine >=
+                ``synonym_threshold`` (the word attack's substitutes), clusters of at most
+                ``synonym_cluster_size`` words (:mod:`advnlp.defences.synonym`); the
+                linked words become known words. None: no synonym clusters.
         """
         _check_settings(min_count, min_length, max_cluster_size)
+        if synonyms is not None:
+            check_synonym_settings(synonym_k, synonym_threshold, synonym_cluster_size)
+            if not hasattr(synonyms, "scored"):
+                raise TypeError("synonyms: expected an EmbeddingNeighbours "
+                                f"(advnlp.attacks), got {type(synonyms).__name__}")
         counts, cjk = _word_counts(texts)
         known = {w: c for w, c in counts.items() if c >= min_count}
         for w in vocabulary or ():
@@ -246,10 +259,22 @@ class TypoNormalizer:
         if not any(any(ch.isalpha() for ch in w) for w in known):
             raise ValueError(f"TypoNormalizer.build: nothing to build from: no word occurs "
                              f"min_count={min_count} times in the texts")
-        fingerprint = tokenizer_fingerprint(tokenizer) if tokenizer is not None else None
-        return cls(known, None, min_count=min_count, min_length=min_length,
-                   max_cluster_size=max_cluster_size, stopwords=stopwords,
-                   tokenizer_sha256=fingerprint)
+        stop = frozenset(w.lower() for w in stopwords)
+        links: List[Tuple[str, str]] = []
+        if synonyms is not None:
+            links = synonym_links(synonyms, synonyms.words,
+                                  lambda w: T.eligible(w, T.WORD, stop, min_length),
+                                  synonym_k, synonym_threshold)
+            known.update((w, known.get(w, 0)) for pair in links for w in pair)  # substitutes
+        editable = sorted(w for w in known if T.eligible(w, T.WORD, stop, min_length))
+        reps = _representatives(known, editable, lambda w: w in known or w in stop,
+                                max_cluster_size, links, synonym_cluster_size)
+        record = (None if synonyms is None else
+                  {"k": synonym_k, "threshold": synonym_threshold,
+                   "max_cluster_size": synonym_cluster_size})
+        return cls(known, reps, min_count=min_count, min_length=min_length,
+                   max_cluster_size=max_cluster_size, stopwords=stopwords, synonyms=record,
+                   tokenizer_sha256=None if tokenizer is None else tokenizer_fingerprint(tokenizer))
 
     # -- mapping -------------------------------------------------------------------
     def known(self, word: str) -> bool:
@@ -408,7 +433,7 @@ class TypoNormalizer:
         return {"format": FORMAT, "version": VERSION,
                 "settings": {"min_count": self.min_count, "min_length": self.min_length,
                              "max_cluster_size": self.max_cluster_size,
-                             "stopwords": sorted(self.stopwords)},
+                             "stopwords": sorted(self.stopwords), "synonyms": self.synonyms},
                 "tokenizer_sha256": self.tokenizer_sha256,
                 "words": dict(sorted(self.counts.items())),
                 "representatives": dict(sorted(self._rep.items()))}
@@ -444,9 +469,9 @@ class TypoNormalizer:
     def from_dict(cls, data, where: str = "data") -> "TypoNormalizer":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{where}: not a typo-defence file (format is not {FORMAT!r})")
-        if data.get("version") != VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"{where}: typo-defence version {data.get('version')!r}; this advnlp "
-                             f"reads version {VERSION}")
+                             f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         try:
             words, reps, settings = data["words"], data["representatives"], data["settings"]
             ok = (all(isinstance(w, str) and isinstance(c, int) and c >= 0 for w, c in words.items())

@@ -25,6 +25,7 @@ def _check(cfg) -> None:
                          "DIR, a local causal LM folder (Llama, Qwen2, GPT-2, ...)")
     refused = {"--online-attack": cfg.online_attack is not None,
                "--typo-defence": cfg.typo_defence,
+               "--synonym-defence": cfg.synonym_defence,
                "--augment-with-attack": cfg.augment_with_attack is not None,
                "--multi-label": cfg.data.multi_label,
                "--text-columns": tuple(cfg.data.text_columns) != ("text",),

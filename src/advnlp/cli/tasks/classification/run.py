@@ -41,7 +41,8 @@ class ClassifyRun(Run):
         cfg.max_length = self.clf.max_length  # the default resolved: config.json records it
         check_tokenizer(self.clf, [t for t, _ in self.splits.train], log)
         if cfg.typo_defence:  # rebuilt alike on --resume: the data files are unchanged
-            self.clf.normalizer = build_defence(self.clf, [t for t, _ in self.splits.train])
+            self.clf.normalizer = build_defence(self.clf, [t for t, _ in self.splits.train],
+                                                synonyms=cfg.synonym_defence)
         if self.clf.is_hf:  # so the saved model works as-is in a transformers pipeline
             config = self.clf.model.config
             config.id2label = dict(enumerate(self.labels.names))

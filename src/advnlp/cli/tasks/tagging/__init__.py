@@ -23,6 +23,7 @@ def _check(cfg) -> None:
         raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
     refused = {"--online-attack": cfg.online_attack is not None,
                "--typo-defence": cfg.typo_defence,
+               "--synonym-defence": cfg.synonym_defence,
                "--augment-with-attack": cfg.augment_with_attack is not None,
                "--multi-label": cfg.data.multi_label,
                "--text-columns": len(cfg.data.text_columns) != 1}
