@@ -34,6 +34,10 @@ timed interleaved against none's model); and each row's paired difference from n
 95% interval.
 
 Run:  python benchmarks/robust_text.py --jobs minilm            (~2 h on 2 cores)
+
+Rows run in parts (other seeds, another compare) become one table with ``--merge``: every
+compare folder's and earlier result JSON's runs, a rerun of the same (method, seed) checked
+to score the same, paired intervals over the seeds each row shares with ``none``.
 """
 from __future__ import annotations
 
@@ -212,6 +216,103 @@ def partial_result(folder: str) -> dict:
             "interval": {"kind": "paired t-interval over seeds", "level": LEVEL}}
 
 
+def merged_result(sources: list) -> tuple:
+    """One result from several: compare folders (their compare.json) and earlier result JSONs
+    of this script (their ``compare`` runs, or their rows' per-seed values when they hold no
+    runs). A (method, seed) in two sources must have the same scores (the runs are
+    deterministic: a rerun is a check, recorded in ``checked``); each row's step and
+    inference cost come from the first source that measured it. Returns (result, infer,
+    steps, provenance)."""
+    from advnlp.cli.statistics import LEVEL, paired_difference
+
+    runs, steps, infer, checked, provenance = {}, {}, {}, [], []
+    for src in sources:
+        if os.path.isdir(src):
+            with open(os.path.join(src, "compare.json"), encoding="utf-8") as f:
+                result = json.load(f)
+            found, cost = result["runs"], result.get("step_cost", {}).get("ratios", {})
+            inferred = inference_cost(result)
+        else:
+            with open(src, encoding="utf-8") as f:
+                data = json.load(f)
+            found = data.get("compare", {}).get("runs") or [
+                {"method": m, "seed": seed, **{KEYS[k]: row[k]["per_seed"][i]
+                                               for k in KEYS if k in row}}
+                for m, row in data["rows"].items()
+                for i, seed in enumerate(row.get("seeds", data.get("seeds", [])))]
+            cost = {m: r.get("train_cost_vs_none") for m, r in data.get("rows", {}).items()}
+            inferred = {m: r.get("infer_cost_vs_none") for m, r in data.get("rows", {}).items()}
+        for r in found:
+            key = (r["method"], r["seed"])
+            if key in runs:
+                same = all(abs(runs[key][k] - r[k]) < 1e-9 for k in KEYS.values()
+                           if k in r and k in runs[key])
+                checked.append({"method": key[0], "seed": key[1], "source": src, "same": same})
+                continue
+            runs[key] = {**r, "source": src}
+        for m in {r["method"] for r in found}:
+            if steps.get(m) is None and cost.get(m) is not None:
+                steps[m] = cost[m]
+            if infer.get(m) is None and inferred.get(m) is not None:
+                infer[m] = inferred[m]
+        provenance.append(src)
+    base = {seed: r for (m, seed), r in runs.items() if m == "none"}
+    versus = {}
+    for m in sorted({m for m, _ in runs} - {"none"}):
+        mine = sorted((r for (n, _), r in runs.items() if n == m and r["seed"] in base),
+                      key=lambda r: r["seed"])
+        if len(mine) >= 2:
+            versus[m] = {k: paired_difference([r[k] for r in mine],
+                                              [base[r["seed"]][k] for r in mine])
+                         for k in KEYS.values() if all(k in r for r in mine)}
+    order = ROWS.split(",")  # the plan's rows first, in its order; others after
+    ordered = sorted(runs.values(), key=lambda r: (
+        order.index(r["method"]) if r["method"] in order else len(order), r["method"], r["seed"]))
+    result = {"runs": ordered, "seeds": sorted(base), "versus_none": versus,
+              "interval": {"kind": "paired t-interval over seeds", "level": LEVEL}}
+    return result, infer, steps, {"sources": provenance, "reruns_checked": checked}
+
+
+def merged_rows(result: dict, infer: dict, steps: dict) -> dict:
+    """:func:`rows` for a merged result: runs from other folders may be gone, so no
+    wall-clock column."""
+    out = {}
+    for r in result["runs"]:
+        row = out.setdefault(r["method"], {"seeds": []})
+        row["seeds"].append(r["seed"])
+        for key, source in KEYS.items():
+            if source in r:
+                row.setdefault(key, {"per_seed": []})["per_seed"].append(r[source])
+    for m, row in out.items():
+        for key in KEYS:
+            if key in row:
+                row[key]["mean"] = sum(row[key]["per_seed"]) / len(row[key]["per_seed"])
+        row["train_cost_vs_none"] = steps.get(m, 1.0 if m == "none" else None)
+        row["infer_cost_vs_none"] = infer.get(m, 1.0 if m == "none" else None)
+        row["versus_none"] = {k: result["versus_none"].get(m, {}).get(s) for k, s in KEYS.items()}
+    return out
+
+
+def write_merged(job: str, sources: list) -> None:
+    result, infer, steps, provenance = merged_result(sources)
+    summary = merged_rows(result, infer, steps)
+    dest = os.path.join(HERE, "results", f"robust-text-{job}-cpu")
+    out = {"benchmark": {"script": "benchmarks/robust_text.py", "job": job,
+                         "command": "python benchmarks/robust_text.py --merge "
+                                    + ",".join(sources) + f" --jobs {job}", **provenance},
+           "rows": summary, "compare": result}
+    with open(dest + ".json", "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+    md = table(summary)
+    seeds = {m: len(r["seeds"]) for m, r in summary.items()}
+    with open(dest + ".md", "w", encoding="utf-8") as f:
+        f.write(f"`{out['benchmark']['command']}` (seeds per row: "
+                + ", ".join(f"{m} {n}" for m, n in seeds.items()) + ")\n\n" + md + "\n")
+    plot(summary, dest + ".png", f"{job}: seeds {', '.join(map(str, result['seeds']))}")
+    print(md, flush=True)
+    print(f"written: {os.path.relpath(dest)}.json, .md, .png", flush=True)
+
+
 def run_job(job: str, args, advnlp: str, env: dict) -> None:
     cmd = ["compare", *job_args(job, args.out, args)]
     folder = os.path.join(args.out, job)
@@ -255,7 +356,12 @@ def main(argv=None):
                     "training cost column when the job's compare did not measure it")
     ap.add_argument("--partial", action="store_true",
                     help="with --table-only: tabulate the runs finished so far (no compare.json yet)")
+    ap.add_argument("--merge", help="comma list of compare folders and earlier result JSONs: "
+                    "one table of all their runs (no training; one --jobs name for the files)")
     args = ap.parse_args(argv)
+    if args.merge:
+        write_merged(args.jobs, [p.strip() for p in args.merge.split(",") if p.strip()])
+        return
     advnlp = shutil.which("advnlp") or os.path.join(os.path.dirname(sys.executable), "advnlp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for job in [j.strip() for j in args.jobs.split(",") if j.strip()]:
