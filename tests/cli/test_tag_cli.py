@@ -133,7 +133,6 @@ def test_split_off_validation_and_test_and_warn_about_invalid_continuations(tmp_
     ([], "EU ORG\n", "tag 'ORG' is neither O nor"),
     (["--model", "textcnn"], None, "--model textcnn classifies texts"),
     (["--augment-with-attack", "char"], None, "does not take --augment-with-attack"),
-    (["--online-attack", "char"], None, "does not take --online-attack"),
 ])
 def test_bad_tagging_input_exits_2(ner, tmp_path, capsys, extra, content, message):
     train = ner["train"]

@@ -64,8 +64,7 @@ class Run:
         self.clf.model.to(self.device)
         self.sharded = dist_info is not None and cfg.fsdp
         self.train_clf = self._distributed_model()
-        self.adv = build_online(cfg, self.train_clf, build_adversary(cfg, self.train_clf.model),
-                                derive_seed(cfg.seed, "online-attack", self.rank, 0))
+        self.adv = self.build_adversary(derive_seed(cfg.seed, "online-attack", self.rank, 0))
         self._online_before = (0, 0)
         # --method freeat replays each batch m (--steps) times; an epoch keeps a plain
         # epoch's number of optimizer steps (see epoch_schedule).
@@ -118,6 +117,13 @@ class Run:
 
     # -- the task: what a subclass for another task replaces -------------------------------
     headline = "accuracy"  # the validation metric each epoch's log line shows
+
+    def build_adversary(self, online_seed: int):
+        """The step's adversary: the method's, inside DiscreteAT under --online-attack (a
+        classifier's texts; a task that edits other data replaces this)."""
+        cfg = self.cfg
+        return build_online(cfg, self.train_clf, build_adversary(cfg, self.train_clf.model),
+                            online_seed)
 
     def positions(self, batch: dict) -> Optional[torch.Tensor]:
         """The (batch, length) positions of ``batch`` that the embedding methods may perturb

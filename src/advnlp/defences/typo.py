@@ -30,6 +30,11 @@ et al., "Combating Adversarial Misspellings with Robust Word Recognition", ACL 2
    that word: "good" -> "god") or that is also a typo of a more frequent known word
    of another cluster (BBC, min_count 2, no clusters: 3.2% of the unknown typos).
 
+4. *Synonyms* (``synonyms=``, off by default): the clusters of step 2 are also merged along
+   the word attack's substitution relation, each word and its nearest input-embedding
+   neighbours (:mod:`advnlp.defences.synonym`), so a swap inside a cluster and a typo of
+   the swapped word map to one representative.
+
 Candidates come from a deletion index (SymSpell-style: each editable known word's
 one-character deletions) and the word's own swaps and deletions, O(word length)
 dictionary probes, then are verified against the attack's typo set. Mapping a batch of

@@ -21,8 +21,10 @@ def _check(cfg) -> None:
                          "Hugging Face model directory")
     if cfg.crf and cfg.model != "bilstm":
         raise InputError("--crf is for --model bilstm; a Hugging Face tagger has a softmax head")
-    refused = {"--online-attack": cfg.online_attack is not None,
-               "--typo-defence": cfg.typo_defence,
+    if cfg.online_attack not in (None, "char"):
+        raise InputError(f"--task {NAME} takes --online-attack char; {cfg.online_attack}'s "
+                         "edits (delete or duplicate a word) would move the tags")
+    refused = {"--typo-defence": cfg.typo_defence,
                "--synonym-defence": cfg.synonym_defence,
                "--augment-with-attack": cfg.augment_with_attack is not None,
                "--multi-label": cfg.data.multi_label,

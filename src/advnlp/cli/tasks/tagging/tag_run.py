@@ -24,13 +24,16 @@ import torch
 
 from advnlp import backward_step
 
+from ...config import build_adversary
 from ...data import held_out
 from ...distributed import seed_everything
+from ...errors import InputError
 from ...files import write_json, write_jsonl
 from ...run import Run
 from ..classification.classify import example_ids
 from . import tag as TG
 from .tag_data import Tagged, check_known_tags, read_tagged
+from .tag_online import build_tag_online, sentence_text, split_batch
 
 
 class TagLabels:
@@ -108,8 +111,29 @@ class TagRun(Run):
     def batch(self, idx: List[int]) -> dict:
         return {k: v.to(self.device) for k, v in self.labelled_batch(idx).items()}
 
+    def build_adversary(self, online_seed: int):
+        """--online-attack char: DiscreteAT over the sentences' words (tag_online)."""
+        if self.cfg.online_attack is not None:
+            spaced = next((t for s, _ in self.splits.train for t in s if " " in t), None)
+            if spaced is not None:  # the edited text is split back into words at its spaces
+                raise InputError(f"--online-attack char edits a sentence as its words joined by "
+                                 f"spaces, but the training data has a word with a space "
+                                 f"({spaced!r}): split such words, or train without it")
+        return build_tag_online(self.cfg, self.train_clf,
+                                build_adversary(self.cfg, self.train_clf.model), online_seed,
+                                lambda: self.autocast())
+
     def task_step(self, idx: List[int], batch: Optional[dict]) -> torch.Tensor:
         model, adv = self.train_clf.model, self.adv
+        if batch is None:  # --online-attack: DiscreteAT encodes the (edited) sentences
+            def closure(encoded, tags):
+                inputs, labels = split_batch(self.train_clf, encoded, tags)
+                with self.autocast():
+                    return model(**inputs, labels=labels).loss.float()
+
+            train = self.train_set
+            return adv.backward(closure, [sentence_text(train[i][0]) for i in idx],
+                                [self.targets["train"][i] for i in idx], self.backward_fn)
 
         def output():
             with self.autocast():
