@@ -137,3 +137,36 @@ def test_a_word_with_a_space_is_refused(tmp_path, capsys):
                "--online-attack", "char", "--quiet", "--output-dir", tmp_path / "r") == 2
     err = capsys.readouterr().err
     assert "'New York'" in err and "Traceback" not in err
+
+
+def test_a_resumed_tagger_edits_what_the_uninterrupted_run_edited(ner, tmp_path, monkeypatch):
+    import os
+
+    import signal
+
+    from safetensors.torch import load_file
+
+    from advnlp.cli.tasks.tagging.tag_run import TagRun
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    argv = ["train", "--task", "token-classification", "--model", "bilstm", "--train",
+            ner["train"], "--online-attack", "char", "--online-search", "greedy", "--method",
+            "fgm", "--epochs", "2", "--batch-size", "16", "--quiet"]
+    assert run(*argv, "--output-dir", straight) == 0
+    calls, step = [0], TagRun.task_step
+
+    def step_then_sigint(self, *args):
+        loss = step(self, *args)
+        calls[0] += 1
+        if calls[0] == 12:  # mid-epoch 2 (128 sentences, 8 steps an epoch)
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    with monkeypatch.context() as m:
+        m.setattr(TagRun, "task_step", step_then_sigint)
+        assert run(*argv, "--output-dir", stopped) == 130
+    assert run("train", "--resume", stopped, "--quiet") == 0
+    a, b = (load_file(os.path.join(d, "model", "model.safetensors")) for d in (straight, stopped))
+    assert all(a[k].equal(b[k]) for k in a)
+    assert read_json(straight, "metrics.json")["online_attack"] == \
+        read_json(stopped, "metrics.json")["online_attack"]
