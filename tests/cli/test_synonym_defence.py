@@ -3,7 +3,6 @@ neighbours, built from the pretrained embeddings, saved with the model, applied 
 attack and compare; refused where it cannot mean anything."""
 import pytest
 import torch
-
 from cli_helpers import read_json, run, save_wordpiece
 from conftest import FILLER, NEG, POS
 

@@ -2,11 +2,10 @@
 tag stays on its word (checked on the edited pass the model trained on), random and greedy,
 HF sub-word and BiLSTM taggers, CJK characters; word edits refused."""
 import pytest
-import torch
-
-from advnlp import DiscreteAT
 from cli_helpers import read_json, run
 from tagging_data import sentences
+
+from advnlp import DiscreteAT
 
 NAMES = ["O", "B-ENT", "I-ENT"]
 
@@ -141,7 +140,6 @@ def test_a_word_with_a_space_is_refused(tmp_path, capsys):
 
 def test_a_resumed_tagger_edits_what_the_uninterrupted_run_edited(ner, tmp_path, monkeypatch):
     import os
-
     import signal
 
     from safetensors.torch import load_file
