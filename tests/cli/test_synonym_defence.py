@@ -105,3 +105,23 @@ def test_compare_entries():
     assert compare_entry("greedy-char+synonym-defence") == (
         "none", {"online_attack": "char", "online_search": "greedy", "synonym_defence": True})
     assert compare_entry("fgm+synonym-defence") == ("fgm", {"synonym_defence": True})
+
+
+def test_a_model_whose_embeddings_have_no_neighbours_is_refused(tiny_bert, sentiment_csv, tmp_path,
+                                                                 capsys):
+    import shutil
+
+    from transformers import BertModel
+
+    folder = tmp_path / "orthogonal"
+    shutil.copytree(tiny_bert, folder)
+    model = BertModel.from_pretrained(str(folder))
+    weight = model.embeddings.word_embeddings.weight
+    with torch.no_grad():  # one-hot rows: every cosine 0
+        weight.zero_()
+        weight[:, : weight.shape[1]].copy_(torch.eye(weight.shape[0], weight.shape[1]))
+    model.save_pretrained(str(folder))
+    assert run("train", *ARGS, "--model", folder, "--train", sentiment_csv, "--output-dir",
+               tmp_path / "r", "--synonym-defence") == 2
+    err = capsys.readouterr().err
+    assert "--synonym-defence" in err and "no two editable words" in err and "Traceback" not in err

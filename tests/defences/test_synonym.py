@@ -180,3 +180,10 @@ def test_bad_synonym_settings(space, kwargs, error, match):
     kwargs = {"synonyms": space[2], **kwargs}
     with pytest.raises(error, match=match):
         TypoNormalizer.build(CORPUS, **kwargs)
+
+
+def test_embeddings_with_no_neighbours_are_refused():
+    words = LONE
+    nb = EmbeddingNeighbours(words, torch.eye(len(words)))  # orthogonal: no cosine >= 0.6
+    with pytest.raises(ValueError, match="no two editable words .* neighbours"):
+        TypoNormalizer.build(CORPUS, synonyms=nb)

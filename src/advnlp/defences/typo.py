@@ -270,6 +270,11 @@ class TypoNormalizer:
             links = synonym_links(synonyms, synonyms.words,
                                   lambda w: T.eligible(w, T.WORD, stop, min_length),
                                   synonym_k, synonym_threshold)
+            if not links:  # a no-op the user asked for a defence from: say so
+                raise ValueError(f"synonyms: no two editable words of the vocabulary are "
+                                 f"neighbours (k={synonym_k}, cosine >= {synonym_threshold}): "
+                                 "the clusters would be empty; lower synonym_threshold or "
+                                 "drop synonyms")
             known.update((w, known.get(w, 0)) for pair in links for w in pair)  # substitutes
         editable = sorted(w for w in known if T.eligible(w, T.WORD, stop, min_length))
         reps = _representatives(known, editable, lambda w: w in known or w in stop,
