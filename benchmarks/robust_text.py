@@ -74,16 +74,18 @@ def job_args(job: str, out: str, args) -> list:
     return common + ["--model", "textcnn", "--train", data, "--attack-epsilon", "7"]
 
 
-def inference_cost(result: dict, rounds: int = 5, examples: int = 64) -> dict:
+def inference_cost(result: dict, rounds: int = 5, examples: int = 64,
+                   none_dir: str = None) -> dict:
     """Each row's prediction time over the first ``examples`` of the test split (its first
-    seed's run) against none's, the models timed in turn, ``rounds`` times; the median ratio."""
+    seed's run) against none's, the models timed in turn, ``rounds`` times; the median ratio.
+    ``none_dir``: a none run of the same setting to time against when ``result`` has none."""
     import torch
 
     from advnlp.cli.data import load_splits
     from advnlp.cli.rundir import load_run
     from advnlp.cli.tasks.classification.classify import predict
 
-    first = {}
+    first = {} if none_dir is None else {"none": none_dir}
     for r in result["runs"]:
         first.setdefault(r["method"], r["run_dir"])
     loaded = {m: load_run(d, "cpu") for m, d in first.items()}
@@ -216,22 +218,28 @@ def partial_result(folder: str) -> dict:
             "interval": {"kind": "paired t-interval over seeds", "level": LEVEL}}
 
 
-def merged_result(sources: list) -> tuple:
+def merged_result(sources: list, none_dir: str = None) -> tuple:
     """One result from several: compare folders (their compare.json) and earlier result JSONs
     of this script (their ``compare`` runs, or their rows' per-seed values when they hold no
     runs). A (method, seed) in two sources must have the same scores (the runs are
     deterministic: a rerun is a check, recorded in ``checked``); each row's step and
-    inference cost come from the first source that measured it. Returns (result, infer,
-    steps, provenance)."""
+    inference cost come from the first source that measured it. A compare folder stopped
+    part-way gives its finished runs, the step costs of its ``step-cost.json``
+    (``--measure-step-cost``) and inference timed against ``none_dir``'s model when it has no
+    none run. Returns (result, infer, steps, provenance)."""
     from advnlp.cli.statistics import LEVEL, paired_difference
 
     runs, steps, infer, checked, provenance = {}, {}, {}, [], []
     for src in sources:
-        if os.path.isdir(src):
+        if os.path.isdir(src) and os.path.isfile(os.path.join(src, "compare.json")):
             with open(os.path.join(src, "compare.json"), encoding="utf-8") as f:
                 result = json.load(f)
             found, cost = result["runs"], result.get("step_cost", {}).get("ratios", {})
             inferred = inference_cost(result)
+        elif os.path.isdir(src):  # a compare stopped part-way: its finished runs
+            result = partial_result(src)
+            found, cost = result["runs"], step_costs({}, os.path.join(src, "step-cost.json"))
+            inferred = inference_cost(result, none_dir=none_dir)
         else:
             with open(src, encoding="utf-8") as f:
                 data = json.load(f)
@@ -293,8 +301,8 @@ def merged_rows(result: dict, infer: dict, steps: dict) -> dict:
     return out
 
 
-def write_merged(job: str, sources: list) -> None:
-    result, infer, steps, provenance = merged_result(sources)
+def write_merged(job: str, sources: list, none_dir: str = None) -> None:
+    result, infer, steps, provenance = merged_result(sources, none_dir)
     summary = merged_rows(result, infer, steps)
     dest = os.path.join(HERE, "results", f"robust-text-{job}-cpu")
     out = {"benchmark": {"script": "benchmarks/robust_text.py", "job": job,
@@ -311,6 +319,22 @@ def write_merged(job: str, sources: list) -> None:
     plot(summary, dest + ".png", f"{job}: seeds {', '.join(map(str, result['seeds']))}")
     print(md, flush=True)
     print(f"written: {os.path.relpath(dest)}.json, .md, .png", flush=True)
+
+
+def measure_step_cost(folder: str) -> None:
+    """compare's step-cost column for a compare stopped part-way (it is timed after the last
+    run): every planned row's step against none's, interleaved on one batch, in
+    ``folder/step-cost.json``."""
+    from advnlp.cli.commands import _planned_runs, _step_cost
+
+    with open(os.path.join(folder, "compare-config.json"), encoding="utf-8") as f:
+        plan = json.load(f)
+    plan["config"]["output_dir"] = folder
+    plan["cost_rounds"] = plan.get("cost_rounds") or 5
+    out = _step_cost(plan, _planned_runs(plan), lambda s: print(s, flush=True))
+    with open(os.path.join(folder, "step-cost.json"), "w", encoding="utf-8") as f:
+        json.dump({"step_cost": out}, f, indent=1)
+    print({m: round(r, 3) for m, r in out["ratios"].items()}, flush=True)
 
 
 def run_job(job: str, args, advnlp: str, env: dict) -> None:
@@ -358,9 +382,17 @@ def main(argv=None):
                     help="with --table-only: tabulate the runs finished so far (no compare.json yet)")
     ap.add_argument("--merge", help="comma list of compare folders and earlier result JSONs: "
                     "one table of all their runs (no training; one --jobs name for the files)")
+    ap.add_argument("--none-run", help="with --merge: a none run of the setting to time "
+                    "inference against, for a stopped compare without one")
+    ap.add_argument("--measure-step-cost", metavar="FOLDER",
+                    help="time a stopped compare's rows against none (its step-cost.json)")
     args = ap.parse_args(argv)
+    if args.measure_step_cost:
+        measure_step_cost(args.measure_step_cost)
+        return
     if args.merge:
-        write_merged(args.jobs, [p.strip() for p in args.merge.split(",") if p.strip()])
+        write_merged(args.jobs, [p.strip() for p in args.merge.split(",") if p.strip()],
+                     args.none_run)
         return
     advnlp = shutil.which("advnlp") or os.path.join(os.path.dirname(sys.executable), "advnlp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
