@@ -26,7 +26,7 @@ from the model's embeddings before training).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, List, Tuple
 
 from .. import _validate as V
 
@@ -40,14 +40,21 @@ def check_synonym_settings(k: int, threshold: float, max_cluster_size) -> None:
         V.integer("synonym_cluster_size", max_cluster_size, 2)
 
 
-def synonym_links(neighbours, words: Iterable[str], keep: Callable[[str], bool],
-                  k: int = SYNONYM_K, threshold: float = SYNONYM_THRESHOLD
-                  ) -> List[Tuple[str, str]]:
+def synonym_links(neighbours, keep: Callable[[str], bool], k: int = SYNONYM_K,
+                  threshold: float = SYNONYM_THRESHOLD) -> List[Tuple[str, str]]:
     """``(word, neighbour)`` pairs, lower-cased, most similar first (ties: alphabetical):
-    each neighbour (``neighbours.scored``: the attack's relation) of each of ``words``,
-    both ``keep`` accepts."""
-    words = sorted({w.lower() for w in words if keep(w.lower()) and w.lower() in neighbours})
+    each neighbour (``neighbours.scored``: the attack's relation) of each word of
+    ``neighbours``' vocabulary, both ``keep`` accepts. Refuses another kind of object, and a
+    vocabulary with no pair at all (the clusters would be empty: a defence doing nothing)."""
+    if not hasattr(neighbours, "scored"):
+        raise TypeError("synonyms: expected an EmbeddingNeighbours (advnlp.attacks), got "
+                        f"{type(neighbours).__name__}")
+    words = sorted({w.lower() for w in neighbours.words if keep(w.lower()) and w.lower() in neighbours})
     scored = []
     for w, found in zip(words, neighbours.scored(words, k, threshold)):
         scored += [(-s, w, n.lower()) for n, s in found if keep(n.lower())]
+    if not scored:
+        raise ValueError(f"synonyms: no two editable words of the vocabulary are neighbours "
+                         f"(k={k}, cosine >= {threshold}): the clusters would be empty; lower "
+                         "synonym_threshold or drop synonyms")
     return [(a, b) for _, a, b in sorted(scored)]

@@ -247,9 +247,6 @@ class TypoNormalizer:
         _check_settings(min_count, min_length, max_cluster_size)
         if synonyms is not None:
             check_synonym_settings(synonym_k, synonym_threshold, synonym_cluster_size)
-            if not hasattr(synonyms, "scored"):
-                raise TypeError("synonyms: expected an EmbeddingNeighbours "
-                                f"(advnlp.attacks), got {type(synonyms).__name__}")
         counts, cjk = _word_counts(texts)
         known = {w: c for w, c in counts.items() if c >= min_count}
         for w in vocabulary or ():
@@ -265,17 +262,10 @@ class TypoNormalizer:
             raise ValueError(f"TypoNormalizer.build: nothing to build from: no word occurs "
                              f"min_count={min_count} times in the texts")
         stop = frozenset(w.lower() for w in stopwords)
-        links: List[Tuple[str, str]] = []
-        if synonyms is not None:
-            links = synonym_links(synonyms, synonyms.words,
-                                  lambda w: T.eligible(w, T.WORD, stop, min_length),
-                                  synonym_k, synonym_threshold)
-            if not links:  # a no-op the user asked for a defence from: say so
-                raise ValueError(f"synonyms: no two editable words of the vocabulary are "
-                                 f"neighbours (k={synonym_k}, cosine >= {synonym_threshold}): "
-                                 "the clusters would be empty; lower synonym_threshold or "
-                                 "drop synonyms")
-            known.update((w, known.get(w, 0)) for pair in links for w in pair)  # substitutes
+        links: List[Tuple[str, str]] = [] if synonyms is None else synonym_links(
+            synonyms, lambda w: T.eligible(w, T.WORD, stop, min_length), synonym_k,
+            synonym_threshold)
+        known.update((w, known.get(w, 0)) for pair in links for w in pair)  # the substitutes
         editable = sorted(w for w in known if T.eligible(w, T.WORD, stop, min_length))
         reps = _representatives(known, editable, lambda w: w in known or w in stop,
                                 max_cluster_size, links, synonym_cluster_size)
