@@ -63,7 +63,10 @@ def job_args(job: str, out: str, args) -> list:
     rows = args.rows or (ROWS_ZH if job == "zh" else ROWS)
     common = ["--methods", rows, "--seeds", str(args.seeds or SEEDS[job]),
               "--attack", "char,word", "--attack-limit", str(args.attack_limit),
-              "--typo-rate", "0.3", "--output-dir", os.path.join(out, job), "--quiet"]
+              "--typo-rate", "0.3", "--output-dir", os.path.join(out, job), "--quiet",
+              # the test scores are the same without the validation attacks (session 9)
+              "--validation-scores", "clean", "--eval-strategy", "end",
+              "--jobs", str(args.parallel)]
     if job == "minilm":
         return common + ["--max-train-samples", "200", "--epochs", "3", "--max-length", "64",
                          "--attack-samples", "50"]
@@ -372,6 +375,7 @@ def main(argv=None):
     ap.add_argument("--attack-limit", type=int, default=50)
     ap.add_argument("--seeds", type=int, help="default: 5 (minilm, zh) or 3 (minilm-full)")
     ap.add_argument("--rows", help=f"compare entries (default {ROWS}; zh: {ROWS_ZH})")
+    ap.add_argument("--parallel", type=int, default=2, help="compare --jobs: runs at once (2)")
     ap.add_argument("--zh-examples", type=int, default=2000, help="reviews per class (2000)")
     ap.add_argument("--out", default="runs/robust-text")
     ap.add_argument("--table-only", action="store_true",
