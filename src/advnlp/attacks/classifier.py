@@ -40,12 +40,15 @@ class EmbeddingNeighbours:
             self.index.setdefault(w.lower() if lowercase else w, j)
         self._cache: Dict[tuple, List[str]] = {}
 
+    def _key(self, word: str) -> str:
+        return word.lower() if self.lowercase else word
+
     def __contains__(self, word: str) -> bool:
-        return (word.lower() if self.lowercase else word) in self.index
+        return self._key(word) in self.index
 
     def __call__(self, word: str, k: int = 8, threshold: float = 0.6) -> List[str]:
         """Up to ``k`` other words with cosine >= ``threshold``, most similar first."""
-        key = (word.lower() if self.lowercase else word, k, threshold)
+        key = (self._key(word), k, threshold)
         if key not in self._cache:
             self._cache[key] = [w for w, _ in self.scored([word], k, threshold)[0]]
         return self._cache[key]
@@ -57,8 +60,7 @@ class EmbeddingNeighbours:
         cost seconds. A word the vocabulary lacks has none."""
         V.integer("k", k)
         out: List[List[Tuple[str, float]]] = [[] for _ in words]
-        rows = [(n, self.index[w.lower() if self.lowercase else w]) for n, w in enumerate(words)
-                if (w.lower() if self.lowercase else w) in self.index]
+        rows = [(n, self.index[self._key(w)]) for n, w in enumerate(words) if w in self]
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
             js = torch.tensor([j for _, j in part], dtype=torch.long)

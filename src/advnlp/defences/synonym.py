@@ -49,7 +49,7 @@ def synonym_links(neighbours, keep: Callable[[str], bool], k: int = SYNONYM_K,
     if not hasattr(neighbours, "scored"):
         raise TypeError("synonyms: expected an EmbeddingNeighbours (advnlp.attacks), got "
                         f"{type(neighbours).__name__}")
-    words = sorted({w.lower() for w in neighbours.words if keep(w.lower()) and w.lower() in neighbours})
+    words = sorted({w.lower() for w in neighbours.words if keep(w.lower())})
     scored = []
     for w, found in zip(words, neighbours.scored(words, k, threshold)):
         scored += [(-s, w, n.lower()) for n, s in found if keep(n.lower())]

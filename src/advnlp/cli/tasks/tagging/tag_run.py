@@ -121,7 +121,7 @@ class TagRun(Run):
                                  f"({spaced!r}): split such words, or train without it")
         return build_tag_online(self.cfg, self.train_clf,
                                 build_adversary(self.cfg, self.train_clf.model), online_seed,
-                                lambda: self.autocast())
+                                lambda: self.autocast())  # set after the adversary is built
 
     def task_step(self, idx: List[int], batch: Optional[dict]) -> torch.Tensor:
         model, adv = self.train_clf.model, self.adv
