@@ -139,6 +139,26 @@ def test_embedding_neighbour_substitution():
     assert res.records[0].perturbed == "Fine movie tonight"
 
 
+def test_substitution_only_attack_with_nothing_to_substitute_is_refused():
+    from advnlp.attacks import EmbeddingNeighbours
+
+    # "good" and "fine" are neighbours (cosine 0.97), but neither is in these texts, and the
+    # texts' other words have no neighbour above 0.8: the attack could not edit anything.
+    words = ["good", "fine", "bad", "movie", "tonight"]
+    vecs = torch.tensor([[1.0, 0.1, 0.0], [0.9, 0.3, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                         [0.0, 0.0, 1.0]])
+    clf = TextClassifier(keyword("good").predict_proba, neighbours=EmbeddingNeighbours(words, vecs))
+    with pytest.raises(ValueError, match="no editable word of these texts has a substitute"):
+        word_attack(clf, ["bad movie tonight", "tonight"], [0, 0],
+                    transformations=["substitute"], threshold=0.8)
+    # One substitutable word anywhere is enough; deletions never need neighbours.
+    res = word_attack(clf, ["bad movie tonight", "good movie"], [0, 1],
+                      transformations=["substitute"], threshold=0.8)
+    assert [r.status for r in res.records] == ["failed", "success"]
+    assert res.records[1].perturbed == "fine movie"
+    word_attack(clf, ["bad movie tonight"], [0], transformations=["delete"], threshold=0.8)
+
+
 def test_report_and_csv(tmp_path):
     res = char_attack(keyword("good"), TEXTS + ["bad"], [1, 1, 1, 1])
     s = res.summary()

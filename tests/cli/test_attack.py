@@ -1,5 +1,6 @@
 """`advnlp attack`, and adversarial data augmentation with `train --augment-with-attack`."""
 import csv
+import json
 import os
 
 import pytest
@@ -172,3 +173,66 @@ def test_augmentation_adds_examples_and_resume_is_exact(sentiment_csv, tmp_path,
     assert [e.get("augmentation", {}).get("added") for e in resumed] == \
         [r and r["added"] for r in rounds]
     assert [e["step_losses"] for e in resumed] == [e["step_losses"] for e in metrics["epochs"]]
+
+
+def _neighbours_by_hand(model_dir, k=8):
+    """Each whole word's k nearest whole words by cosine of the saved input embeddings,
+    computed here from the files (the WordPiece vocabulary, the embedding matrix), not by
+    advnlp."""
+    weights = load_file(os.path.join(model_dir, "model.safetensors"))
+    table = next(v for n, v in weights.items() if n.endswith("word_embeddings.weight"))
+    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
+        vocab = json.load(f)["model"]["vocab"]  # token -> row
+    words = [(w, i) for w, i in vocab.items() if w.isalpha()]  # no [PAD], no ##pieces
+    out = {}
+    for w, i in words:
+        sims = []
+        for v, j in words:
+            if v != w:
+                a, b = table[i].double(), table[j].double()
+                sims.append((float(a @ b / (a.norm() * b.norm())), v))
+        out[w] = {v for _, v in sorted(sims, reverse=True)[:k]}
+    return out
+
+
+def test_word_swap_attack_only_substitutes_embedding_neighbours(sentiment_csv, tiny_bert,
+                                                                 tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--model", tiny_bert, "--train", sentiment_csv, "--method", "none",
+               "--epochs", "8", "--lr", "5e-3", "--batch-size", "16", "--max-length", "16",
+               "--output-dir", out, "--quiet") == 0
+    # threshold -1: every word has its 8 nearest as substitutes, so the search has choices.
+    assert run("attack", out, "--attack", "word-swap", "--threshold", "-1", "--data",
+               sentiment_csv, "--limit", "30", "--max-change", "0.3") == 0
+    result = read_json(out, "attack-word-swap.json")
+    assert result["attack"] == "word-swap" and result["params"]["transformations"] == ["substitute"]
+    assert "word-swap attack on 30 examples" in capsys.readouterr().out
+    near = _neighbours_by_hand(out / "model")
+    rows = _rows(out / "adversarial-word-swap.csv")
+    won = [r for r in rows if r["status"] == "success"]
+    assert won, "the search found no swap at all: the test would check nothing"
+    for r in won:
+        before, after = r["original"].split(), r["perturbed"].split()
+        assert len(after) == len(before)  # no deletion, no duplication
+        swapped = [(a, b) for a, b in zip(before, after) if a != b]
+        assert 1 <= len(swapped) <= int(0.3 * len(before))
+        assert all(b.lower() in near[a.lower()] for a, b in swapped), swapped
+
+
+def test_word_swap_is_refused_where_it_could_not_mean_what_it_says(textcnn_run, sentiment_csv,
+                                                                   tiny_bert, tmp_path, capsys):
+    capsys.readouterr()
+    assert run("attack", textcnn_run, "--attack", "word-swap") == 2
+    _one_line_error(capsys, "--attack word-swap", "from scratch", "--attack word")
+    assert run("compare", "--methods", "none", "--model", "textcnn", "--train", sentiment_csv,
+               "--attack", "char,word-swap", "--output-dir", tmp_path / "cmp", "--quiet") == 2
+    _one_line_error(capsys, "from scratch")
+    assert not (tmp_path / "cmp").exists()  # refused before anything was trained
+    out = tmp_path / "bert"
+    assert run("train", "--model", tiny_bert, "--train", sentiment_csv, "--method", "none",
+               "--epochs", "1", "--max-length", "16", "--output-dir", out, "--quiet") == 0
+    capsys.readouterr()
+    # No two of the tiny model's random embeddings are at cosine 1: nothing to swap.
+    assert run("attack", out, "--attack", "word-swap", "--threshold", "1") == 2
+    _one_line_error(capsys, "--attack word-swap", "no editable word", "has a substitute")
+    assert not (out / "attack-word-swap.json").exists()

@@ -192,3 +192,19 @@ def test_eval_strategy_end_validates_after_the_last_epoch_only(sentiment_csv, tm
     assert [e["step_losses"] for e in end["epochs"]] == [e["step_losses"] for e in every["epochs"]]
     assert (tmp_path / "end" / "plot.png").is_file()
     assert run(*args, "--eval-strategy", "never", "--output-dir", tmp_path / "x") == 2
+
+
+def test_compare_scores_the_word_swap_attack_as_advnlp_attack_does(sentiment_csv, tiny_bert,
+                                                                    tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run("compare", "--methods", "none", "--model", tiny_bert, "--train", sentiment_csv,
+               "--epochs", "8", "--lr", "5e-3", "--batch-size", "16", "--max-length", "16",
+               "--attack", "word,word-swap", "--attack-limit", "12", "--output-dir", out,
+               "--quiet") == 0
+    row = read_json(out, "compare.json")["methods"][0]
+    assert "| acc under word attack | acc under word-swap attack |" in capsys.readouterr().out
+    assert run("attack", out / "none", "--attack", "word-swap", "--limit", "12") == 0
+    alone = read_json(out, "none", "attack-word-swap.json")
+    assert alone["params"]["transformations"] == ["substitute"]
+    assert row["attacked_accuracy@word-swap"] == alone["attacked_accuracy"]
+    assert row["attack_success_rate@word-swap"] == alone["success_rate"]

@@ -69,8 +69,26 @@ def word_attack(classifier, texts: Sequence[str], labels, *,
     if transformations is None:
         transformations = WORD_TRANSFORMATIONS if neighbours is not None else ("delete", "duplicate")
     propose = word_proposer(transformations, neighbours, k, threshold)
+    if set(transformations) == {"substitute"}:
+        _check_substitutes(texts, neighbours, k, threshold, stopwords, min_length)
     return greedy_attack(clf, texts, labels, propose, attack="word", max_change=max_change,
                          query_budget=query_budget, max_candidates=max_candidates, seed=seed,
                          stopwords=stopwords, min_length=min_length,
                          params={"transformations": list(transformations),
                                  "threshold": threshold, "k": k})
+
+
+def _check_substitutes(texts, neighbours, k, threshold, stopwords, min_length) -> None:
+    """A substitution-only attack with nothing to substitute would report every text as
+    robust; refuse it instead."""
+    words = (u for t in texts if isinstance(t, str)
+             for u, kind in zip(*_units(t)) if T.eligible(u, kind, stopwords, min_length))
+    if not any(neighbours(w, k, threshold) for w in words):
+        raise ValueError(f"no editable word of these texts has a substitute (an embedding "
+                         f"neighbour with cosine >= {threshold:g} among its {k} nearest): lower "
+                         f"threshold, or allow 'delete' / 'duplicate'")
+
+
+def _units(text: str):
+    seg = T.Segmented(text)
+    return seg.units, seg.kinds

@@ -222,7 +222,7 @@ def _checked_attacks(task, cfg: TrainConfig, attack, attack_limit: int, typo_rat
         if len(set(attacks)) < len(attacks):
             raise InputError(f"--attack lists an attack more than once: {attack!r}")
         for a in attacks:
-            task.check_attack(a, cfg.data.text_columns)
+            task.check_attack(a, cfg)
         if attack_limit < 1:
             raise InputError("--attack-limit must be >= 1")
     if task.typo_rate is not None and typo_rate is not None:

@@ -134,7 +134,7 @@ def _compare_command(c: argparse.ArgumentParser, config: Optional[dict]) -> None
                    help="also score every run on a typo'd copy of the test split: each word the "
                         "char attack may edit gets one random typo with probability P (one "
                         "fixed copy for every method and seed; no model is queried)")
-    c.add_argument("--attack", metavar="char|word|char,word",
+    c.add_argument("--attack", metavar="char|word|word-swap|char,word",
                    help="also tabulate accuracy under these discrete attacks (comma-separated)")
     c.add_argument("--attack-limit", type=int, default=50,
                    help="test examples for each --attack (default 50)")
@@ -168,7 +168,8 @@ def _eval_command(e: argparse.ArgumentParser) -> None:
 def _attack_command(a: argparse.ArgumentParser) -> None:
     """``advnlp attack``'s options."""
     a.add_argument("run_dir", metavar="RUN_DIR")
-    a.add_argument("--attack", required=True, help="char | word | embedding")
+    a.add_argument("--attack", required=True,
+                   help="char | word | word-swap (substitutions only) | embedding")
     a.add_argument("--data", help="a labelled file with the run's columns (default: its test split)")
     a.add_argument("--allow-changed-data", action="store_true", help=CHANGED_DATA)
     a.add_argument("--limit", type=int, default=100, help="examples attacked (default 100)")

@@ -43,24 +43,32 @@ def embedding_robustness(clf: Classifier, texts: Sequence[tuple], targets: torch
         raise InputError(str(e)) from None
 
 
-ATTACKS = ("char", "word", "embedding")
+# "word-swap" is the word attack with substitutions only (no deletion, no duplication): the
+# edits a substitution defence is built against, scored apart from the deletions it cannot undo.
+DISCRETE_ATTACKS = ("char", "word", "word-swap")
+ATTACKS = (*DISCRETE_ATTACKS, "embedding")
 
 
 def discrete_attack(attack: str, clf: Classifier, labels, texts: Sequence[str], targets,
                     device, *, max_change: float = 0.15, query_budget: int = 500,
                     threshold: float = 0.6, seed: int = 0, batch_size: int = 32):
-    """The character- or word-level attack of :mod:`advnlp.attacks` on a CLI classifier.
+    """The character- or word-level attack of :mod:`advnlp.attacks` on a CLI classifier
+    (``attack``: one of :data:`DISCRETE_ATTACKS`).
 
     Each text is first cut to the part the model reads (``--max-length`` tokens), so the
     query budget is not spent on words the model never sees; the CSV shows that part."""
     classifier = advnlp_classifier(clf, multi_label=labels.multi_label, batch_size=batch_size,
-                                   device=device, neighbours=attack == "word")
+                                   device=device, neighbours=attack != "char")
     texts = [clf.visible_prefix(t) for t in texts]
     try:
         if attack == "char":
             return char_attack(classifier, texts, targets, max_change=max_change,
                                query_budget=query_budget, seed=seed)
-        return word_attack(classifier, texts, targets, max_change=max_change,
-                           query_budget=query_budget, threshold=threshold, seed=seed)
+        edits = ("substitute",) if attack == "word-swap" else None
+        result = word_attack(classifier, texts, targets, transformations=edits,
+                             max_change=max_change, query_budget=query_budget,
+                             threshold=threshold, seed=seed)
+        result.attack = attack  # what the files and reports are named after
+        return result
     except ValueError as e:
         raise InputError(f"--attack {attack}: {e}") from None

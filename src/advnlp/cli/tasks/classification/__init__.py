@@ -7,8 +7,9 @@ peer of the other tasks' runs on the task-free :class:`advnlp.cli.run.Run`).
 from __future__ import annotations
 
 from ...errors import InputError
+from ...robustness import DISCRETE_ATTACKS
 from .. import Task
-from .classify import check_single_segment, loss_fn
+from .classify import check_attack, loss_fn
 
 
 def _check(cfg) -> None:
@@ -28,4 +29,5 @@ TASK = Task(
     name="classification",
     help="classification (default): a label (or label set) per text",
     module=f"{__name__}.commands", loader="advnlp.cli.rundir.load_run",
-    check=_check, logits_loss=_logits_loss, check_attack=check_single_segment)
+    check=_check, logits_loss=_logits_loss, attacks=DISCRETE_ATTACKS,
+    check_attack=check_attack)

@@ -16,7 +16,8 @@ from advnlp import ATTA, backward_step
 
 from ...data import batches
 from ...errors import InputError
-from ...models import Classifier
+from ...models import SCRATCH, Classifier
+from ...robustness import DISCRETE_ATTACKS
 
 
 def loss_fn(multi_label: bool, reduction: str = "mean") -> nn.Module:
@@ -65,9 +66,20 @@ def predict(clf: Classifier, texts: Sequence[tuple], batch_size: int, device) ->
 
 
 def check_single_segment(attack: str, text_columns) -> None:
-    if attack in ("char", "word") and len(text_columns) != 1:
+    if attack in DISCRETE_ATTACKS and len(text_columns) != 1:
         raise InputError(f"--attack {attack} edits single texts; this run uses sentence pairs "
                          f"({','.join(text_columns)}): use --attack embedding")
+
+
+def check_attack(attack: str, cfg) -> None:
+    """A discrete attack fits ``cfg``'s data and model (compare and ``advnlp attack``)."""
+    check_single_segment(attack, cfg.data.text_columns)
+    if attack == "word-swap" and cfg.model in SCRATCH:
+        # Neighbours in embeddings learnt from this data alone are words the model already
+        # confuses, not meaning-preserving swaps: the score would not say what it claims.
+        raise InputError(f"--attack word-swap swaps words for their neighbours in a pretrained "
+                         f"model's embeddings; --model {cfg.model} learns its embeddings from "
+                         f"scratch: use --attack word or char")
 
 
 def train_step(clf: Classifier, adv, criterion, batch, y, autocast=contextlib.nullcontext,

@@ -22,7 +22,7 @@ from ...plan import (
 )
 from ...robustness import discrete_attack, embedding_robustness
 from ...rundir import load_run, read_config
-from .classify import check_single_segment, metrics, predict
+from .classify import check_attack, metrics, predict
 from .run import ClassifyRun
 
 
@@ -123,7 +123,7 @@ def attack_run(run_dir: str, attack: str, data: Optional[str], limit: int, *,
     if edit_entities:
         raise InputError("--edit-entities is for token-classification runs (a classifier's "
                          "char attack edits any word)")
-    check_single_segment(attack, read_config(run_dir).data.text_columns)
+    check_attack(attack, read_config(run_dir))
     cfg, labels, clf, dev, examples, targets = _examples(run_dir, data, device, allow_changed_data)
     seed = cfg.seed if seed is None else seed
     examples, targets = examples[:limit], targets[:limit]
