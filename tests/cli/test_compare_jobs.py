@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from cli_helpers import read_json, run
 
@@ -48,6 +49,54 @@ def test_sigterm_stops_the_workers_and_resume_finishes(sentiment_csv, tmp_path, 
     assert proc.returncode == 143, err
     assert "compare --resume" in err and "Traceback" not in err, err
     assert not (cut / "compare.json").exists()
+    assert run("compare", "--resume", cut, "--jobs", "2") == 0
+    assert _rows(cut)[0] == _rows(whole)[0]
+
+
+SLOW_SCORING = """
+import os, time
+if os.environ.get("ADVNLP_TEST_SCORING_MARKS"):
+    import advnlp.cli.robustness as R
+    real = R.embedding_robustness
+    def scoring_for_minutes(*args, **kwargs):
+        marks = os.environ["ADVNLP_TEST_SCORING_MARKS"]
+        open(os.path.join(marks, str(os.getpid())), "w").close()
+        time.sleep(600)  # a long attack: only a signal that stops scoring ends it early
+        return real(*args, **kwargs)
+    R.embedding_robustness = scoring_for_minutes
+"""
+
+
+def test_sigterm_while_a_worker_scores_stops_the_scoring(sentiment_csv, tmp_path):
+    """A worker scoring a run (which can take many minutes: the char and word attacks) stops
+    on the compare's SIGTERM as a sequential compare does: the run's model is kept unscored,
+    no row is written, and --resume scores it to the uninterrupted compare's rows."""
+    whole, cut, marks, hook = (tmp_path / n for n in ("whole", "cut", "marks", "hook"))
+    marks.mkdir()
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_SCORING)  # workers are fresh interpreters
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", whole, "--quiet") == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADVNLP_TEST_SCORING_MARKS": str(marks),
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", "compare", *ARGS, "--train",
+                             sentiment_csv, "--output-dir", str(cut), "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        while not os.listdir(marks) and proc.poll() is None:  # until a worker scores
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=900)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "compare --resume" in err and "Traceback" not in err, err
+    scored = [p for p in cut.glob("*/seed-*") if (p / "compare-row.json").exists()]
+    assert scored == []  # the scoring runs stopped rather than finish their attacks
+    assert any((p / "model").is_dir() for p in cut.glob("*/seed-*"))  # trained, kept
+    # The pool hands a worker its next run before the current one ends; after the stop that
+    # run (none's, started last) never began: no checkpoint, no model, no file at all.
+    assert [p for p in (cut / "none").rglob("*") if p.is_file()] == []
     assert run("compare", "--resume", cut, "--jobs", "2") == 0
     assert _rows(cut)[0] == _rows(whole)[0]
 

@@ -16,9 +16,10 @@ change the last bits of a float sum.
 
 A worker's log lines (its progress lines aside) are printed when its run ends, under the
 run's title. Ctrl-C or SIGTERM reaches the compare, which passes it on to every worker once
-(their own process groups keep a terminal's Ctrl-C from reaching them twice): each running
-run saves its checkpoint, the compare stops as interrupted, and ``compare --resume`` goes on
-from there, with ``--jobs`` or without.
+(their own process groups keep a terminal's Ctrl-C from reaching them twice): each training
+run saves its checkpoint, a run being scored stops scoring (its model is saved already), the
+compare stops as interrupted, and ``compare --resume`` goes on from there, with ``--jobs``
+or without.
 """
 from __future__ import annotations
 
@@ -43,17 +44,27 @@ def check_jobs(jobs) -> None:
         raise InputError(f"--jobs is how many runs train at once, an integer >= 1, got {jobs!r}")
 
 
-def _nothing(signum, frame) -> None:
-    """A worker's own answer to Ctrl-C and SIGTERM: none. A run installs its handler (a
-    checkpoint) while it trains; between runs, or while one is scored, the signal is left
-    to the compare, which waits for the worker to finish what it is doing."""
+_in_run = False  # whether this worker is busy with a run (not waiting for the next)
+_stopped_by = 0  # the first stop signal this worker saw: no run starts after it
+
+
+def _stop_outside_training(signum, frame) -> None:
+    """A worker's answer to Ctrl-C and SIGTERM when no run is training (a training run
+    installs its own handler, a checkpoint): a run being loaded or scored stops at once, as
+    in a sequential compare (its trained model is kept, and ``compare --resume`` scores it).
+    Between runs it is remembered: the pool may already have handed this worker its next
+    run, which must not start."""
+    global _stopped_by
+    _stopped_by = _stopped_by or signum
+    if _in_run:
+        raise Interrupted("", signum)
 
 
 def _start_worker(threads: int) -> None:
     if hasattr(os, "setpgrp"):  # the compare passes signals on: a Ctrl-C must not come twice
         os.setpgrp()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _nothing)
+        signal.signal(signum, _stop_outside_training)
     torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -67,7 +78,17 @@ def _one_run(one_row: Callable, plan: dict, method: str, seed: int, cfg_json: di
         if not PROGRESS.match(line):
             lines.append(line)
 
-    row = one_row(plan, method, seed, TrainConfig.from_json(cfg_json), False, log, resuming)
+    global _in_run, _stopped_by
+    if _stopped_by:
+        raise Interrupted("", _stopped_by)
+    _in_run = True
+    try:
+        row = one_row(plan, method, seed, TrainConfig.from_json(cfg_json), False, log, resuming)
+    except Interrupted as e:  # a training run stopped at its checkpoint counts too
+        _stopped_by = _stopped_by or int(e.signal)
+        raise
+    finally:
+        _in_run = False
     return row, lines
 
 
