@@ -38,10 +38,16 @@ Run:  python benchmarks/robust_text.py --jobs minilm            (~2 h on 2 cores
 Rows run in parts (other seeds, another compare) become one table with ``--merge``: every
 compare folder's and earlier result JSON's runs, a rerun of the same (method, seed) checked
 to score the same, paired intervals over the seeds each row shares with ``none``.
+
+``--word-swap FOLDER`` runs ``advnlp attack --attack word-swap`` (the word attack's
+substitutions alone, what the synonym defence is built against; the word attack's successes
+are mostly deletions) on a compare folder's saved runs; ``--merge`` adds its column
+(``attacked_accuracy@word-swap``) for the runs attacked so.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -56,7 +62,10 @@ ROWS = "none,fgm,online-char,greedy-char,typo-defence,greedy-char+typo-defence"
 ROWS_ZH = "none,fgm,online-char,greedy-char"  # the defence refuses CJK text
 SEEDS = {"minilm": 5, "minilm-full": 3, "zh": 5}
 KEYS = {"clean_accuracy": "accuracy", "attacked_accuracy@char": "attacked_accuracy@char",
-        "attacked_accuracy@word": "attacked_accuracy@word", "typo_accuracy": "typo_accuracy"}
+        "attacked_accuracy@word": "attacked_accuracy@word", "typo_accuracy": "typo_accuracy",
+        # advnlp attack --attack word-swap on the saved runs (--word-swap), where it was run
+        "attacked_accuracy@word-swap": "attacked_accuracy@word-swap"}
+WORD_SWAP = "attacked_accuracy@word-swap"
 
 
 def job_args(job: str, out: str, args) -> list:
@@ -125,8 +134,9 @@ def rows(result: dict, infer: dict, steps: dict) -> dict:
         row = {"seeds": [r["seed"] for r in runs]}
         runs_base = [b for b in by_method["none"] if b["seed"] in row["seeds"]]
         for key, source in KEYS.items():
-            values = [r[source] for r in runs]
-            row[key] = {"mean": sum(values) / len(values), "per_seed": values}
+            if all(source in r for r in runs):
+                values = [r[source] for r in runs]
+                row[key] = {"mean": sum(values) / len(values), "per_seed": values}
         wall = [training_seconds(r["run_dir"]) / training_seconds(b["run_dir"])
                 for r, b in zip(runs, runs_base)]
         # Every row trains the same number of steps per epoch: its cost per epoch against
@@ -147,13 +157,19 @@ def table(summary: dict) -> str:
     from advnlp.cli.statistics import format_difference
 
     head = ["row", "clean", "char attack", "word attack", "typo'd test (p=0.3)",
-            "training step cost vs none (interleaved)", "inference cost vs none"]
+            "word-swap attack (seeds)", "training step cost vs none (interleaved)",
+            "inference cost vs none"]
     lines = ["mean over seeds (per-seed values in the JSON); against none: mean paired difference "
              "[95% t-interval] verdict", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, row in summary.items():
         cells = []
         for key in KEYS:
+            if key not in row:
+                cells.append("-")
+                continue
             cell = f"{row[key]['mean']:.3f}"
+            if key == WORD_SWAP:
+                cell += f" ({len(row[key]['per_seed'])})"
             if row["versus_none"].get(key):
                 cell += f"<br>{format_difference(row['versus_none'][key])}"
             cells.append(cell)
@@ -175,13 +191,14 @@ def plot(summary: dict, path: str, title: str) -> None:
         return
     names = list(summary)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
-    width = 0.2
+    width = 0.8 / len(KEYS)
     for k, key in enumerate(KEYS):
-        means = [summary[m][key]["mean"] for m in names]
-        ax.bar([i + (k - 1.5) * width for i in range(len(names))], means, width, label=key)
-        for i, m in enumerate(names):
-            ax.plot([i + (k - 1.5) * width] * len(summary[m][key]["per_seed"]),
-                    summary[m][key]["per_seed"], "k.", ms=3)
+        at = [(i, m) for i, m in enumerate(names) if key in summary[m]]
+        x = [i + (k - (len(KEYS) - 1) / 2) * width for i, _ in at]
+        ax.bar(x, [summary[m][key]["mean"] for _, m in at], width, label=key)
+        for xi, (_, m) in zip(x, at):
+            ax.plot([xi] * len(summary[m][key]["per_seed"]), summary[m][key]["per_seed"], "k.",
+                    ms=3)
     ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (bars: mean; dots: seeds)")
@@ -221,7 +238,39 @@ def partial_result(folder: str) -> dict:
             "interval": {"kind": "paired t-interval over seeds", "level": LEVEL}}
 
 
-def merged_result(sources: list, none_dir: str = None) -> tuple:
+def word_swap_score(run: dict, limit: int, folders=()):
+    """``(accuracy, file)`` under ``advnlp attack --attack word-swap`` on this run's saved
+    model (``attack-word-swap.json`` in its ``run_dir``, else in the same method and seed of
+    one of the compare ``folders``: a rerun of the same deterministic configuration), if it
+    was attacked on the first ``limit`` test examples with the run's seed, as compare's
+    attacks are; else None."""
+    dirs = [run.get("run_dir") or ""] + [
+        os.path.join(f, run.get("method", ""), f"seed-{run['seed']}") for f in folders]
+    for path in (os.path.join(d, "attack-word-swap.json") for d in dirs):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                done = json.load(f)
+            if (done["limit"], done["data"], done["seed"]) == (limit, "test split", run["seed"]):
+                return done["attacked_accuracy"], path
+    return None
+
+
+def attack_word_swap(folder: str, limit: int, advnlp: str, env: dict) -> None:
+    """``advnlp attack --attack word-swap`` (substitutions only: what a synonym defence is
+    built against) on every trained run of a compare folder not yet attacked so; one at a
+    time, each run's seed, the first ``limit`` test examples (compare's --attack-limit)."""
+    for method in sorted(os.listdir(folder)):
+        for seed_dir in sorted(glob.glob(os.path.join(folder, method, "seed-*"))):
+            run = {"run_dir": seed_dir, "seed": int(seed_dir.rsplit("-", 1)[1])}
+            if not os.path.isdir(os.path.join(seed_dir, "model")) \
+                    or word_swap_score(run, limit) is not None:
+                continue
+            print(f"word-swap: {method} seed {run['seed']}", flush=True)
+            subprocess.run([advnlp, "attack", seed_dir, "--attack", "word-swap", "--limit",
+                            str(limit)], env=env, check=True)
+
+
+def merged_result(sources: list, none_dir: str = None, attack_limit: int = 50) -> tuple:
     """One result from several: compare folders (their compare.json) and earlier result JSONs
     of this script (their ``compare`` runs, or their rows' per-seed values when they hold no
     runs). A (method, seed) in two sources must have the same scores (the runs are
@@ -233,6 +282,7 @@ def merged_result(sources: list, none_dir: str = None) -> tuple:
     from advnlp.cli.statistics import LEVEL, paired_difference
 
     runs, steps, infer, checked, provenance = {}, {}, {}, [], []
+    folders, earlier = [src for src in sources if os.path.isdir(src)], []
     for src in sources:
         if os.path.isdir(src) and os.path.isfile(os.path.join(src, "compare.json")):
             with open(os.path.join(src, "compare.json"), encoding="utf-8") as f:
@@ -246,6 +296,8 @@ def merged_result(sources: list, none_dir: str = None) -> tuple:
         else:
             with open(src, encoding="utf-8") as f:
                 data = json.load(f)
+            # what made that file (a merge's own sources and rerun checks), kept with this one
+            earlier.append({"file": src, **data.get("benchmark", {})})
             found = data.get("compare", {}).get("runs") or [
                 {"method": m, "seed": seed, **{KEYS[k]: row[k]["per_seed"][i]
                                                for k in KEYS if k in row}}
@@ -254,7 +306,10 @@ def merged_result(sources: list, none_dir: str = None) -> tuple:
             cost = {m: r.get("train_cost_vs_none") for m, r in data.get("rows", {}).items()}
             inferred = {m: r.get("infer_cost_vs_none") for m, r in data.get("rows", {}).items()}
         for r in found:
-            key = (r["method"], r["seed"])
+            key, swap = (r["method"], r["seed"]), word_swap_score(r, attack_limit, folders)
+            if swap is not None and WORD_SWAP not in runs.get(key, r):
+                (runs[key] if key in runs else r).update(
+                    {WORD_SWAP: swap[0], "word_swap_file": swap[1]})
             if key in runs:
                 same = all(abs(runs[key][k] - r[k]) < 1e-9 for k in KEYS.values()
                            if k in r and k in runs[key])
@@ -272,16 +327,18 @@ def merged_result(sources: list, none_dir: str = None) -> tuple:
     for m in sorted({m for m, _ in runs} - {"none"}):
         mine = sorted((r for (n, _), r in runs.items() if n == m and r["seed"] in base),
                       key=lambda r: r["seed"])
-        if len(mine) >= 2:
-            versus[m] = {k: paired_difference([r[k] for r in mine],
-                                              [base[r["seed"]][k] for r in mine])
-                         for k in KEYS.values() if all(k in r for r in mine)}
+        versus[m] = {}
+        for k in KEYS.values():  # each score over the seeds both rows have it for
+            pairs = [(r[k], base[r["seed"]][k]) for r in mine if k in r and k in base[r["seed"]]]
+            if len(pairs) >= 2:
+                versus[m][k] = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
     order = ROWS.split(",")  # the plan's rows first, in its order; others after
     ordered = sorted(runs.values(), key=lambda r: (
         order.index(r["method"]) if r["method"] in order else len(order), r["method"], r["seed"]))
     result = {"runs": ordered, "seeds": sorted(base), "versus_none": versus,
               "interval": {"kind": "paired t-interval over seeds", "level": LEVEL}}
-    return result, infer, steps, {"sources": provenance, "reruns_checked": checked}
+    return result, infer, steps, {"sources": provenance, "reruns_checked": checked,
+                                  "earlier": earlier}
 
 
 def merged_rows(result: dict, infer: dict, steps: dict) -> dict:
@@ -293,7 +350,9 @@ def merged_rows(result: dict, infer: dict, steps: dict) -> dict:
         row["seeds"].append(r["seed"])
         for key, source in KEYS.items():
             if source in r:
-                row.setdefault(key, {"per_seed": []})["per_seed"].append(r[source])
+                scores = row.setdefault(key, {"per_seed": [], "seeds": []})
+                scores["per_seed"].append(r[source])
+                scores["seeds"].append(r["seed"])
     for m, row in out.items():
         for key in KEYS:
             if key in row:
@@ -304,8 +363,8 @@ def merged_rows(result: dict, infer: dict, steps: dict) -> dict:
     return out
 
 
-def write_merged(job: str, sources: list, none_dir: str = None) -> None:
-    result, infer, steps, provenance = merged_result(sources, none_dir)
+def write_merged(job: str, sources: list, none_dir: str = None, attack_limit: int = 50) -> None:
+    result, infer, steps, provenance = merged_result(sources, none_dir, attack_limit)
     summary = merged_rows(result, infer, steps)
     dest = os.path.join(HERE, "results", f"robust-text-{job}-cpu")
     out = {"benchmark": {"script": "benchmarks/robust_text.py", "job": job,
@@ -388,6 +447,9 @@ def main(argv=None):
                     "one table of all their runs (no training; one --jobs name for the files)")
     ap.add_argument("--none-run", help="with --merge: a none run of the setting to time "
                     "inference against, for a stopped compare without one")
+    ap.add_argument("--word-swap", metavar="FOLDER",
+                    help="advnlp attack --attack word-swap on every trained run of a compare "
+                         "folder (--merge then adds its column)")
     ap.add_argument("--measure-step-cost", metavar="FOLDER",
                     help="time a stopped compare's rows against none (its step-cost.json)")
     args = ap.parse_args(argv)
@@ -396,10 +458,13 @@ def main(argv=None):
         return
     if args.merge:
         write_merged(args.jobs, [p.strip() for p in args.merge.split(",") if p.strip()],
-                     args.none_run)
+                     args.none_run, args.attack_limit)
         return
     advnlp = shutil.which("advnlp") or os.path.join(os.path.dirname(sys.executable), "advnlp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if args.word_swap:
+        attack_word_swap(args.word_swap, args.attack_limit, advnlp, env)
+        return
     for job in [j.strip() for j in args.jobs.split(",") if j.strip()]:
         if job not in SEEDS:
             raise SystemExit(f"unknown job {job!r}; choose {', '.join(SEEDS)}")
