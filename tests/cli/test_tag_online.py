@@ -119,6 +119,25 @@ def test_the_cli_trains_a_tagger_with_searched_typos(ner, tiny_tagger, tmp_path,
         assert m["online_attack"]["edited_examples"] > 0
 
 
+def test_compare_trains_taggers_on_random_and_searched_typos(ner, tmp_path, capsys):
+    """compare's entries online-char / greedy-char on a tagger: every entry is built on the
+    compare's model before the first run (the tagger's own DiscreteAT over its words, not a
+    classifier's), and each run trains on edited sentences."""
+    out = tmp_path / "cmp"
+    assert run("compare", "--task", "token-classification", "--model", "bilstm", "--train",
+               ner["train"], "--test", ner["test"], "--methods", "none,online-char,greedy-char",
+               "--epochs", "1", "--attack", "char", "--attack-limit", "5", "--cost-rounds", "0",
+               "--quiet", "--output-dir", out) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    rows = {r["method"]: r for r in read_json(out, "compare.json")["methods"]}
+    assert set(rows) == {"none", "online-char", "greedy-char"}
+    assert all("attacked_entity_f1@char" in r for r in rows.values())
+    for entry, search in (("online-char", "random"), ("greedy-char", "greedy")):
+        cfg, m = read_json(out, entry, "config.json"), read_json(out, entry, "metrics.json")
+        assert (cfg["online_attack"], cfg["online_search"]) == ("char", search)
+        assert m["online_attack"]["edited_examples"] > 0
+
+
 def test_word_edits_are_refused_for_taggers(ner, tmp_path, capsys):
     assert run("train", "--task", "token-classification", "--model", "bilstm", "--train",
                ner["train"], "--online-attack", "word", "--quiet", "--output-dir", tmp_path / "r") == 2

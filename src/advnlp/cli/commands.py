@@ -21,8 +21,6 @@ from .config import (
     AUGMENT_ATTACKS,
     METHODS,
     TrainConfig,
-    build_adversary,
-    build_online,
     check_environment,
     default_run_dir,
 )
@@ -267,7 +265,7 @@ def _check_methods_fit(runs: dict, methods) -> None:
     try:
         for m in methods[1:]:
             cfg = runs[m, seed]
-            adv = build_online(cfg, probe.clf, build_adversary(cfg, probe.clf.model), cfg.seed)
+            adv = probe.build_adversary(cfg.seed, cfg)  # the task's own (a tagger's words)
             if adv is not None:
                 adv.remove()
     finally:

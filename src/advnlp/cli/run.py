@@ -118,10 +118,11 @@ class Run:
     # -- the task: what a subclass for another task replaces -------------------------------
     headline = "accuracy"  # the validation metric each epoch's log line shows
 
-    def build_adversary(self, online_seed: int):
+    def build_adversary(self, online_seed: int, cfg: Optional[TrainConfig] = None):
         """The step's adversary: the method's, inside DiscreteAT under --online-attack (a
-        classifier's texts; a task that edits other data replaces this)."""
-        cfg = self.cfg
+        classifier's texts; a task that edits other data replaces this). ``cfg``: another
+        configuration's on this run's model (compare's check that every entry fits it)."""
+        cfg = self.cfg if cfg is None else cfg
         return build_online(cfg, self.train_clf, build_adversary(cfg, self.train_clf.model),
                             online_seed)
 

@@ -24,7 +24,7 @@ import torch
 
 from advnlp import backward_step
 
-from ...config import build_adversary
+from ...config import TrainConfig, build_adversary
 from ...data import held_out
 from ...distributed import seed_everything
 from ...errors import InputError
@@ -111,17 +111,17 @@ class TagRun(Run):
     def batch(self, idx: List[int]) -> dict:
         return {k: v.to(self.device) for k, v in self.labelled_batch(idx).items()}
 
-    def build_adversary(self, online_seed: int):
+    def build_adversary(self, online_seed: int, cfg: Optional[TrainConfig] = None):
         """--online-attack char: DiscreteAT over the sentences' words (tag_online)."""
-        if self.cfg.online_attack is not None:
+        cfg = self.cfg if cfg is None else cfg
+        if cfg.online_attack is not None:
             spaced = next((t for s, _ in self.splits.train for t in s if " " in t), None)
             if spaced is not None:  # the edited text is split back into words at its spaces
                 raise InputError(f"--online-attack char edits a sentence as its words joined by "
                                  f"spaces, but the training data has a word with a space "
                                  f"({spaced!r}): split such words, or train without it")
-        return build_tag_online(self.cfg, self.train_clf,
-                                build_adversary(self.cfg, self.train_clf.model), online_seed,
-                                lambda: self.autocast())  # set after the adversary is built
+        return build_tag_online(cfg, self.train_clf, build_adversary(cfg, self.train_clf.model),
+                                online_seed, lambda: self.autocast())  # set after it is built
 
     def task_step(self, idx: List[int], batch: Optional[dict]) -> torch.Tensor:
         model, adv = self.train_clf.model, self.adv
