@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cli_helpers import read_json, run
 
 ARGS = ["--methods", "none,fgm", "--seeds", "2", "--model", "textcnn", "--epochs", "2",
@@ -99,6 +101,45 @@ def test_sigterm_while_a_worker_scores_stops_the_scoring(sentiment_csv, tmp_path
     assert [p for p in (cut / "none").rglob("*") if p.is_file()] == []
     assert run("compare", "--resume", cut, "--jobs", "2") == 0
     assert _rows(cut)[0] == _rows(whole)[0]
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (a container's init may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads worker states from /proc")
+def test_workers_of_a_killed_compare_stop_instead_of_running_on(sentiment_csv, tmp_path):
+    """SIGKILL (the OOM killer) gives the compare no chance to pass a signal on, and its lock
+    dies with it: its workers, in process groups of their own, notice they are orphans and
+    stop, so nothing keeps writing the folders a compare --resume now owns."""
+    cut, marks, hook = (tmp_path / n for n in ("cut", "marks", "hook"))
+    marks.mkdir()
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_SCORING)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADVNLP_TEST_SCORING_MARKS": str(marks),
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", "compare", *ARGS, "--train",
+                             sentiment_csv, "--output-dir", str(cut), "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        while not os.listdir(marks) and proc.poll() is None:  # until a worker scores
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    workers = [int(p) for p in os.listdir(marks)]
+    assert workers
+    deadline = time.monotonic() + 300  # they would score for 10 minutes if nobody stopped them
+    while not all(_exited(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_exited(p) for p in workers), "a killed compare's worker is still running"
+    assert not list(cut.glob("*/seed-*/compare-row.json"))
+    assert run("compare", "--resume", cut, "--jobs", "2") == 0  # scores what was trained
 
 
 def test_bad_jobs_are_refused(sentiment_csv, tmp_path, capsys):

@@ -19,7 +19,8 @@ run's title. Ctrl-C or SIGTERM reaches the compare, which passes it on to every 
 (their own process groups keep a terminal's Ctrl-C from reaching them twice): each training
 run saves its checkpoint, a run being scored stops scoring (its model is saved already), the
 compare stops as interrupted, and ``compare --resume`` goes on from there, with ``--jobs``
-or without.
+or without. A compare killed outright (SIGKILL) cannot pass a signal on: its workers notice
+they are orphans within a second and stop the same way.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
+import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -60,11 +63,25 @@ def _stop_outside_training(signum, frame) -> None:
         raise Interrupted("", signum)
 
 
+def _stop_when_orphaned(parent: int, every: float = 1.0) -> None:
+    """A worker whose compare died without passing a signal on (SIGKILL, the OOM killer)
+    stops as if it had: its own process group keeps it alive, and the compare's lock died
+    with the compare, so a ``compare --resume`` could otherwise train the same run beside it."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGTERM)
+    while not _stopped_by or _in_run:  # a training run checkpoints first, a scoring one stops
+        time.sleep(0.1)
+    os._exit(128 + signal.SIGTERM)  # idle, the pool's queue would wait for its dead compare
+
+
 def _start_worker(threads: int) -> None:
     if hasattr(os, "setpgrp"):  # the compare passes signals on: a Ctrl-C must not come twice
         os.setpgrp()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_outside_training)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True,
+                     name="advnlp-orphan-watch").start()
     torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
