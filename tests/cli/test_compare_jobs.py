@@ -69,15 +69,14 @@ if os.environ.get("ADVNLP_TEST_SCORING_MARKS"):
 """
 
 
-def test_sigterm_while_a_worker_scores_stops_the_scoring(sentiment_csv, tmp_path):
-    """A worker scoring a run (which can take many minutes: the char and word attacks) stops
-    on the compare's SIGTERM as a sequential compare does: the run's model is kept unscored,
-    no row is written, and --resume scores it to the uninterrupted compare's rows."""
-    whole, cut, marks, hook = (tmp_path / n for n in ("whole", "cut", "marks", "hook"))
+def _compare_scoring_for_minutes(sentiment_csv, tmp_path):
+    """A ``compare --jobs 2`` subprocess whose workers' scoring takes 10 minutes (a hook in
+    their fresh interpreters); returns it once a worker scores, and the folder where each
+    scoring worker left its pid."""
+    cut, marks, hook = (tmp_path / n for n in ("cut", "marks", "hook"))
     marks.mkdir()
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_SCORING)  # workers are fresh interpreters
-    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", whole, "--quiet") == 0
+    (hook / "sitecustomize.py").write_text(SLOW_SCORING)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ADVNLP_TEST_SCORING_MARKS": str(marks),
            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", "compare", *ARGS, "--train",
@@ -87,6 +86,20 @@ def test_sigterm_while_a_worker_scores_stops_the_scoring(sentiment_csv, tmp_path
         while not os.listdir(marks) and proc.poll() is None:  # until a worker scores
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read()
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, cut, marks
+
+
+def test_sigterm_while_a_worker_scores_stops_the_scoring(sentiment_csv, tmp_path):
+    """A worker scoring a run (which can take many minutes: the char and word attacks) stops
+    on the compare's SIGTERM as a sequential compare does: the run's model is kept unscored,
+    no row is written, and --resume scores it to the uninterrupted compare's rows."""
+    whole = tmp_path / "whole"
+    assert run("compare", *ARGS, "--train", sentiment_csv, "--output-dir", whole, "--quiet") == 0
+    proc, cut, _ = _compare_scoring_for_minutes(sentiment_csv, tmp_path)
+    try:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=900)
     finally:
@@ -117,21 +130,9 @@ def test_workers_of_a_killed_compare_stop_instead_of_running_on(sentiment_csv, t
     """SIGKILL (the OOM killer) gives the compare no chance to pass a signal on, and its lock
     dies with it: its workers, in process groups of their own, notice they are orphans and
     stop, so nothing keeps writing the folders a compare --resume now owns."""
-    cut, marks, hook = (tmp_path / n for n in ("cut", "marks", "hook"))
-    marks.mkdir()
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_SCORING)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADVNLP_TEST_SCORING_MARKS": str(marks),
-           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "advnlp.cli", "compare", *ARGS, "--train",
-                             sentiment_csv, "--output-dir", str(cut), "--jobs", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        while not os.listdir(marks) and proc.poll() is None:  # until a worker scores
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc, cut, marks = _compare_scoring_for_minutes(sentiment_csv, tmp_path)
+    proc.kill()
+    proc.communicate()
     workers = [int(p) for p in os.listdir(marks)]
     assert workers
     deadline = time.monotonic() + 300  # they would score for 10 minutes if nobody stopped them

@@ -399,6 +399,9 @@ def one_row(plan: dict, m: str, seed: int, run_cfg: TrainConfig, progress: bool,
                 clear_run(folder)  # train it again (the user's files there stay)
             trained = _start(run_cfg, progress, log)
         result = fit(trained)
+        if trained.stop_requested:  # came during the last step: the run finished, but the
+            # compare was asked to stop, so it stops before the minutes of scoring (--resume)
+            raise Interrupted(folder, trained.stop_requested)
         row = {"method": m, "seed": seed,
                **plan_task(plan).parts.row(trained, result, plan, log)}
     _report_row(run_cfg, row, plan)

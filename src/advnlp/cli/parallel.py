@@ -25,6 +25,7 @@ they are orphans within a second and stop the same way.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import re
@@ -75,11 +76,33 @@ def _stop_when_orphaned(parent: int, every: float = 1.0) -> None:
     os._exit(128 + signal.SIGTERM)  # idle, the pool's queue would wait for its dead compare
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Ctrl-C and SIGTERM wait while the workers are spawned: one that came while the pool
+    was writing a new worker its start-up data would leave it reading half of it (a
+    traceback on the terminal). They come right after, where the compare stops the pool.
+    The workers start with them held too (the mask is inherited) until their own handler is
+    in place."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _start_worker(threads: int) -> None:
     if hasattr(os, "setpgrp"):  # the compare passes signals on: a Ctrl-C must not come twice
         os.setpgrp()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_outside_training)
+    if hasattr(signal, "pthread_sigmask"):  # held by the compare while it spawned us
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True,
                      name="advnlp-orphan-watch").start()
     torch.set_num_threads(threads)
@@ -126,10 +149,13 @@ def rows(plan: dict, runs: Dict[Tuple[str, int], object], resuming: bool,
     pool = concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
         initargs=(threads,))
-    futures = {pool.submit(_one_run, one_row, plan, m, s, runs[m, s].to_json(), resuming): (m, s)
-               for m, s in start_order(runs)}
+    futures: Dict[concurrent.futures.Future, Tuple[str, int]] = {}
     done: Dict[Tuple[str, int], dict] = {}
     try:
+        with _stop_signals_held():
+            for m, s in start_order(runs):
+                futures[pool.submit(_one_run, one_row, plan, m, s, runs[m, s].to_json(),
+                                    resuming)] = (m, s)
         for future in concurrent.futures.as_completed(futures):
             m, s = futures[future]
             row, lines = future.result()
