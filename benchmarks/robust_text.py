@@ -271,10 +271,11 @@ def attack_word_swap(folder: str, limit: int, advnlp: str, env: dict) -> None:
 
 
 def merged_result(sources: list, none_dir: str = None, attack_limit: int = 50) -> tuple:
-    """One result from several: compare folders (their compare.json) and earlier result JSONs
+    """One result from several: compare folders (their compare.json), earlier result JSONs
     of this script (their ``compare`` runs, or their rows' per-seed values when they hold no
-    runs). A (method, seed) in two sources must have the same scores (the runs are
-    deterministic: a rerun is a check, recorded in ``checked``); each row's step and
+    runs) and compare.json files (another benchmark's, of the same setting). A (method,
+    seed) in two sources must have the same scores (the runs are deterministic: a rerun is a
+    check, recorded in ``checked``); each row's step and
     inference cost come from the first source that measured it. A compare folder stopped
     part-way gives its finished runs, the step costs of its ``step-cost.json``
     (``--measure-step-cost``) and inference timed against ``none_dir``'s model when it has no
@@ -298,7 +299,8 @@ def merged_result(sources: list, none_dir: str = None, attack_limit: int = 50) -
                 data = json.load(f)
             # what made that file (a merge's own sources and rerun checks), kept with this one
             earlier.append({"file": src, **data.get("benchmark", {})})
-            found = data.get("compare", {}).get("runs") or [
+            # a result JSON of this script, or a compare.json (another benchmark's copy of one)
+            found = data.get("compare", data).get("runs") or [
                 {"method": m, "seed": seed, **{KEYS[k]: row[k]["per_seed"][i]
                                                for k in KEYS if k in row}}
                 for m, row in data["rows"].items()
