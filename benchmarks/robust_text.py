@@ -270,7 +270,8 @@ def attack_word_swap(folder: str, limit: int, advnlp: str, env: dict) -> None:
                             str(limit)], env=env, check=True)
 
 
-def merged_result(sources: list, none_dir: str = None, attack_limit: int = 50) -> tuple:
+def merged_result(sources: list, none_dir: str = None, attack_limit: int = 50,
+                  only=None) -> tuple:
     """One result from several: compare folders (their compare.json), earlier result JSONs
     of this script (their ``compare`` runs, or their rows' per-seed values when they hold no
     runs) and compare.json files (another benchmark's, of the same setting). A (method,
@@ -307,6 +308,7 @@ def merged_result(sources: list, none_dir: str = None, attack_limit: int = 50) -
                 for i, seed in enumerate(row.get("seeds", data.get("seeds", [])))]
             cost = {m: r.get("train_cost_vs_none") for m, r in data.get("rows", {}).items()}
             inferred = {m: r.get("infer_cost_vs_none") for m, r in data.get("rows", {}).items()}
+        found = [r for r in found if only is None or r["method"] in only or r["method"] == "none"]
         for r in found:
             key, swap = (r["method"], r["seed"]), word_swap_score(r, attack_limit, folders)
             if swap is not None and WORD_SWAP not in runs.get(key, r):
@@ -365,12 +367,13 @@ def merged_rows(result: dict, infer: dict, steps: dict) -> dict:
     return out
 
 
-def write_merged(job: str, sources: list, none_dir: str = None, attack_limit: int = 50) -> None:
-    result, infer, steps, provenance = merged_result(sources, none_dir, attack_limit)
+def write_merged(job: str, sources: list, none_dir: str = None, attack_limit: int = 50,
+                 only=None, command: str = None) -> None:
+    result, infer, steps, provenance = merged_result(sources, none_dir, attack_limit, only)
     summary = merged_rows(result, infer, steps)
     dest = os.path.join(HERE, "results", f"robust-text-{job}-cpu")
     out = {"benchmark": {"script": "benchmarks/robust_text.py", "job": job,
-                         "command": "python benchmarks/robust_text.py --merge "
+                         "command": command or "python benchmarks/robust_text.py --merge "
                                     + ",".join(sources) + f" --jobs {job}", **provenance},
            "rows": summary, "compare": result}
     with open(dest + ".json", "w", encoding="utf-8") as f:
@@ -435,7 +438,8 @@ def main(argv=None):
     ap.add_argument("--jobs", default="minilm", help="comma list of minilm, minilm-full, zh")
     ap.add_argument("--attack-limit", type=int, default=50)
     ap.add_argument("--seeds", type=int, help="default: 5 (minilm, zh) or 3 (minilm-full)")
-    ap.add_argument("--rows", help=f"compare entries (default {ROWS}; zh: {ROWS_ZH})")
+    ap.add_argument("--rows", help=f"compare entries (default {ROWS}; zh: {ROWS_ZH}); with "
+                    "--merge: the rows kept (none always)")
     ap.add_argument("--parallel", type=int, default=2, help="compare --jobs: runs at once (2)")
     ap.add_argument("--zh-examples", type=int, default=2000, help="reviews per class (2000)")
     ap.add_argument("--out", default="runs/robust-text")
@@ -460,7 +464,9 @@ def main(argv=None):
         return
     if args.merge:
         write_merged(args.jobs, [p.strip() for p in args.merge.split(",") if p.strip()],
-                     args.none_run, args.attack_limit)
+                     args.none_run, args.attack_limit, args.rows and args.rows.split(","),
+                     "python benchmarks/robust_text.py " + " ".join(
+                         sys.argv[1:] if argv is None else argv))
         return
     advnlp = shutil.which("advnlp") or os.path.join(os.path.dirname(sys.executable), "advnlp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
