@@ -290,7 +290,8 @@ def merged_result(sources: list, none_dir: str = None, attack_limit: int = 50,
             with open(os.path.join(src, "compare.json"), encoding="utf-8") as f:
                 result = json.load(f)
             found, cost = result["runs"], result.get("step_cost", {}).get("ratios", {})
-            inferred = inference_cost(result)
+            has_none = any(r["method"] == "none" for r in found)
+            inferred = inference_cost(result, none_dir=None if has_none else none_dir)
         elif os.path.isdir(src):  # a compare stopped part-way: its finished runs
             result = partial_result(src)
             found, cost = result["runs"], step_costs({}, os.path.join(src, "step-cost.json"))
